@@ -1,0 +1,56 @@
+# make help lists the targets. Every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+
+TASKS := cifar10
+# the rows of each task's table in the paper
+NORMS_cifar10 := none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm
+SEEDS := 0,1,2
+DATA_DIR ?= data
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint bench report data-cifar10 replicate-cifar10 replicate-all clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the suite and its dev tools (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q -e '.[dev,translation]'
+	touch $@
+
+demo: install ## every task x every norm on built-in data (CPU, offline, minutes); table + plots in results/demo/
+	rm -rf multirun/demo
+	status=0; \
+	$(foreach t,$(TASKS),$(PY) scripts/train.py -m task=$(t) norm=$(NORMS_$(t)) preset=demo logger=none \
+	  train.progress=false hydra.sweep.dir=multirun/demo/$(t) || status=1;) \
+	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" || status=1; \
+	exit $$status
+
+test: install ## ruff, then the fast test suite (pytest, no GPU, no network)
+	.venv/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-slow: install ## the long tests too
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: install ## ruff
+	.venv/bin/ruff check .
+
+report: install ## tables and plots from every run under multirun/ and outputs/ into results/report/
+	$(PY) scripts/report.py multirun outputs --out results/report --command "make report"
+
+data-cifar10: install ## download CIFAR-10 into $(DATA_DIR)/cifar10 (needs internet, once)
+	$(PY) scripts/prepare_cifar10.py --data-dir $(DATA_DIR)
+
+replicate-cifar10: install ## Table 10: every norm, preset=paper, 3 seeds, one Hydra multirun
+	$(PY) scripts/train.py -m task=cifar10 norm=$(NORMS_cifar10) preset=paper seed=$(SEEDS) data_dir=$(DATA_DIR)
+
+replicate-all: $(addprefix replicate-,$(TASKS)) ## every task's replication, one after the other
+
+clean: ## remove run outputs (keeps data/ and .venv)
+	rm -rf outputs multirun

@@ -1,0 +1,1 @@
+"""The paper's experiments: one package per task, sharing the training core in `experiments.core`."""

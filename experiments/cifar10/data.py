@@ -1,0 +1,123 @@
+"""CIFAR-10 from the `cifar-10-batches-py` folder torchvision downloads, ZCA-whitened, as tensors in memory.
+
+The loader is torchvision's; only its md5 check is replaced by a format check, so that the test fixtures
+and the demo's generated images, written in the same pickle format, go through the very same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10
+
+from experiments.core.atomic import save_torch
+from experiments.core.errors import MissingData
+
+log = logging.getLogger(__name__)
+
+FOLDER = "cifar-10-batches-py"
+
+
+class _LocalCIFAR10(CIFAR10):
+    def _check_integrity(self) -> bool:
+        root = Path(self.root) / self.base_folder
+        return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing")
+        with path.open("rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+@dataclass
+class Cifar10Arrays:
+    train_x: torch.Tensor  # (N, 3, 32, 32) float32, ZCA-whitened
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def read_split(root: Path, train: bool, make_target: str) -> tuple[np.ndarray, np.ndarray]:
+    folder = Path(root) / FOLDER
+    try:
+        ds = _LocalCIFAR10(str(root), train=train, download=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise MissingData(
+            f"no CIFAR-10 data in {folder} (expected data_batch_1..5, test_batch and batches.meta); "
+            f"run `{make_target}` (needs internet, once), or point data_dir at the folder that holds the data"
+        ) from exc
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
+        raise MissingData(
+            f"CIFAR-10 files in {folder} are corrupt ({exc!r}); delete them and run `{make_target}`"
+        ) from exc
+    x, y = np.asarray(ds.data), np.asarray(ds.targets)
+    if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) != len(y) or len(x) == 0:
+        raise MissingData(f"CIFAR-10 files in {folder} hold data of shape {x.shape}; expected (N, 32, 32, 3)")
+    if y.min() < 0 or y.max() > 9:
+        raise MissingData(f"CIFAR-10 labels in {folder} lie outside 0..9; the files are corrupt, run `{make_target}`")
+    return x, y
+
+
+def scale(x: np.ndarray) -> np.ndarray:
+    """uint8 HWC -> float64 CHW in about [-1, 1], as the weight-norm code scales it before ZCA."""
+    return (x.transpose(0, 3, 1, 2).astype(np.float64) - 127.5) / 128.0
+
+
+def fit_zca(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and ZCA matrix U diag(1/sqrt(S + eps)) U^T of the flattened training images."""
+    flat = x.reshape(len(x), -1)
+    mean = flat.mean(0)
+    centred = torch.from_numpy(flat - mean)
+    cov = centred.T @ centred / len(flat)
+    s, u = torch.linalg.eigh(cov)
+    s = s.clamp_min(0)
+    zca = (u * torch.rsqrt(s + eps)) @ u.T
+    return mean, zca.numpy()
+
+
+def load_zca(train_raw: np.ndarray, eps: float, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ZCA fitted on these exact training images, from a cache keyed by their hash."""
+    key = hashlib.sha1(train_raw.tobytes()).hexdigest()[:16]
+    path = Path(cache_dir) / f"zca-{key}-eps{eps:g}.pt"
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        return cached["mean"].numpy(), cached["zca"].numpy()
+    log.info("fitting ZCA on %d training images (cached in %s)", len(train_raw), path)
+    mean, zca = fit_zca(scale(train_raw), eps)
+    save_torch({"mean": torch.from_numpy(mean), "zca": torch.from_numpy(zca)}, path)
+    return mean, zca
+
+
+def whiten(raw: np.ndarray, mean: np.ndarray, zca: np.ndarray) -> torch.Tensor:
+    flat = scale(raw).reshape(len(raw), -1) - mean
+    out = torch.from_numpy(flat).float() @ torch.from_numpy(zca).float()
+    return out.view(len(raw), 3, 32, 32)
+
+
+def load_cifar10(
+    root: Path,
+    zca_eps: float,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    make_target: str = "make data-cifar10",
+) -> Cifar10Arrays:
+    train_raw, train_y = read_split(root, True, make_target)
+    test_raw, test_y = read_split(root, False, make_target)
+    train_raw, train_y = train_raw[:train_limit], train_y[:train_limit]
+    test_raw, test_y = test_raw[:test_limit], test_y[:test_limit]
+    mean, zca = load_zca(train_raw, zca_eps, Path(root))
+    return Cifar10Arrays(
+        whiten(train_raw, mean, zca),
+        torch.from_numpy(train_y).long(),
+        whiten(test_raw, mean, zca),
+        torch.from_numpy(test_y).long(),
+    )

@@ -1,0 +1,1 @@
+"""What every task shares: the training loop, timing, records, checkpoints, loggers, seeding and errors."""

@@ -1,0 +1,28 @@
+"""Errors a user can fix, told in one short message instead of a traceback."""
+
+from __future__ import annotations
+
+from rmsnorm import NormConfigError
+
+
+class UserError(Exception):
+    """A mistake in the input (config, data, paths) with a message that says what to do."""
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or inf."""
+
+
+class MissingData(UserError):
+    """A data set is absent or unreadable where the config points."""
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The message of the first user error in the exception's cause chain (Hydra wraps what it instantiates)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (UserError, NormConfigError)):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,49 @@
+"""The files a run leaves behind, the contract `scripts/report.py` reads: `metrics.jsonl` (the curve, one
+JSON object per line) and `summary.json` (the final record)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.core.atomic import save_json, save_text
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ERROR_FILE = "error.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class MetricsFile:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`: a resumed run rewrites what the crashed one logged after its checkpoint."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        save_text("".join(line + "\n" for line in kept), self.path)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    save_json(summary, Path(run_dir) / SUMMARY_FILE)
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def write_error(run_dir: Path, error: dict) -> None:
+    save_json(error, Path(run_dir) / ERROR_FILE)

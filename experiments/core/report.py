@@ -1,0 +1,161 @@
+"""Rebuild the paper's tables from the runs' summary.json files: mean +- std over seeds per task and norm,
+speed-up against LayerNorm as the paper computes it, the paper's own numbers beside ours, and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
+
+NORM_ORDER = ["none", "batchnorm", "weightnorm", "layernorm", "l2norm", "rmsnorm", "prmsnorm"]
+
+
+def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
+    """(summaries, errors) of every run folder below the roots; each record carries its folder as `run_dir`."""
+    summaries, errors = [], []
+    for root in roots:
+        for path in sorted(Path(root).rglob(SUMMARY_FILE)):
+            summaries.append({**json.loads(path.read_text()), "run_dir": str(path.parent)})
+        for path in sorted(Path(root).rglob(ERROR_FILE)):
+            if not (path.parent / SUMMARY_FILE).exists():
+                errors.append({**json.loads(path.read_text()), "run_dir": str(path.parent)})
+    return summaries, errors
+
+
+def speedup(t_layernorm: float, t: float) -> float:
+    """The paper's speed-up in percent: (T_LN - T_X) / T_LN."""
+    return 100.0 * (t_layernorm - t) / t_layernorm
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class Row:
+    norm: str
+    seeds: int
+    metric: tuple[float, float]
+    sec_per_1k: tuple[float, float]
+    paper_unit: tuple[float, float] | None
+    speedup: float | None = None
+
+
+@dataclass
+class Table:
+    task: str
+    preset: str
+    device: str
+    metric: str
+    time_unit: str | None
+    rows: list[Row]
+
+
+def build_tables(summaries: list[dict]) -> list[Table]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["task"], s["preset"]), []).append(s)
+    tables = []
+    for (task, preset), runs in sorted(groups.items()):
+        metric = runs[0]["primary_metric"]
+        unit = next((k for k in runs[0]["timing"] if k.startswith("sec_per_") and k != "sec_per_1k_steps"), None)
+        by_norm: dict[str, list[dict]] = {}
+        for r in runs:
+            by_norm.setdefault(r["norm"], []).append(r)
+        rows = []
+        for norm in sorted(by_norm, key=lambda n: NORM_ORDER.index(n) if n in NORM_ORDER else 99):
+            rs = [r for r in by_norm[norm] if r["timing"]["sec_per_1k_steps"] is not None]
+            if not rs:
+                continue
+            rows.append(Row(
+                norm=norm,
+                seeds=len(rs),
+                metric=_mean_std([r["metrics"][metric] for r in rs]),
+                sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
+                paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
+            ))
+        ln = next((r for r in rows if r.norm == "layernorm"), None)
+        for r in rows:
+            if ln is not None:
+                r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
+        devices = sorted({r["device"] for r in runs})
+        tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows))
+    return tables
+
+
+def read_paper_table(paper_dir: Path, task: str) -> dict[str, dict]:
+    path = Path(paper_dir) / f"{task}.csv"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {row["norm"]: row for row in csv.DictReader(lines)}
+
+
+def _fmt_metric(name: str, value: tuple[float, float]) -> str:
+    scale = 100.0 if name.endswith("_error") else 1.0
+    mean, std = value[0] * scale, value[1] * scale
+    return f"{mean:.2f} +- {std:.2f}" if std else f"{mean:.2f}"
+
+
+def render_markdown(table: Table, paper: dict[str, dict]) -> str:
+    unit = table.time_unit
+    pct = " (%)" if table.metric.endswith("_error") else ""
+    head = [f"{table.metric}{pct}", "sec/1k steps"] + ([unit] if unit else []) + ["speed-up vs LN", "seeds"]
+    if paper:
+        head += [f"paper {table.metric}", "paper time", "paper speed-up"]
+    lines = [
+        f"### {table.task}, preset={table.preset}",
+        f"device: {table.device}",
+        "",
+        "| norm | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 1) + "|",
+    ]
+    paper_ln = paper.get("layernorm")
+    for r in table.rows:
+        cells = [_fmt_metric(table.metric, r.metric), f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}"]
+        if unit:
+            cells.append(f"{r.paper_unit[0]:.3g} +- {r.paper_unit[1]:.2g}")
+        cells += [f"{r.speedup:+.1f}%" if r.speedup is not None else "-", str(r.seeds)]
+        if paper:
+            p = paper.get(r.norm)
+            if p is None:
+                cells += ["-", "-", "-"]
+            else:
+                sp = speedup(float(paper_ln["time"]), float(p["time"])) if paper_ln else None
+                cells += [p[table.metric], f"{p['time']} +- {p['time_std']}", f"{sp:+.1f}%" if sp is not None else "-"]
+        lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
+    """The paper's Fig. 1 for one task: training loss against steps and against training wall-clock time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in table.rows:
+        run = min((s for s in summaries if s["task"] == table.task and s["preset"] == table.preset
+                   and s["norm"] == row.norm), key=lambda s: s["seed"])
+        curve = [m for m in read_metrics(Path(run["run_dir"])) if "train_loss" in m]
+        if not curve:
+            continue
+        steps = [m["step"] for m in curve]
+        ax_steps.plot(steps, [m["train_loss"] for m in curve], label=row.norm)
+        ax_time.plot([m["train_seconds"] for m in curve], [m["train_loss"] for m in curve], label=row.norm)
+    ax_steps.set_xlabel("training steps")
+    ax_time.set_xlabel("training wall-clock (s)")
+    for ax in (ax_steps, ax_time):
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+    ax_steps.legend()
+    fig.suptitle(f"{table.task}, preset={table.preset} (seed {min(s['seed'] for s in summaries)})")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

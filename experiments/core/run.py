@@ -1,0 +1,112 @@
+"""One training run from a composed config: build the parts, train, write summary.json."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core import seeding
+from experiments.core.errors import UserError
+from experiments.core.records import SUMMARY_FILE, read_summary, write_summary
+from experiments.core.trainer import Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but torch sees no CUDA device; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def run_info(cfg: DictConfig, sweep: str) -> dict:
+    return {"task": cfg.task.name, "norm": cfg.norm.name, "seed": int(cfg.seed), "preset": cfg.preset.name,
+            "sweep": sweep}
+
+
+def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and (run_dir / SUMMARY_FILE).exists():
+        log.info("%s already finished: resume=true leaves it as it is", run_dir)
+        return read_summary(run_dir)
+
+    if cfg.norm.name not in cfg.task.norms:
+        raise UserError(f"task={cfg.task.name} does not support norm={cfg.norm.name}; it supports: "
+                        f"{', '.join(cfg.task.norms)}")
+    device = pick_device(cfg.device)
+    seeding.seed_everything(int(cfg.seed))
+    norm = hydra.utils.instantiate(cfg.norm)  # validates the norm before any data is read
+    # the class by name, not instantiate(): Hydra would turn the NormSpec dataclass back into a config
+    task_class = hydra.utils.get_class(cfg.task.builder._target_)
+    task = task_class(cfg=cfg.task, norm=norm, data_dir=Path(cfg.data_dir), device=device, seed=int(cfg.seed))
+    for line in task.describe_shrinks():
+        log.info("preset=%s shrinks: %s", cfg.preset.name, line)
+
+    info = run_info(cfg, sweep)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = hydra.utils.instantiate(cfg.logger)
+    logger.start(info, resolved, run_dir)
+    summary = None
+    try:
+        trainer = Trainer(task, TrainSettings(**cfg.train), run_dir, device, logger)
+        if cfg.resume:
+            trainer.try_resume()
+        final = trainer.fit()
+        summary = make_summary(info, task, trainer, final, device, resolved)
+        write_summary(run_dir, summary)
+        log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
+    finally:
+        logger.finish(summary, exit_code=0 if summary is not None else 1)
+    return summary
+
+
+def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict) -> dict:
+    timing = {
+        "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
+        "timed_steps": trainer.timer.timed_steps,
+        "warmup_steps": trainer.settings.timing_warmup,
+        "train_seconds": trainer.timer.train_seconds,
+    }
+    unit = task.paper_time_unit()
+    if unit is not None and timing["sec_per_1k_steps"] is not None:
+        name, steps = unit
+        timing[name] = timing["sec_per_1k_steps"] * steps / 1000.0
+    return {
+        "task": info["task"],
+        "norm": info["norm"],
+        "seed": info["seed"],
+        "preset": info["preset"],
+        "device": describe_device(device),
+        "status": "finished",
+        "steps": trainer.progress.step,
+        "epochs": trainer.progress.step / task.steps_per_epoch,
+        "primary_metric": task.primary_metric,
+        "lower_is_better": task.lower_is_better,
+        "metrics": final,
+        "timing": timing,
+        "shrinks": task.describe_shrinks(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "config": config,
+    }
+
+
+def format_metrics(summary: dict) -> str:
+    parts = [f"{k}={v:.4g}" for k, v in summary["metrics"].items()]
+    spk = summary["timing"]["sec_per_1k_steps"]
+    if spk is not None:
+        parts.append(f"sec_per_1k_steps={spk:.3g}")
+    return " ".join(parts)

@@ -1,0 +1,170 @@
+"""The training loop: steps, periodic evaluation, timing, checkpoints and the curve, for any Task."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from experiments.core import seeding
+from experiments.core.atomic import save_torch
+from experiments.core.errors import NonFiniteLoss
+from experiments.core.loggers import NullLogger
+from experiments.core.records import CHECKPOINT_FILE, MetricsFile
+from experiments.core.task import Task
+from experiments.core.timing import StepTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    epochs: float | None = None
+    max_steps: int | None = None
+    log_every: int = 50
+    eval_every: int = 500
+    ckpt_every: int = 1000
+    timing_warmup: int = 20
+    progress: bool = True
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        limits = []
+        if self.epochs is not None:
+            limits.append(math.ceil(self.epochs * steps_per_epoch))
+        if self.max_steps is not None:
+            limits.append(int(self.max_steps))
+        if not limits:
+            raise ValueError("train.epochs or train.max_steps must be set")
+        return min(limits)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+class Trainer:
+    def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None):
+        self.task = task
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.logger = logger or NullLogger()
+        self.metrics = MetricsFile(self.run_dir)
+        self.timer = StepTimer(device, settings.timing_warmup)
+        self.progress = Progress()
+        self.checkpoint_path = self.run_dir / CHECKPOINT_FILE
+        self.last_eval: dict[str, float] = {}
+        self._loss_sum = torch.zeros((), device=device)
+        self._loss_count = 0
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        save_torch(
+            {
+                "progress": vars(self.progress).copy(),
+                "task": self.task.state_dict(),
+                "timer": self.timer.state_dict(),
+                "rng": seeding.rng_state(),
+                "last_eval": self.last_eval,
+            },
+            self.checkpoint_path,
+        )
+
+    def try_resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            log.info("resume=true but no checkpoint in %s: starting from step 0", self.run_dir)
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.task.load_state_dict(state["task"])
+        self.timer.load_state_dict(state["timer"])
+        seeding.set_rng_state(state["rng"])
+        self.progress = Progress(**state["progress"])
+        self.last_eval = state["last_eval"]
+        self.metrics.truncate_after(self.progress.step)
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.progress.step)
+        return True
+
+    # ---- boundaries --------------------------------------------------------------------------------------
+    def _flush_loss(self) -> float | None:
+        if not self._loss_count:
+            return None
+        loss = (self._loss_sum / self._loss_count).item()
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        if not math.isfinite(loss):
+            where = (
+                f"the last good checkpoint is {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was written before it"
+            )
+            raise NonFiniteLoss(
+                f"training loss became {loss} by step {self.progress.step}; {where}. "
+                "Lower the learning rate or check the data, then rerun (resume=true continues from the checkpoint)."
+            )
+        return loss
+
+    def _record(self, values: dict) -> None:
+        record = {
+            "step": self.progress.step,
+            "epoch": self.progress.step / self.task.steps_per_epoch,
+            "train_seconds": round(self.timer.train_seconds, 4),
+            **values,
+        }
+        self.metrics.append(record)
+        self.logger.log({k: v for k, v in record.items() if k != "step"}, step=self.progress.step)
+
+    def _evaluate(self) -> dict[str, float]:
+        self.task.model.eval()
+        with torch.no_grad():
+            result = self.task.evaluate()
+        self.task.model.train()
+        self.last_eval = result
+        return result
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        s, task, p = self.settings, self.task, self.progress
+        total = s.total_steps(task.steps_per_epoch)
+        task.model.train()
+        bar = tqdm(total=total, initial=p.step, disable=not s.progress, desc="train", dynamic_ncols=True, leave=False)
+        while p.step < total:
+            task.on_epoch_start(p.epoch)
+            for batch in task.batches(p.epoch, p.batch_in_epoch):
+                self.timer.begin_step()
+                loss = task.train_step(batch)
+                self.timer.end_step()
+                self._loss_sum += loss
+                self._loss_count += 1
+                p.step += 1
+                p.batch_in_epoch += 1
+                bar.update(1)
+                at = {
+                    "log": p.step % s.log_every == 0,
+                    "eval": p.step % s.eval_every == 0,
+                    "ckpt": p.step % s.ckpt_every == 0,
+                }
+                if p.batch_in_epoch == task.steps_per_epoch:
+                    p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                if any(at.values()) or p.step >= total:
+                    self.timer.pause()
+                    values = {}
+                    loss_value = self._flush_loss()
+                    if loss_value is not None:
+                        values["train_loss"] = loss_value
+                        bar.set_postfix(loss=f"{loss_value:.4f}")
+                    if at["eval"] or p.step >= total:
+                        values.update({f"eval/{k}": v for k, v in self._evaluate().items()})
+                    self._record(values)
+                    if at["ckpt"] or p.step >= total:
+                        self.save_checkpoint()
+                if p.step >= total or p.batch_in_epoch == 0:
+                    break
+        bar.close()
+        return self.last_eval

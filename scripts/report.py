@@ -1,0 +1,57 @@
+"""Rebuild the paper's tables from finished runs: python scripts/report.py RUN_DIR... [--out results/NAME]
+
+Reads only summary.json, metrics.jsonl and error.json below the given folders. Prints the tables, and with
+--out writes tables.md and one loss-curve plot per task there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.core.atomic import save_text  # noqa: E402
+from experiments.core.report import build_tables, find_runs, plot_task, read_paper_table, render_markdown  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="folders holding run folders (Hydra sweep or run dirs)")
+    parser.add_argument("--out", type=Path, help="write tables.md and plots here")
+    parser.add_argument("--paper-dir", type=Path, default=REPO / "results" / "paper")
+    parser.add_argument("--command", help="the command to record above the tables (default: this one)")
+    args = parser.parse_args(argv)
+
+    summaries, errors = find_runs(args.runs)
+    if not summaries and not errors:
+        print(f"no summary.json below {', '.join(map(str, args.runs))}: train something first", file=sys.stderr)
+        return 1
+    tables = build_tables(summaries)
+    command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = [f"Produced by `{command}`.\n",
+             "Time is training steps only, after warm-up; speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
+    for table in tables:
+        parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task)))
+        same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset]
+        shrinks = same[0].get("shrinks") if same else []
+        if shrinks:
+            parts.append("Shrunk from the paper's setting: " + "; ".join(shrinks) + ".\n")
+    if errors:
+        parts.append("Failed runs:\n" + "".join(f"- {e['run_dir']}: {e['error']}\n" for e in errors))
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        save_text(text, args.out / "tables.md")
+        for table in tables:
+            plot_task(table, summaries, args.out / f"{table.task}-{table.preset}-loss.png")
+        print(f"wrote {args.out / 'tables.md'} and plots")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

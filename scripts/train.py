@@ -1,0 +1,56 @@
+"""Train one task with one norm: python scripts/train.py task=cifar10 norm=rmsnorm preset=demo seed=0
+
+`-m` with comma lists runs a sweep (Hydra multirun); one failed run does not stop the others, and the
+command exits non-zero at the end naming the runs that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from experiments.core.errors import user_message  # noqa: E402
+from experiments.core.records import write_error  # noqa: E402
+from experiments.core.run import run_training  # noqa: E402
+
+log = logging.getLogger("train")
+FAILED: list[str] = []
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep = Path(hc.sweep.dir).name if multirun else "single"
+    try:
+        run_training(cfg, run_dir, sweep)
+    except Exception as exc:
+        message = user_message(exc)
+        write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
+                              "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task)})
+        if message is None:
+            if not multirun:
+                raise
+            log.exception("run %s crashed", run_dir)
+        else:
+            log.error("%s", message)
+        if not multirun:
+            sys.exit(1)
+        FAILED.append(str(run_dir))
+
+
+if __name__ == "__main__":
+    main()
+    if FAILED:
+        print(f"{len(FAILED)} run(s) failed; each folder holds error.json:", *FAILED, sep="\n  ", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,50 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A data_dir holding a tiny CIFAR-10 in the real cifar-10-batches-py pickle format."""
+    from experiments.cifar10.pickle_format import write_cifar_folder
+    from experiments.cifar10.synthetic import make_images
+
+    data_dir = tmp_path_factory.mktemp("data")
+    train_x, train_y = make_images(300, seed=11)
+    test_x, test_y = make_images(100, seed=12)
+    write_cifar_folder(data_dir / "cifar10", train_x, train_y, test_x, test_y)
+    return data_dir
+
+
+def tiny_cifar(data_dir: Path, *extra: str) -> list[str]:
+    """The paper preset shrunk to seconds: 3 steps an epoch, tiny widths."""
+    return [
+        "task=cifar10", "preset=paper", f"data_dir={data_dir}", "logger=none",
+        "task.model.widths=[4,8]", "train.epochs=2", "train.log_every=1", "train.eval_every=3",
+        "train.ckpt_every=3", "train.timing_warmup=1", "train.progress=false", *extra,
+    ]
+
+
+def run_script(*args: str, cwd: Path = REPO, timeout: int = 300):
+    import subprocess
+
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

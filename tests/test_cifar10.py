@@ -1,0 +1,98 @@
+"""CIFAR-10: the loader on real-format fixtures, ZCA, the model, and end-to-end runs for every norm."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.cifar10.data import fit_zca, load_cifar10
+from experiments.cifar10.model import ConvPoolCNNC
+from experiments.cifar10.pickle_format import write_cifar_folder
+from experiments.core.errors import MissingData, UserError
+from experiments.core.records import read_metrics
+from experiments.core.run import run_training
+from rmsnorm import NormSpec
+from tests.conftest import compose_cfg, tiny_cifar
+
+SUMMARY_KEYS = {"task", "norm", "seed", "preset", "device", "status", "steps", "epochs", "primary_metric",
+                "metrics", "timing", "config", "versions"}
+
+
+def test_loader_reads_the_real_format(cifar_dir):
+    data = load_cifar10(cifar_dir / "cifar10", zca_eps=1e-2)
+    assert data.train_x.shape == (300, 3, 32, 32) and data.test_x.shape == (100, 3, 32, 32)
+    assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
+    assert set(data.train_y.tolist()) <= set(range(10))
+    # the file holds CHW-flattened uint8 rows, as the real download does
+    with open(cifar_dir / "cifar10" / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    assert batch["data"].dtype == np.uint8 and batch["data"].shape[1] == 3072
+
+
+def test_zca_whitens(rng):
+    x = rng.normal(size=(2000, 3, 2, 2)) @ np.diag([1.0, 5.0])  # correlated, unequal variances
+    x = x.reshape(2000, 3, 2, 2)
+    mean, zca = fit_zca(x, eps=0.0)
+    white = (x.reshape(2000, -1) - mean) @ zca
+    np.testing.assert_allclose(np.cov(white.T, bias=True), np.eye(12), atol=1e-6)
+    np.testing.assert_allclose(zca, zca.T, atol=1e-10)  # ZCA, not just any whitening: symmetric
+
+
+def test_missing_data_names_the_make_target(tmp_path):
+    with pytest.raises(MissingData, match="make data-cifar10"):
+        load_cifar10(tmp_path, zca_eps=1e-5)
+
+
+def test_corrupt_data_is_a_clear_error(tmp_path, rng):
+    x = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    write_cifar_folder(tmp_path, x, np.arange(20) % 10, x, np.arange(20) % 10)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(MissingData, match="corrupt"):
+        load_cifar10(tmp_path, zca_eps=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"])
+def test_model_shapes_and_gradients(norm):
+    model = ConvPoolCNNC(NormSpec(norm, p=0.125), widths=(4, 8))
+    out = model(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("norm", ["none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"])
+def test_end_to_end_every_norm(cifar_dir, tmp_path, norm):
+    cfg = compose_cfg(tiny_cifar(cifar_dir, f"norm={norm}"))
+    summary = run_training(cfg, tmp_path)
+    assert summary.keys() >= SUMMARY_KEYS
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == summary["metrics"]
+    assert summary["task"] == "cifar10" and summary["norm"] == norm and summary["preset"] == "paper"
+    assert summary["steps"] == 6 and summary["epochs"] == 2.0
+    assert 0.0 <= summary["metrics"]["test_error"] <= 1.0
+    timing = summary["timing"]
+    assert timing["timed_steps"] == 5  # 6 steps less 1 warm-up
+    assert timing["sec_per_1k_steps"] > 0
+    assert timing["sec_per_epoch"] == pytest.approx(timing["sec_per_1k_steps"] * 3 / 1000)
+    curve = read_metrics(tmp_path)
+    assert [m["step"] for m in curve] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(m["train_loss"]) for m in curve)
+    assert "eval/test_error" in curve[2] and "eval/test_error" in curve[5]
+    assert summary["config"]["norm"]["name"] == norm
+
+
+def test_demo_preset_learns_on_generated_images(tmp_path):
+    """The demo's own data, smaller: the error must fall well below chance (90%)."""
+    cfg = compose_cfg([
+        "task=cifar10", "norm=rmsnorm", "preset=demo", f"data_dir={tmp_path / 'data'}", "logger=none",
+        "train.progress=false", "task.synthetic.n_train=2000", "task.synthetic.n_test=500", "train.epochs=8",
+    ])
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["metrics"]["test_error"] < 0.78
+    assert (tmp_path / "data" / "cifar10-demo" / "cifar-10-batches-py" / "test_batch").exists()
+
+
+def test_norm_the_task_does_not_support(cifar_dir, tmp_path):
+    with pytest.raises(UserError, match="does not support norm=l2norm; it supports: none, batchnorm"):
+        run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=l2norm")), tmp_path)

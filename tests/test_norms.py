@@ -1,0 +1,192 @@
+"""The norm layers against references: torch's own layers, float64 gradcheck, the paper's formulas and the
+invariances of its Table 1."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rmsnorm
+from rmsnorm import NORM_NAMES, NormConfigError, NormSpec, build_norm, build_norm2d
+from rmsnorm.functional import l2_norm_reference, rms_norm_reference
+
+torch.set_default_dtype(torch.float32)
+
+
+def _randomise_affine(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 1000])
+def test_rmsnorm_matches_torch_rmsnorm_values_and_grads(d):
+    x = torch.randn(5, 3, d, dtype=torch.float64, requires_grad=True)
+    ours = _randomise_affine(rmsnorm.RMSNorm(d, eps=1e-6).double())
+    ref = torch.nn.RMSNorm(d, eps=1e-6, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(ours.weight)
+    y, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, ours.weight), gy)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, ref.weight), gy)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref)
+
+
+def test_layernorm_matches_torch_layer_norm():
+    x = torch.randn(4, 33, dtype=torch.float64)
+    ours = _randomise_affine(rmsnorm.LayerNorm(33, eps=1e-5).double())
+    torch.testing.assert_close(ours(x), F.layer_norm(x, (33,), ours.weight, ours.bias, 1e-5))
+
+
+def test_rmsnorm_is_the_papers_formula():
+    x = torch.randn(6, 10, dtype=torch.float64)
+    g = torch.randn(10, dtype=torch.float64)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-8) * g
+    torch.testing.assert_close(rms_norm_reference(x, g, eps=1e-8), expected)
+
+
+def test_prmsnorm_uses_the_first_k_features_only():
+    d, p = 32, 0.25
+    layer = rmsnorm.PartialRMSNorm(d, p=p).double()
+    assert layer.k == int(d * p) == 8
+    x = torch.randn(3, d, dtype=torch.float64)
+    expected = x / torch.sqrt((x[:, :8] ** 2).mean(-1, keepdim=True) + layer.eps)
+    torch.testing.assert_close(layer(x), expected)
+    x2 = x.clone()
+    x2[:, 8:] *= 100  # features past k do not move the statistic
+    torch.testing.assert_close(layer(x2)[:, :8], layer(x)[:, :8])
+
+
+def test_prmsnorm_with_p_one_equals_rmsnorm():
+    x = torch.randn(4, 50, dtype=torch.float64)
+    full = _randomise_affine(rmsnorm.RMSNorm(50).double())
+    part = rmsnorm.PartialRMSNorm(50, p=1.0).double()
+    part.load_state_dict(full.state_dict())
+    torch.testing.assert_close(part(x), full(x))
+
+
+def test_l2norm_is_rmsnorm_without_sqrt_d():
+    x = torch.randn(4, 16, dtype=torch.float64)
+    torch.testing.assert_close(l2_norm_reference(x, eps=0.0), x / x.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(l2_norm_reference(x, eps=0.0) * 4.0, rms_norm_reference(x, eps=0.0))
+
+
+FEATURE_NORMS = ["layernorm", "rmsnorm", "prmsnorm", "l2norm"]
+
+
+@pytest.mark.parametrize("name", FEATURE_NORMS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradcheck_feature_norms(name, bias):
+    layer = _randomise_affine(build_norm(name, 12, p=0.25, bias=bias, eps=1e-6).double())
+    x = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    params = tuple(layer.parameters())
+    assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *params))
+
+
+@pytest.mark.parametrize("name", FEATURE_NORMS)
+def test_gradcheck_channel_map_norms(name):
+    layer = _randomise_affine(build_norm2d(name, 3, p=0.25, eps=1e-6).double())
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *layer.parameters()))
+
+
+def test_channel_map_norm_normalises_each_channel_over_hw():
+    layer = build_norm2d("rmsnorm", 4, bias=False).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64) * torch.arange(1, 5, dtype=torch.float64).view(1, 4, 1, 1)
+    y = layer(x)
+    rms = y.pow(2).mean((2, 3)).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms))
+    ln = build_norm2d("layernorm", 4).double()(x)
+    torch.testing.assert_close(ln, F.instance_norm(x, eps=layer.eps))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", FEATURE_NORMS)
+def test_half_inputs_are_computed_in_float32(dtype, name):
+    layer = _randomise_affine(build_norm(name, 64, p=0.25))
+    x = torch.randn(8, 64) * 300  # x^2 overflows fp16 if squared in fp16
+    y = layer(x.to(dtype))
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), layer(x.to(dtype).float()), atol=2e-2, rtol=2e-2)
+    assert torch.isfinite(y).all()
+
+
+# ---- invariances, PAPER.md Table 1 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rmsnorm", "prmsnorm", "layernorm"])
+def test_invariant_to_weight_matrix_and_dataset_rescaling(name):
+    torch.manual_seed(0)
+    norm = build_norm(name, 32, p=0.25, eps=0.0).double()
+    W, x = torch.randn(32, 16, dtype=torch.float64), torch.randn(10, 16, dtype=torch.float64)
+    out = norm(x @ W.T)
+    for delta in (0.01, 3.0, 250.0):
+        torch.testing.assert_close(norm(x @ (delta * W).T), out)  # weight-matrix re-scaling
+        torch.testing.assert_close(norm((delta * x) @ W.T), out)  # dataset re-scaling
+    scales = torch.rand(10, 1, dtype=torch.float64) * 10 + 0.1
+    torch.testing.assert_close(norm((scales * x) @ W.T), out)  # single-case re-scaling
+
+
+def test_rmsnorm_is_not_recentering_invariant_but_layernorm_is():
+    torch.manual_seed(0)
+    W, x = torch.randn(32, 16, dtype=torch.float64), torch.randn(10, 16, dtype=torch.float64)
+    shift = torch.randn(1, 16, dtype=torch.float64)
+    W_centred = W + shift  # weight-matrix re-centering: every output row moves by the same vector . x
+    rms, ln = build_norm("rmsnorm", 32, eps=0.0).double(), build_norm("layernorm", 32, eps=0.0).double()
+    assert not torch.allclose(rms(x @ W_centred.T), rms(x @ W.T), atol=1e-3)
+    torch.testing.assert_close(ln(x @ W_centred.T), ln(x @ W.T))
+    # dataset re-centering: adding the same vector to every pre-activation
+    h, c = x @ W.T, torch.full((1, 32), 2.5, dtype=torch.float64)
+    assert not torch.allclose(rms(h + c), rms(h), atol=1e-3)
+    torch.testing.assert_close(ln(h + c), ln(h))
+
+
+def test_weight_vector_rescaling_changes_rmsnorm_output():
+    torch.manual_seed(0)
+    W, x = torch.randn(32, 16, dtype=torch.float64), torch.randn(10, 16, dtype=torch.float64)
+    W2 = W.clone()
+    W2[0] *= 5.0  # one weight vector only
+    rms = build_norm("rmsnorm", 32, eps=0.0).double()
+    assert not torch.allclose(rms(x @ W2.T), rms(x @ W.T), atol=1e-3)
+
+
+# ---- the factory and its errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_every_name_builds_both_forms(name):
+    spec = NormSpec(name, p=0.25)
+    assert spec.build(16)(torch.randn(4, 16)).shape == (4, 16)
+    assert spec.build2d(3)(torch.randn(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+
+
+def test_weightnorm_reparametrises_the_layer():
+    layer = NormSpec("weightnorm").reparametrize(torch.nn.Linear(4, 3))
+    assert hasattr(layer, "parametrizations") and "weight" in layer.parametrizations
+    assert NormSpec("rmsnorm").reparametrize(torch.nn.Linear(4, 3)).__class__ is torch.nn.Linear
+
+
+def test_unknown_norm_lists_the_valid_ones():
+    with pytest.raises(NormConfigError, match="valid norms are: none, layernorm, rmsnorm"):
+        NormSpec("rmsnrom")
+    with pytest.raises(NormConfigError, match="unknown norm"):
+        build_norm("groupnorm", 8)
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5])
+def test_p_out_of_range_is_a_clear_error(p):
+    with pytest.raises(NormConfigError, match="0 < p <= 1"):
+        NormSpec("prmsnorm", p=p)
+    with pytest.raises(NormConfigError, match="0 < p <= 1"):
+        rmsnorm.PartialRMSNorm(16, p=p)
+
+
+def test_k_below_one_is_a_clear_error():
+    with pytest.raises(NormConfigError, match="k=int"):
+        rmsnorm.PartialRMSNorm(10, p=0.05)
+    with pytest.raises(NormConfigError, match="k=int"):
+        build_norm2d("prmsnorm", 2, p=0.01)(torch.randn(1, 2, 4, 4))

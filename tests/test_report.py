@@ -1,0 +1,54 @@
+"""The report rebuilds tables from summary.json files with the paper's speed-up formula."""
+
+import json
+
+import pytest
+
+from experiments.core.atomic import save_json
+from experiments.core.report import build_tables, find_runs, render_markdown, speedup
+from tests.conftest import run_script
+
+
+def _summary(norm, seed, err, sec):
+    return {"task": "cifar10", "norm": norm, "seed": seed, "preset": "paper", "device": "cpu", "steps": 10,
+            "primary_metric": "test_error", "metrics": {"test_error": err},
+            "timing": {"sec_per_1k_steps": sec, "sec_per_epoch": sec / 2}}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    rows = [("layernorm", 0, 0.10, 40.0), ("layernorm", 1, 0.12, 38.0), ("rmsnorm", 0, 0.09, 30.0),
+            ("rmsnorm", 1, 0.08, 32.0), ("none", 0, 0.2, 20.0)]
+    for i, row in enumerate(rows):
+        save_json(_summary(*row), tmp_path / "runs" / f"{i}" / "summary.json")
+    save_json({"error": "boom"}, tmp_path / "runs" / "9" / "error.json")
+    return tmp_path / "runs"
+
+
+def test_speedup_is_the_papers_formula():
+    assert speedup(665, 501) == pytest.approx(24.66, abs=0.01)  # Table 2, RMSNorm vs LayerNorm
+
+
+def test_tables_average_over_seeds_and_compare_with_layernorm(runs):
+    summaries, errors = find_runs([runs])
+    assert len(summaries) == 5 and len(errors) == 1
+    (table,) = build_tables(summaries)
+    rows = {r.norm: r for r in table.rows}
+    assert [r.norm for r in table.rows] == ["none", "layernorm", "rmsnorm"]
+    assert rows["rmsnorm"].seeds == 2 and rows["rmsnorm"].metric[0] == pytest.approx(0.085)
+    assert rows["rmsnorm"].speedup == pytest.approx(100 * (39 - 31) / 39)
+    paper = {"rmsnorm": {"norm": "rmsnorm", "test_error": "8.83", "time": "31", "time_std": "0.5"},
+             "layernorm": {"norm": "layernorm", "test_error": "10.49", "time": "39", "time_std": "0.4"}}
+    text = render_markdown(table, paper)
+    assert "| rmsnorm | 8.50 +- 0.71 |" in text and "+20.5%" in text
+
+
+def test_report_script_writes_tables_and_plot(runs, tmp_path):
+    for i in range(5):
+        record = {"step": 1, "train_seconds": 0.1, "train_loss": 2.0}
+        (runs / f"{i}" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    out = tmp_path / "out"
+    r = run_script("scripts/report.py", str(runs), "--out", str(out))
+    assert r.returncode == 1  # one run failed, and the report says so
+    assert "Failed runs" in r.stdout and "boom" in r.stdout
+    assert (out / "tables.md").exists() and (out / "cifar10-paper-loss.png").stat().st_size > 1000

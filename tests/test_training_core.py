@@ -1,0 +1,133 @@
+"""The training core: resume after a crash, NaN losses, timing, W&B offline, and the command line."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from experiments.cifar10.task import Cifar10Task
+from experiments.core.errors import NonFiniteLoss
+from experiments.core.records import read_metrics
+from experiments.core.run import run_training
+from experiments.core.timing import StepTimer
+from tests.conftest import compose_cfg, run_script, tiny_cifar
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar_dir, tmp_path, monkeypatch):
+    overrides = tiny_cifar(cifar_dir, "norm=rmsnorm", "train.epochs=4", "train.ckpt_every=4", "train.eval_every=6")
+    whole = run_training(compose_cfg(overrides), tmp_path / "whole")
+
+    real_step = Cifar10Task.train_step
+    calls = {"n": 0}
+
+    def crashing_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:  # after the checkpoint at step 4, mid-epoch
+            raise Crash("pre-empted")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Cifar10Task, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        run_training(compose_cfg(overrides), tmp_path / "split")
+    assert not (tmp_path / "split" / "summary.json").exists()
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["progress"]["step"] == 4
+
+    monkeypatch.setattr(Cifar10Task, "train_step", real_step)
+    resumed = run_training(compose_cfg([*overrides, "resume=true"]), tmp_path / "split")
+    assert resumed["steps"] == whole["steps"] == 12
+    for key, value in whole["metrics"].items():
+        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    assert [m["step"] for m in read_metrics(tmp_path / "split")] == list(range(1, 13))  # nothing logged twice
+    # a finished run is left alone by resume
+    again = run_training(compose_cfg([*overrides, "resume=true"]), tmp_path / "split")
+    assert again["metrics"] == resumed["metrics"]
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path, monkeypatch):
+    real_step = Cifar10Task.train_step
+    calls = {"n": 0}
+
+    def step_that_diverges_at_4(self, batch):
+        calls["n"] += 1
+        loss = real_step(self, batch)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(Cifar10Task, "train_step", step_that_diverges_at_4)
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan by step 4.*last good checkpoint.*resume=true"):
+        run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=layernorm")), tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["progress"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["task"]["model"].values() if v.is_floating_point())
+
+
+def test_timer_counts_only_steps_after_warmup():
+    timer = StepTimer(torch.device("cpu"), warmup_steps=3)
+    for i in range(10):
+        timer.begin_step()
+        timer.end_step()
+        if i == 5:
+            timer.pause()  # an evaluation: not timed
+    timer.pause()
+    assert timer.timed_steps == 7
+    assert timer.train_seconds >= timer.timed_seconds > 0
+    assert math.isclose(timer.sec_per_1k_steps, 1000 * timer.timed_seconds / 7)
+
+
+def test_wandb_logger_offline(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg([*tiny_cifar(cifar_dir, "norm=rmsnorm"), "logger=wandb"])
+    run_training(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+# ---- the command line --------------------------------------------------------------------------------------
+
+
+def _cli_tiny(data_dir):
+    return [a for a in tiny_cifar(data_dir) if not a.startswith("task=")]
+
+
+def test_cli_single_run_writes_summary(cifar_dir, tmp_path):
+    out = tmp_path / "D"
+    r = run_script("scripts/train.py", "task=cifar10", "norm=prmsnorm", *_cli_tiny(cifar_dir), f"hydra.run.dir={out}")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["norm"] == "prmsnorm" and summary["config"]["norm"]["p"] == 0.125
+
+
+def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifar_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "task.prmsnorm_p=0.125,0.0001",
+                   *_cli_tiny(cifar_dir), f"hydra.sweep.dir={sweep}")
+    # prmsnorm with p=0.0001 leaves k=0 positions of the 32x32 maps: that job fails, the other three finish
+    assert r.returncode == 1
+    assert "1 run(s) failed" in r.stderr
+    summaries = sorted(p.parent.name for p in sweep.rglob("summary.json"))
+    assert len(summaries) == 3
+    errors = list(sweep.rglob("error.json"))
+    assert len(errors) == 1 and "k=int" in json.loads(errors[0].read_text())["error"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["norm=rmsnrom"], "Available options in 'norm'"),
+        (["norm=prmsnorm", "norm.p=0"], "pRMSNorm needs 0 < p <= 1"),
+        (["norm=rmsnorm", "data_dir=/nonexistent/place"], "run `make data-cifar10`"),
+    ],
+)
+def test_cli_user_errors_are_short(cifar_dir, tmp_path, args, expected):
+    base = [a for a in _cli_tiny(cifar_dir) if not a.startswith("data_dir=") or "data_dir=" in " ".join(args)]
+    if not any(a.startswith("data_dir=") for a in args):
+        base.append(f"data_dir={cifar_dir}")
+    r = run_script("scripts/train.py", "task=cifar10", *base, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert expected in text
+    assert "Traceback" not in text and len(text.splitlines()) < 25
