@@ -1,0 +1,164 @@
+"""The fused kernels against the exact reference: outputs, input gradients, weight and bias gradients."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import rmsnorm
+from rmsnorm.functional import l2_norm_reference, rms_norm_reference
+from rmsnorm.kernels import cpu, dispatch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+SHAPES = [(1, 1), (1, 7), (3, 33), (17, 64), (5, 1000), (2, 4097), (64, 240)]
+
+
+def _grads(fn, x, w, b, seed=7):
+    y = fn(x, w, b)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    params = [t for t in (x, w, b) if t is not None]
+    return (y, *torch.autograd.grad(y, params, gy))
+
+
+def _path(y: torch.Tensor) -> str:
+    """Name of the autograd node that made y, looking through the reshape the kernels end with."""
+    node = y.grad_fn
+    while node is not None and node.name().startswith(("View", "Reshape")):
+        node = node.next_functions[0][0]
+    return node.name() if node is not None else ""
+
+
+def _inputs(rows, d, dtype, affine, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, d, generator=g, dtype=dtype) * 3 + 0.5).requires_grad_()
+    w = torch.randn(d, generator=g, dtype=dtype).requires_grad_() if affine else None
+    b = torch.randn(d, generator=g, dtype=dtype).requires_grad_() if affine == "bias" else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("rows, d", SHAPES)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("affine", [None, "weight", "bias"])
+@pytest.mark.parametrize("p", [1.0, 0.5, 0.0625])
+def test_cpu_rms_norm_matches_reference(rows, d, dtype, tol, affine, p):
+    k = max(1, int(d * p))
+    x, w, b = _inputs(rows, d, dtype, affine)
+    a = _grads(lambda x, w, b: cpu.row_norm(x, w, b, 1e-6, k, 1.0 / k), x, w, b)
+    r = _grads(lambda x, w, b: rms_norm_reference(x, w, b, 1e-6, k), x, w, b)
+    for got, want in zip(a, r, strict=True):
+        torch.testing.assert_close(got, want, atol=tol * max(1, d**0.5), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_l2_norm_matches_reference(dtype):
+    x, w, b = _inputs(9, 130, dtype, "bias")
+    a = _grads(lambda x, w, b: rmsnorm.l2_norm(x, w, b, 1e-8), x, w, b)
+    r = _grads(lambda x, w, b: l2_norm_reference(x, w, b, 1e-8), x, w, b)
+    for got, want in zip(a, r, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4 if dtype == torch.float32 else 1e-12, rtol=1e-4)
+
+
+def test_cpu_kernel_gradcheck_float64():
+    for k in (12, 3):
+        x, w, b = _inputs(4, 12, torch.float64, "bias")
+        assert torch.autograd.gradcheck(lambda x, w, b, k=k: cpu.row_norm(x, w, b, 1e-6, k, 1.0 / k), (x, w, b))
+
+
+def test_non_contiguous_and_3d_inputs():
+    base = torch.randn(6, 40, 8, dtype=torch.float64)
+    x = base.transpose(1, 2)[:, :, ::2].requires_grad_()  # (6, 8, 20), strided
+    layer = rmsnorm.PartialRMSNorm(20, p=0.25).double()
+    with torch.no_grad():
+        layer.weight.normal_()
+    y = layer(x)
+    assert "RowNormFunction" in _path(y)
+    torch.testing.assert_close(y, rms_norm_reference(x, layer.weight, None, layer.eps, 5))
+    gx, gw = torch.autograd.grad(y.sum(), (x, layer.weight))
+    rx, rw = torch.autograd.grad(rms_norm_reference(x, layer.weight, None, layer.eps, 5).sum(), (x, layer.weight))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_modules_take_the_fused_path_on_cpu_and_the_reference_when_asked(monkeypatch):
+    x = torch.randn(4, 32, requires_grad=True)
+    assert "RowNormFunction" in _path(rmsnorm.RMSNorm(32)(x))
+    assert "RowNormFunction" in _path(rmsnorm.L2Norm(32)(x))
+    monkeypatch.setenv("RMSNORM_KERNELS", "reference")
+    assert "RowNormFunction" not in _path(rmsnorm.RMSNorm(32)(x))
+    # half precision on CPU takes the reference, in float32 inside
+    assert rmsnorm.RMSNorm(32)(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_a_kernel_that_cannot_build_warns_once_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    monkeypatch.setattr(cpu, "_module", None)
+    monkeypatch.setattr(cpu, "_failed", False)
+    monkeypatch.setattr(ext, "load", lambda **kw: (_ for _ in ()).throw(OSError("no compiler")))
+    x = torch.randn(3, 16)
+    with pytest.warns(RuntimeWarning, match="could not be built.*reference"):
+        y = dispatch.rms_norm(x, None, None, 1e-8, None)
+    torch.testing.assert_close(y, rms_norm_reference(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatch.rms_norm(x, None, None, 1e-8, None)  # no second warning
+
+
+TRITON_CHECK = r"""
+import torch
+from rmsnorm.kernels import triton_kernels as T
+from rmsnorm.functional import rms_norm_reference
+assert T.available()
+for rows, d, k, affine in [(1, 1, 1, "none"), (5, 7, 7, "bias"), (9, 64, 4, "weight"), (3, 1000, 62, "bias")]:
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(rows, d, generator=g).requires_grad_()
+    w = torch.randn(d, generator=g).requires_grad_() if affine != "none" else None
+    b = torch.randn(d, generator=g).requires_grad_() if affine == "bias" else None
+    params = [t for t in (x, w, b) if t is not None]
+    dy = torch.randn(rows, d, generator=g)
+    for inv_n in (1.0 / k, 1.0):
+        y = T.row_norm(x, w, b, 1e-6, k, inv_n)
+        ref = rms_norm_reference(x, w, b, 1e-6, k) if inv_n != 1.0 else None
+        if ref is None:
+            stat = x[:, :k].pow(2).sum(-1, keepdim=True)
+            ref = x * torch.rsqrt(stat + 1e-6) * (w if w is not None else 1) + (b if b is not None else 0)
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        for got, want in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(ref, params, dy)):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+print("triton ok")
+"""
+
+
+def test_triton_kernels_in_the_interpreter():
+    """The Triton source itself, run by Triton's CPU interpreter: the same kernels a GPU compiles."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", TRITON_CHECK], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "triton ok" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("rows, d", [(1, 1), (3, 33), (512, 1024), (80, 4097)])
+@pytest.mark.parametrize("p", [1.0, 0.0625])
+def test_cuda_matches_reference(dtype, tol, rows, d, p):
+    k = max(1, int(d * p))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, d, device="cuda", generator=g).to(dtype).requires_grad_()
+    w = torch.randn(d, device="cuda", generator=g).to(dtype).requires_grad_()
+    layer_out = rmsnorm.rms_norm(x, w, None, 1e-6, k)
+    assert _path(layer_out).startswith("TritonRowNorm")
+    ref = rms_norm_reference(x.float(), w.float(), None, 1e-6, k)
+    torch.testing.assert_close(layer_out.float(), ref, atol=tol, rtol=tol)
+    dy = torch.randn_like(ref)
+    got = torch.autograd.grad(layer_out, (x, w), dy.to(dtype))
+    want = torch.autograd.grad(ref, (x, w), dy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.float(), b.to(a.device), atol=tol * 10, rtol=tol * 10)
