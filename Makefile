@@ -39,6 +39,9 @@ test: install ## ruff, then the fast test suite (pytest, no GPU, no network)
 test-slow: install ## the long tests too
 	$(PY) -m pytest -q -m "slow or not slow"
 
+bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ plot)
+	$(PY) scripts/bench.py
+
 lint: install ## ruff
 	.venv/bin/ruff check .
 

@@ -82,8 +82,6 @@ def rms_norm(
     k: int | None = None,
 ) -> torch.Tensor:
     """RMSNorm (or pRMSNorm with `k`) over the last dimension, on the fastest correct path for the input."""
-    from rmsnorm.kernels import dispatch
-
     return dispatch.rms_norm(x, weight, bias, eps, k)
 
 
@@ -94,8 +92,6 @@ def l2_norm(
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
     """x / ||x||_2 over the last dimension, on the fastest correct path for the input."""
-    from rmsnorm.kernels import dispatch
-
     return dispatch.l2_norm(x, weight, bias, eps)
 
 
@@ -111,3 +107,7 @@ def layer_norm(
         b = None if bias is None else bias.float()
         return F.layer_norm(x.float(), x.shape[-1:], w, b, eps).to(x.dtype)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+# at the end: dispatch needs the references above, and these wrappers need dispatch at call time only
+from rmsnorm.kernels import dispatch  # noqa: E402

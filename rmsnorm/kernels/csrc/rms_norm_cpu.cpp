@@ -14,6 +14,8 @@
 
 namespace {
 
+constexpr int64_t kMinElementsPerThread = 16384;
+
 template <typename T>
 inline T sum_squares(const T* __restrict__ x, int64_t n) {
   T acc = 0;
@@ -26,7 +28,9 @@ inline T sum_squares(const T* __restrict__ x, int64_t n) {
 template <typename T>
 void forward_rows(const T* x, const T* w, const T* b, T* y, T* rstd, int64_t rows, int64_t d, int64_t k,
                   double inv_n, double eps) {
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  // enough work per thread to pay for waking it: small inputs run on one thread
+  const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(d, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const T* xr = x + row * d;
       T* yr = y + row * d;
@@ -52,7 +56,8 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* rstd, int64_t row
 template <typename T>
 void backward_rows(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, T* db, int64_t rows,
                    int64_t d, int64_t k, double inv_n) {
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), rows * d / kMinElementsPerThread));
   const bool want_dw = dw != nullptr, want_db = db != nullptr;
   std::vector<T> dw_part(want_dw ? blocks * d : 0, T(0)), db_part(want_db ? blocks * d : 0, T(0));
   const int64_t per_block = (rows + blocks - 1) / blocks;
