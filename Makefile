@@ -4,14 +4,16 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
 
-TASKS := cifar10
+TASKS := cifar10 translation
 # the rows of each task's table in the paper
 NORMS_cifar10 := none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm
+NORMS_translation := none,layernorm,l2norm,rmsnorm,prmsnorm
 SEEDS := 0,1,2
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint bench report data-cifar10 replicate-cifar10 replicate-all clean
+.PHONY: help install demo test test-slow lint bench report data-cifar10 replicate-cifar10 data-translation \
+	replicate-translation replicate-all clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -53,6 +55,12 @@ data-cifar10: install ## download CIFAR-10 into $(DATA_DIR)/cifar10 (needs inter
 
 replicate-cifar10: install ## Table 10: every norm, preset=paper, 3 seeds, one Hydra multirun
 	$(PY) scripts/train.py -m task=cifar10 norm=$(NORMS_cifar10) preset=paper seed=$(SEEDS) data_dir=$(DATA_DIR)
+
+data-translation: install ## WMT14 En-De (+ newstest2017) via datasets, joint 32k BPE, into $(DATA_DIR)/translation
+	$(PY) scripts/prepare_translation.py --data-dir $(DATA_DIR)
+
+replicate-translation: install ## Table 2: every norm, preset=paper, 3 seeds, one Hydra multirun (GPU advised)
+	$(PY) scripts/train.py -m task=translation norm=$(NORMS_translation) preset=paper seed=$(SEEDS) data_dir=$(DATA_DIR)
 
 replicate-all: $(addprefix replicate-,$(TASKS)) ## every task's replication, one after the other
 

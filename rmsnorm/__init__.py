@@ -25,6 +25,7 @@ from rmsnorm.norms import (
     build_norm2d,
     check_norm_name,
 )
+from rmsnorm.rnn import NormGRU, NormGRUCell
 
 __all__ = [
     "DEFAULT_EPS",
@@ -34,6 +35,8 @@ __all__ = [
     "L2Norm",
     "LayerNorm",
     "NoNorm",
+    "NormGRU",
+    "NormGRUCell",
     "NormConfigError",
     "NormSpec",
     "PartialRMSNorm",

@@ -101,6 +101,45 @@ def run(cases, device: torch.device, dtype: torch.dtype, min_run_time: float) ->
     return results
 
 
+GRU_SETTINGS = [(1024, ["torch.nn.GRU", "none"]), (256, ["torch.nn.GRU", "none", "layernorm", "rmsnorm", "prmsnorm"])]
+
+
+def run_gru(device: torch.device, dtype: torch.dtype, min_run_time: float, quick: bool) -> list[dict]:
+    """Forward+backward of a GRU layer over 50 steps at batch 80 (the translation task's decoder setting)."""
+    steps, batch = (5, 8) if quick else (50, 80)
+    rows = []
+    for hidden, norms in [(32, ["torch.nn.GRU", "none", "layernorm", "rmsnorm"])] if quick else GRU_SETTINGS:
+        x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
+        for norm in norms:
+            torch.manual_seed(0)
+            if norm == "torch.nn.GRU":
+                layer = torch.nn.GRU(hidden, hidden).to(device, dtype)
+            else:
+                layer = rmsnorm.NormGRU(hidden, hidden, rmsnorm.NormSpec(norm, p=P)).to(device, dtype)
+            t = Timer("layer(x)[0].sum().backward()", globals={"layer": layer, "x": x}).blocked_autorange(
+                min_run_time=min_run_time).median
+            rows.append({"hidden": hidden, "norm": norm, "seconds": t})
+        print(f"  GRU hidden {hidden} done", flush=True)
+    return rows
+
+
+def render_gru(rows: list[dict]) -> str:
+    lines = ["## GRU layer: forward+backward, 50 steps, batch 80 (translation's setting)", "",
+             "`added` is the time over our GRU with norm=none; `added/LN's` compares it with what LayerNorm adds.",
+             "", "| hidden | layer | ms | / torch.nn.GRU | added ms | added / LN's added |",
+             "|---|---|---|---|---|---|"]
+    for hidden in dict.fromkeys(r["hidden"] for r in rows):
+        group = {r["norm"]: r["seconds"] for r in rows if r["hidden"] == hidden}
+        base, ln = group.get("none"), group.get("layernorm")
+        for norm, t in group.items():
+            added = t - base if base is not None and norm not in ("none", "torch.nn.GRU") else None
+            ratio = added / (ln - base) if added is not None and ln is not None and ln > base else None
+            lines.append(f"| {hidden} | {'ours, ' + norm if norm != 'torch.nn.GRU' else norm} | {t * 1e3:.1f} | "
+                         f"{t / group['torch.nn.GRU']:.2f} | {'' if added is None else f'{added * 1e3:.1f}'} | "
+                         f"{'' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
     if device.type != "cuda":
         return None, ""
@@ -209,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
     text = render(results, device, dtype, command.strip(), machine)
+    text += "\n" + render_gru(run_gru(device, dtype, 0.2 if args.quick else 3.0, args.quick))
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{device.type}-{machine}-{args.dtype}").strip("-").lower()
     if args.quick:
         stem += "-quick"

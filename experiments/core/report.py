@@ -126,7 +126,8 @@ def render_markdown(table: Table, paper: dict[str, dict]) -> str:
                 cells += ["-", "-", "-"]
             else:
                 sp = speedup(float(paper_ln["time"]), float(p["time"])) if paper_ln else None
-                cells += [p[table.metric], f"{p['time']} +- {p['time_std']}", f"{sp:+.1f}%" if sp is not None else "-"]
+                cells += [p.get(table.metric, "-"), f"{p['time']} +- {p['time_std']}",
+                          f"{sp:+.1f}%" if sp is not None else "-"]
         lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

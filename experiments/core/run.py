@@ -99,6 +99,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "metrics": final,
         "timing": timing,
         "shrinks": task.describe_shrinks(),
+        **task.summary_extras(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "config": config,
     }

@@ -41,6 +41,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self) -> dict[str, float]: ...
 
+    def summary_extras(self) -> dict:
+        """Task-specific facts for summary.json beyond the metrics (e.g. the BLEU signature)."""
+        return {}
+
     def describe_shrinks(self) -> list[str]:
         """What a demo preset shrank against the paper's setting, for the log and the summary."""
         return []

@@ -1,0 +1,1 @@
+"""Machine translation with Nematus' RNNSearch (GRU encoder, conditional GRU decoder), scored with sacrebleu."""

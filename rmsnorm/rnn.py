@@ -1,0 +1,105 @@
+"""GRU with normalisation inside the cell, placed as in the paper's Theano reference (`rlngru_layer`).
+
+Four norms, each with its own gain: input->gates [r; u] jointly (bias added before the norm),
+input->candidate (bias before the norm), hidden->gates [r; u] jointly, hidden->candidate:
+
+    r, u = sigmoid(N1(W x + b) + N3(U h))
+    h~   = tanh(r * N4(Ux h) + N2(Wx x + bx))
+    h'   = u * h + (1 - u) * h~
+
+With `norm="none"` the cell is torch.nn.GRUCell (gate order r, u=z, candidate) with its hidden biases
+folded into `bias` and no hidden bias on the candidate.
+
+The sequence layer projects and normalises the inputs of all time steps at once, outside the loop; each
+step is then one matmul for [U; Ux] h, two norms and the gate arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rmsnorm.norms import NormSpec
+
+
+def _spec(norm: NormSpec | str) -> NormSpec:
+    spec = norm if isinstance(norm, NormSpec) else NormSpec(norm)
+    if spec.name in ("batchnorm", "weightnorm"):
+        raise ValueError(f"norm '{spec.name}' has no place inside a recurrent cell; use none, layernorm, rmsnorm, "
+                         "prmsnorm or l2norm")
+    # the affine shift of a norm inside the cell would duplicate the cell's own bias
+    return NormSpec(spec.name, spec.eps, spec.p, spec.affine, bias=False if spec.bias is None else spec.bias)
+
+
+class NormGRUCell(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none"):
+        super().__init__()
+        spec = _spec(norm)
+        h = hidden_size
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))  # [W_r; W_u; W_x]
+        self.bias = nn.Parameter(torch.zeros(3 * h))
+        self.weight_hh = nn.Parameter(torch.empty(3 * h, h))  # [U_r; U_u; U_x]
+        self.norm_x_gates, self.norm_x_cand = spec.build(2 * h), spec.build(h)
+        self.norm_h_gates, self.norm_h_cand = spec.build(2 * h), spec.build(h)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's setting: N(0, 0.01) for input weights, orthogonal square blocks for hidden ones."""
+        nn.init.normal_(self.weight_ih, std=0.01)
+        for block in self.weight_hh.data.chunk(3, 0):
+            nn.init.orthogonal_(block)
+        nn.init.zeros_(self.bias)
+
+    def project_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """N1(W x + b) and N2(Wx x + bx) for inputs of any leading shape: all time steps in one go."""
+        gates, cand = torch.nn.functional.linear(x, self.weight_ih, self.bias).split(
+            (2 * self.hidden_size, self.hidden_size), dim=-1)
+        return self.norm_x_gates(gates), self.norm_x_cand(cand)
+
+    def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        hs = self.hidden_size
+        # split/unbind, not slicing: a slice's backward zero-fills the whole parent once per use
+        h_gates, h_cand = (h_prev @ self.weight_hh.t()).split((2 * hs, hs), dim=-1)
+        r, u = torch.sigmoid(x_gates + self.norm_h_gates(h_gates)).chunk(2, dim=-1)
+        cand = torch.tanh(r * self.norm_h_cand(h_cand) + x_cand)
+        return u * h_prev + (1.0 - u) * cand  # = cand + u * (h_prev - cand)
+
+    def forward(self, x: torch.Tensor, h_prev: torch.Tensor | None = None) -> torch.Tensor:
+        if h_prev is None:
+            h_prev = x.new_zeros(x.shape[0], self.hidden_size)
+        return self.step(*self.project_inputs(x), h_prev)
+
+
+class NormGRU(nn.Module):
+    """A (bidirectional) GRU layer over (T, B, input) sequences with an optional (T, B) 0/1 padding mask.
+
+    Returns outputs (T, B, H * directions) and the last hidden state of each direction; padded steps keep
+    the previous state, so the backward direction starts at each sequence's own last token.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bidirectional: bool = False):
+        super().__init__()
+        self.forward_cell = NormGRUCell(input_size, hidden_size, norm)
+        self.backward_cell = NormGRUCell(input_size, hidden_size, norm) if bidirectional else None
+
+    @staticmethod
+    def _run(cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None, reverse: bool):
+        x_gates, x_cand = (t.unbind(0) for t in cell.project_inputs(x))
+        masks = mask.unsqueeze(-1).unbind(0) if mask is not None else None
+        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+        if h is None:
+            h = x.new_zeros(x.shape[1], cell.hidden_size)
+        outputs = [None] * x.shape[0]
+        for t in steps:
+            h_new = cell.step(x_gates[t], x_cand[t], h)
+            h = h_new if masks is None else torch.lerp(h, h_new, masks[t])
+            outputs[t] = h
+        return torch.stack(outputs), h
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, h0: torch.Tensor | None = None):
+        out_f, last_f = self._run(self.forward_cell, x, mask, h0, reverse=False)
+        if self.backward_cell is None:
+            return out_f, last_f
+        out_b, last_b = self._run(self.backward_cell, x, mask, None, reverse=True)
+        return torch.cat([out_f, out_b], dim=-1), torch.cat([last_f, last_b], dim=-1)
