@@ -84,6 +84,19 @@ def test_non_contiguous_and_3d_inputs():
     torch.testing.assert_close(gw, rw)
 
 
+def test_rows_of_a_wider_matrix_are_read_in_place():
+    wide = torch.randn(7, 30, dtype=torch.float64, requires_grad=True)
+    gates, cand = wide.split((20, 10), dim=-1)  # strided rows, as in the GRU cell
+    w = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    y = cpu.row_norm(gates, w, None, 1e-6, 5, 1.0 / 5)
+    torch.testing.assert_close(y, rms_norm_reference(gates, w, None, 1e-6, 5))
+    got = torch.autograd.grad((y * torch.arange(20.0, dtype=torch.float64)).sum(), (wide, w))
+    ref = rms_norm_reference(gates, w, None, 1e-6, 5)
+    want = torch.autograd.grad((ref * torch.arange(20.0, dtype=torch.float64)).sum(), (wide, w))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_modules_take_the_fused_path_on_cpu_and_the_reference_when_asked(monkeypatch):
     x = torch.randn(4, 32, requires_grad=True)
     assert "RowNormFunction" in _path(rmsnorm.RMSNorm(32)(x))

@@ -237,3 +237,14 @@ def test_missing_real_data_names_the_make_target(tmp_path):
     with pytest.raises(MissingData, match="make data-translation"):
         run_training(compose_cfg(["task=translation", "preset=paper", f"data_dir={tmp_path}", "logger=none"]),
                      tmp_path / "run")
+
+
+def test_prepare_script_learns_bpe_from_local_files(tmp_path):
+    from tests.conftest import run_script
+
+    root = tmp_path / "translation"
+    write_synthetic(root, {"train": 300}, {"train": "train.jsonl"})
+    r = run_script("scripts/prepare_translation.py", "--data-dir", str(tmp_path), "--bpe-only", "--vocab-size", "100")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sp = D.load_bpe(root / "bpe.model")
+    assert sp.decode(sp.encode("the dog sees the house.")) == "the dog sees the house."

@@ -14,7 +14,7 @@
 
 namespace {
 
-constexpr int64_t kMinElementsPerThread = 16384;
+constexpr int64_t kMinElementsPerThread = 65536;
 
 template <typename T>
 inline T sum_squares(const T* __restrict__ x, int64_t n) {
@@ -26,13 +26,13 @@ inline T sum_squares(const T* __restrict__ x, int64_t n) {
 }
 
 template <typename T>
-void forward_rows(const T* x, const T* w, const T* b, T* y, T* rstd, int64_t rows, int64_t d, int64_t k,
-                  double inv_n, double eps) {
+void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, T* rstd, int64_t rows, int64_t d,
+                  int64_t k, double inv_n, double eps) {
   // enough work per thread to pay for waking it: small inputs run on one thread
   const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(d, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const T* xr = x + row * d;
+      const T* xr = x + row * x_stride;
       T* yr = y + row * d;
       const T r = T(1) / std::sqrt(sum_squares(xr, k) * T(inv_n) + T(eps));
       rstd[row] = r;
@@ -54,8 +54,8 @@ void forward_rows(const T* x, const T* w, const T* b, T* y, T* rstd, int64_t row
 }
 
 template <typename T>
-void backward_rows(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, T* db, int64_t rows,
-                   int64_t d, int64_t k, double inv_n) {
+void backward_rows(const T* dy, const T* x, int64_t x_stride, const T* w, const T* rstd, T* dx, T* dw, T* db,
+                   int64_t rows, int64_t d, int64_t k, double inv_n) {
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), rows * d / kMinElementsPerThread));
   const bool want_dw = dw != nullptr, want_db = db != nullptr;
@@ -67,7 +67,7 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T*
       T* dbp = want_db ? db_part.data() + blk * d : nullptr;
       const int64_t row_end = std::min(rows, (blk + 1) * per_block);
       for (int64_t row = blk * per_block; row < row_end; ++row) {
-        const T* xr = x + row * d;
+        const T* xr = x + row * x_stride;
         const T* dyr = dy + row * d;
         T* dxr = dx + row * d;
         const T r = rstd[row];
@@ -115,7 +115,8 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T*
 }
 
 void check_input(const torch::Tensor& x, int64_t k) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous(), "expects a contiguous 2-d CPU tensor");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= x.size(1),
+              "expects a 2-d CPU tensor with contiguous rows");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "expects float32 or float64");
   TORCH_CHECK(k >= 1 && k <= x.size(1), "k must lie in [1, d]");
 }
@@ -130,10 +131,10 @@ const void* optional_ptr(const c10::optional<torch::Tensor>& t, const torch::Ten
 std::vector<torch::Tensor> forward_2d(const torch::Tensor& x, const c10::optional<torch::Tensor>& weight,
                                    const c10::optional<torch::Tensor>& bias, int64_t k, double inv_n, double eps) {
   check_input(x, k);
-  auto y = torch::empty_like(x);
+  auto y = torch::empty(x.sizes(), x.options());
   auto rstd = torch::empty({x.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_forward", [&] {
-    forward_rows<scalar_t>(x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(optional_ptr(weight, x)),
+    forward_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), static_cast<const scalar_t*>(optional_ptr(weight, x)),
                            static_cast<const scalar_t*>(optional_ptr(bias, x)), y.data_ptr<scalar_t>(),
                            rstd.data_ptr<scalar_t>(), x.size(0), x.size(1), k, inv_n, eps);
   });
@@ -146,11 +147,11 @@ std::vector<torch::Tensor> backward_2d(const torch::Tensor& dy, const torch::Ten
   check_input(x, k);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.is_contiguous() && dy.scalar_type() == x.scalar_type(),
               "dy must match x");
-  auto dx = torch::empty_like(x);
+  auto dx = torch::empty(x.sizes(), x.options());
   auto dw = want_dw ? torch::zeros({x.size(1)}, x.options()) : torch::Tensor();
   auto db = want_db ? torch::zeros({x.size(1)}, x.options()) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_backward", [&] {
-    backward_rows<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+    backward_rows<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0),
                             static_cast<const scalar_t*>(optional_ptr(weight, x)), rstd.data_ptr<scalar_t>(),
                             dx.data_ptr<scalar_t>(), want_dw ? dw.data_ptr<scalar_t>() : nullptr,
                             want_db ? db.data_ptr<scalar_t>() : nullptr, x.size(0), x.size(1), k, inv_n);
@@ -165,14 +166,15 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
                                const c10::optional<torch::Tensor>& weight, const c10::optional<torch::Tensor>& bias,
                                int64_t k, double inv_n, double eps) {
     const auto d = x.size(-1);
-    auto x2 = x.reshape({-1, d}).contiguous();
+    // rows of a wider matrix (a split of [U; Ux] h) are read in place, without a copy
+    auto x2 = (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= d) ? x : x.reshape({-1, d}).contiguous();
     auto out = forward_2d(x2, weight, bias, k, inv_n, eps);
     ctx->save_for_backward({x2, weight.has_value() ? *weight : torch::Tensor(), out[1]});
     ctx->saved_data["k"] = k;
     ctx->saved_data["inv_n"] = inv_n;
     ctx->saved_data["has_weight"] = weight.has_value();
     ctx->saved_data["has_bias"] = bias.has_value();
-    return out[0].view(x.sizes());
+    return x.dim() == 2 ? out[0] : out[0].view(x.sizes());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -185,7 +187,7 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
     const bool want_db = has_bias && ctx->needs_input_grad(2);
     c10::optional<torch::Tensor> weight;
     if (has_weight) weight = saved[1];
-    auto dy = grads[0].reshape(x2.sizes()).contiguous();
+    auto dy = grads[0].reshape({x2.size(0), x2.size(1)}).contiguous();
     auto res = backward_2d(dy, x2, weight, saved[2], ctx->saved_data["k"].toInt(), ctx->saved_data["inv_n"].toDouble(),
                         want_dw, want_db);
     return {res[0].view(grads[0].sizes()), want_dw ? res[1] : torch::Tensor(), want_db ? res[2] : torch::Tensor(),
