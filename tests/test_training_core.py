@@ -131,3 +131,32 @@ def test_cli_user_errors_are_short(cifar_dir, tmp_path, args, expected):
     text = r.stdout + r.stderr
     assert expected in text
     assert "Traceback" not in text and len(text.splitlines()) < 25
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(cifar_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from experiments.core.errors import Preempted
+
+    overrides = tiny_cifar(cifar_dir, "norm=rmsnorm", "train.epochs=3", "train.ckpt_every=100", "train.eval_every=9")
+    whole = run_training(compose_cfg(overrides), tmp_path / "whole")
+    real_step = Cifar10Task.train_step
+    calls = {"n": 0}
+
+    def step_then_sigterm(self, batch):
+        calls["n"] += 1
+        loss = real_step(self, batch)
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends before pre-empting a job
+        return loss
+
+    monkeypatch.setattr(Cifar10Task, "train_step", step_then_sigterm)
+    with pytest.raises(Preempted, match="SIGTERM at step 5.*resume=true"):
+        run_training(compose_cfg(overrides), tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["progress"]["step"] == 5
+    monkeypatch.setattr(Cifar10Task, "train_step", real_step)
+    resumed = run_training(compose_cfg([*overrides, "resume=true"]), tmp_path / "run")
+    for key, value in whole["metrics"].items():
+        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run

@@ -13,6 +13,10 @@ class NonFiniteLoss(UserError):
     """The training loss became NaN or inf."""
 
 
+class Preempted(UserError):
+    """SIGTERM or SIGUSR1 (a scheduler's warning) arrived: the run saved a checkpoint and stopped."""
+
+
 class MissingData(UserError):
     """A data set is absent or unreadable where the config points."""
 

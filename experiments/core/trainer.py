@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from tqdm import tqdm
 
 from experiments.core import seeding
 from experiments.core.atomic import save_torch
-from experiments.core.errors import NonFiniteLoss
+from experiments.core.errors import NonFiniteLoss, Preempted
 from experiments.core.loggers import NullLogger
 from experiments.core.records import CHECKPOINT_FILE, MetricsFile
 from experiments.core.task import Task
@@ -63,6 +66,27 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._loss_sum = torch.zeros((), device=device)
         self._loss_count = 0
+        self._stop_signal: int | None = None
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM / SIGUSR1 (SLURM's pre-emption warnings) end the run at the next step with a checkpoint."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        wanted = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+        previous = {sig: signal.getsignal(sig) for sig in wanted}
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        for sig in wanted:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -130,6 +154,10 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
+        with self._stop_on_signals():
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         s, task, p = self.settings, self.task, self.progress
         total = s.total_steps(task.steps_per_epoch)
         task.model.train()
@@ -164,6 +192,17 @@ class Trainer:
                     self._record(values)
                     if at["ckpt"] or p.step >= total:
                         self.save_checkpoint()
+                if self._stop_signal is not None and p.step < total:
+                    self.timer.pause()
+                    loss_value = self._flush_loss()
+                    if loss_value is not None:
+                        self._record({"train_loss": loss_value})
+                    self.save_checkpoint()
+                    bar.close()
+                    raise Preempted(
+                        f"stopped by signal {signal.Signals(self._stop_signal).name} at step {p.step}; the checkpoint "
+                        f"{self.checkpoint_path} holds it: rerun with resume=true and the same output dir to continue"
+                    )
                 if p.step >= total or p.batch_in_epoch == 0:
                     break
         bar.close()
