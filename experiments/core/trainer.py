@@ -152,6 +152,36 @@ class Trainer:
         self.last_eval = result
         return result
 
+    def _boundary_work(self, total: int, bar) -> None:
+        """Logging, evaluation and checkpoints due after this step, outside the timed region."""
+        s, step = self.settings, self.progress.step
+        last = step >= total
+        log_now, eval_now, ckpt_now = step % s.log_every == 0, step % s.eval_every == 0, step % s.ckpt_every == 0
+        if not (log_now or eval_now or ckpt_now or last):
+            return
+        self.timer.pause()
+        values = {}
+        loss_value = self._flush_loss()
+        if loss_value is not None:
+            values["train_loss"] = loss_value
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if eval_now or last:
+            values.update({f"eval/{k}": v for k, v in self._evaluate().items()})
+        self._record(values)
+        if ckpt_now or last:
+            self.save_checkpoint()
+
+    def _stop_for_signal(self) -> None:
+        self.timer.pause()
+        loss_value = self._flush_loss()
+        if loss_value is not None:
+            self._record({"train_loss": loss_value})
+        self.save_checkpoint()
+        raise Preempted(
+            f"stopped by signal {signal.Signals(self._stop_signal).name} at step {self.progress.step}; the "
+            f"checkpoint {self.checkpoint_path} holds it: rerun with resume=true and the same output dir to continue"
+        )
+
     # ---- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         with self._stop_on_signals():
@@ -173,36 +203,12 @@ class Trainer:
                 p.step += 1
                 p.batch_in_epoch += 1
                 bar.update(1)
-                at = {
-                    "log": p.step % s.log_every == 0,
-                    "eval": p.step % s.eval_every == 0,
-                    "ckpt": p.step % s.ckpt_every == 0,
-                }
                 if p.batch_in_epoch == task.steps_per_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                if any(at.values()) or p.step >= total:
-                    self.timer.pause()
-                    values = {}
-                    loss_value = self._flush_loss()
-                    if loss_value is not None:
-                        values["train_loss"] = loss_value
-                        bar.set_postfix(loss=f"{loss_value:.4f}")
-                    if at["eval"] or p.step >= total:
-                        values.update({f"eval/{k}": v for k, v in self._evaluate().items()})
-                    self._record(values)
-                    if at["ckpt"] or p.step >= total:
-                        self.save_checkpoint()
+                self._boundary_work(total, bar)
                 if self._stop_signal is not None and p.step < total:
-                    self.timer.pause()
-                    loss_value = self._flush_loss()
-                    if loss_value is not None:
-                        self._record({"train_loss": loss_value})
-                    self.save_checkpoint()
                     bar.close()
-                    raise Preempted(
-                        f"stopped by signal {signal.Signals(self._stop_signal).name} at step {p.step}; the checkpoint "
-                        f"{self.checkpoint_path} holds it: rerun with resume=true and the same output dir to continue"
-                    )
+                    self._stop_for_signal()
                 if p.step >= total or p.batch_in_epoch == 0:
                     break
         bar.close()
