@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rmsnorm.kernels import dispatch
 from rmsnorm.norms import NormSpec
 
 
@@ -59,10 +60,18 @@ class NormGRUCell(nn.Module):
 
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         hs = self.hidden_size
-        # split/unbind, not slicing: a slice's backward zero-fills the whole parent once per use
-        h_gates, h_cand = (h_prev @ self.weight_hh.t()).split((2 * hs, hs), dim=-1)
-        r, u = torch.sigmoid(x_gates + self.norm_h_gates(h_gates)).chunk(2, dim=-1)
-        cand = torch.tanh(r * self.norm_h_cand(h_cand) + x_cand)
+        hidden = h_prev @ self.weight_hh.t()
+        # both hidden-side norms in one fused call where the kernel applies (RMS family, CPU): per-step calls
+        # dominate a small GRU's norm cost
+        both = dispatch.split_row_norm(hidden, self.norm_h_gates, self.norm_h_cand)
+        if both is not None:
+            h_gates, h_cand = both.split((2 * hs, hs), dim=-1)
+        else:
+            # split, not slicing: a slice's backward zero-fills the whole parent once per use
+            h_gates, h_cand = hidden.split((2 * hs, hs), dim=-1)
+            h_gates, h_cand = self.norm_h_gates(h_gates), self.norm_h_cand(h_cand)
+        r, u = torch.sigmoid(x_gates + h_gates).chunk(2, dim=-1)
+        cand = torch.tanh(r * h_cand + x_cand)
         return u * h_prev + (1.0 - u) * cand  # = cand + u * (h_prev - cand)
 
     def forward(self, x: torch.Tensor, h_prev: torch.Tensor | None = None) -> torch.Tensor:

@@ -248,3 +248,27 @@ def test_prepare_script_learns_bpe_from_local_files(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     sp = D.load_bpe(root / "bpe.model")
     assert sp.decode(sp.encode("the dog sees the house.")) == "the dog sees the house."
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "prmsnorm", "l2norm"])
+def test_fused_hidden_norms_equal_the_separate_ones(norm, monkeypatch):
+    torch.manual_seed(0)
+    cell = NormGRUCell(6, 16, NormSpec(norm, p=0.25)).double()
+    with torch.no_grad():
+        cell.norm_h_gates.weight.normal_()
+        cell.norm_h_cand.weight.normal_()
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    params = [x, h, cell.norm_h_gates.weight, cell.norm_h_cand.weight, cell.weight_hh]
+
+    def run():
+        out = cell(x, h)
+        return (out, *torch.autograd.grad((out * torch.arange(16.0, dtype=torch.float64)).sum(), params))
+
+    from rmsnorm.kernels import dispatch
+
+    assert dispatch.split_row_norm(h @ cell.weight_hh.t(), cell.norm_h_gates, cell.norm_h_cand) is not None
+    fused = run()
+    monkeypatch.setenv("RMSNORM_KERNELS", "reference")
+    for a, b in zip(fused, run(), strict=True):
+        torch.testing.assert_close(a, b)

@@ -54,3 +54,30 @@ def rms_norm(x: torch.Tensor, weight, bias, eps: float, k: int | None) -> torch.
 def l2_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
     y = _fused_row_norm(x, weight, bias, eps, x.shape[-1], 1.0)
     return l2_norm_reference(x, weight, bias, eps) if y is None else y
+
+
+def split_row_norm(x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Module) -> torch.Tensor | None:
+    """Two RMS-family norms over the column blocks [0, d1) and [d1, d) of x's rows in one fused call (the
+    GRU's hidden-side norms), or None where only the separate norms apply."""
+    if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or x.dim() != 2 or not _enabled():
+        return None
+    stats = [_rms_family_stat(m) for m in (first, second)]
+    if None in stats or first.eps != second.eps or first.weight.dtype != x.dtype or second.weight.dtype != x.dtype:
+        return None
+    module = cpu._module or cpu.load()
+    if module is None:
+        return None
+    (k1, inv1), (k2, inv2) = stats
+    return module.split_row_norm(x, first.weight, second.weight, k1, k2, inv1, inv2, first.eps)
+
+
+def _rms_family_stat(module) -> tuple[int, float] | None:
+    """(k, 1/n) of an RMSNorm, PartialRMSNorm or L2Norm with a gain and no bias; None for anything else."""
+    from rmsnorm.norms import L2Norm, PartialRMSNorm, RMSNorm
+
+    if type(module) not in (RMSNorm, PartialRMSNorm, L2Norm) or module.weight is None or module.bias is not None:
+        return None
+    d = module.num_features
+    if isinstance(module, PartialRMSNorm):
+        return module.k, 1.0 / module.k
+    return (d, 1.0) if isinstance(module, L2Norm) else (d, 1.0 / d)

@@ -26,14 +26,14 @@ inline T sum_squares(const T* __restrict__ x, int64_t n) {
 }
 
 template <typename T>
-void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, T* rstd, int64_t rows, int64_t d,
-                  int64_t k, double inv_n, double eps) {
+void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, int64_t y_stride, T* rstd,
+                  int64_t rows, int64_t d, int64_t k, double inv_n, double eps) {
   // enough work per thread to pay for waking it: small inputs run on one thread
   const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(d, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const T* xr = x + row * x_stride;
-      T* yr = y + row * d;
+      T* yr = y + row * y_stride;
       const T r = T(1) / std::sqrt(sum_squares(xr, k) * T(inv_n) + T(eps));
       rstd[row] = r;
       if (w && b) {
@@ -54,8 +54,8 @@ void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, T*
 }
 
 template <typename T>
-void backward_rows(const T* dy, const T* x, int64_t x_stride, const T* w, const T* rstd, T* dx, T* dw, T* db,
-                   int64_t rows, int64_t d, int64_t k, double inv_n) {
+void backward_rows(const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* w, const T* rstd, T* dx,
+                   int64_t dx_stride, T* dw, T* db, int64_t rows, int64_t d, int64_t k, double inv_n) {
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), rows * d / kMinElementsPerThread));
   const bool want_dw = dw != nullptr, want_db = db != nullptr;
@@ -68,8 +68,8 @@ void backward_rows(const T* dy, const T* x, int64_t x_stride, const T* w, const 
       const int64_t row_end = std::min(rows, (blk + 1) * per_block);
       for (int64_t row = blk * per_block; row < row_end; ++row) {
         const T* xr = x + row * x_stride;
-        const T* dyr = dy + row * d;
-        T* dxr = dx + row * d;
+        const T* dyr = dy + row * dy_stride;
+        T* dxr = dx + row * dx_stride;
         const T r = rstd[row];
         T dot = 0;
         if (w) {
@@ -135,7 +135,7 @@ std::vector<torch::Tensor> forward_2d(const torch::Tensor& x, const c10::optiona
   auto rstd = torch::empty({x.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_forward", [&] {
     forward_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), static_cast<const scalar_t*>(optional_ptr(weight, x)),
-                           static_cast<const scalar_t*>(optional_ptr(bias, x)), y.data_ptr<scalar_t>(),
+                           static_cast<const scalar_t*>(optional_ptr(bias, x)), y.data_ptr<scalar_t>(), x.size(1),
                            rstd.data_ptr<scalar_t>(), x.size(0), x.size(1), k, inv_n, eps);
   });
   return {y, rstd};
@@ -151,9 +151,9 @@ std::vector<torch::Tensor> backward_2d(const torch::Tensor& dy, const torch::Ten
   auto dw = want_dw ? torch::zeros({x.size(1)}, x.options()) : torch::Tensor();
   auto db = want_db ? torch::zeros({x.size(1)}, x.options()) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_backward", [&] {
-    backward_rows<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), x.stride(0),
+    backward_rows<scalar_t>(dy.data_ptr<scalar_t>(), x.size(1), x.data_ptr<scalar_t>(), x.stride(0),
                             static_cast<const scalar_t*>(optional_ptr(weight, x)), rstd.data_ptr<scalar_t>(),
-                            dx.data_ptr<scalar_t>(), want_dw ? dw.data_ptr<scalar_t>() : nullptr,
+                            dx.data_ptr<scalar_t>(), x.size(1), want_dw ? dw.data_ptr<scalar_t>() : nullptr,
                             want_db ? db.data_ptr<scalar_t>() : nullptr, x.size(0), x.size(1), k, inv_n);
   });
   return {dx, dw, db};
@@ -166,15 +166,16 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
                                const c10::optional<torch::Tensor>& weight, const c10::optional<torch::Tensor>& bias,
                                int64_t k, double inv_n, double eps) {
     const auto d = x.size(-1);
-    // rows of a wider matrix (a split of [U; Ux] h) are read in place, without a copy
-    auto x2 = (x.dim() == 2 && x.stride(1) == 1 && x.stride(0) >= d) ? x : x.reshape({-1, d}).contiguous();
+    // rows of a wider matrix (a split of [U; Ux] h, or of all time steps' projections) are read in place
+    auto x2 = x.reshape({-1, d});
+    if (!(x2.stride(1) == 1 && (x2.size(0) <= 1 || x2.stride(0) >= d))) x2 = x2.contiguous();
     auto out = forward_2d(x2, weight, bias, k, inv_n, eps);
     ctx->save_for_backward({x2, weight.has_value() ? *weight : torch::Tensor(), out[1]});
     ctx->saved_data["k"] = k;
     ctx->saved_data["inv_n"] = inv_n;
     ctx->saved_data["has_weight"] = weight.has_value();
     ctx->saved_data["has_bias"] = bias.has_value();
-    return x.dim() == 2 ? out[0] : out[0].view(x.sizes());
+    return out[0].view(x.sizes());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -200,10 +201,74 @@ torch::Tensor row_norm(const torch::Tensor& x, const c10::optional<torch::Tensor
   return RowNormFunction::apply(x, weight, bias, k, inv_n, eps);
 }
 
+// Two norms over the column blocks [0, d1) and [d1, d) of each row, each with its own gain, in one call:
+// the GRU's hidden->[r; u] and hidden->candidate norms on the one matmul output [U; Ux] h.
+class SplitRowNormFunction : public torch::autograd::Function<SplitRowNormFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1,
+                               const torch::Tensor& w2, int64_t k1, int64_t k2, double inv_n1, double inv_n2,
+                               double eps) {
+    const int64_t d1 = w1.numel(), d2 = w2.numel();
+    TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) == d1 + d2 && (x.size(0) <= 1 || x.stride(0) >= d1 + d2),
+                "split_row_norm expects a 2-d tensor with contiguous rows of width len(w1) + len(w2)");
+    check_input(x.narrow(1, 0, d1), k1);
+    check_input(x.narrow(1, d1, d2), k2);
+    optional_ptr(w1, x.narrow(1, 0, d1));
+    optional_ptr(w2, x.narrow(1, d1, d2));
+    const int64_t rows = x.size(0), d = d1 + d2;
+    auto y = torch::empty({rows, d}, x.options());
+    auto rstd = torch::empty({2, rows}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "split_row_norm_forward", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      scalar_t* rp = rstd.data_ptr<scalar_t>();
+      forward_rows<scalar_t>(xp, x.stride(0), w1.data_ptr<scalar_t>(), nullptr, yp, d, rp, rows, d1, k1, inv_n1, eps);
+      forward_rows<scalar_t>(xp + d1, x.stride(0), w2.data_ptr<scalar_t>(), nullptr, yp + d1, d, rp + rows, rows, d2,
+                             k2, inv_n2, eps);
+    });
+    ctx->save_for_backward({x, w1, w2, rstd});
+    ctx->saved_data["k1"] = k1;
+    ctx->saved_data["k2"] = k2;
+    ctx->saved_data["inv_n1"] = inv_n1;
+    ctx->saved_data["inv_n2"] = inv_n2;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w1 = saved[1], &w2 = saved[2], &rstd = saved[3];
+    const int64_t d1 = w1.numel(), d2 = w2.numel(), rows = x.size(0), d = d1 + d2;
+    auto dy = grads[0].contiguous();
+    auto dx = torch::empty({rows, d}, x.options());
+    auto dw1 = torch::zeros({d1}, x.options());
+    auto dw2 = torch::zeros({d2}, x.options());
+    const int64_t k1 = ctx->saved_data["k1"].toInt(), k2 = ctx->saved_data["k2"].toInt();
+    const double inv_n1 = ctx->saved_data["inv_n1"].toDouble(), inv_n2 = ctx->saved_data["inv_n2"].toDouble();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "split_row_norm_backward", [&] {
+      const scalar_t* dyp = dy.data_ptr<scalar_t>();
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const scalar_t* rp = rstd.data_ptr<scalar_t>();
+      scalar_t* dxp = dx.data_ptr<scalar_t>();
+      backward_rows<scalar_t>(dyp, d, xp, x.stride(0), w1.data_ptr<scalar_t>(), rp, dxp, d,
+                              dw1.data_ptr<scalar_t>(), nullptr, rows, d1, k1, inv_n1);
+      backward_rows<scalar_t>(dyp + d1, d, xp + d1, x.stride(0), w2.data_ptr<scalar_t>(), rp + rows, dxp + d1, d,
+                              dw2.data_ptr<scalar_t>(), nullptr, rows, d2, k2, inv_n2);
+    });
+    return {dx, dw1, dw2, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+torch::Tensor split_row_norm(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& w2, int64_t k1,
+                             int64_t k2, double inv_n1, double inv_n2, double eps) {
+  return SplitRowNormFunction::apply(x, w1, w2, k1, k2, inv_n1, inv_n2, eps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_norm", &row_norm, "fused RMSNorm over the last dimension, with autograd (CPU)");
+  m.def("split_row_norm", &split_row_norm, "two fused RMSNorms over the two column blocks of each row (CPU)");
   m.def("forward", &forward_2d, "fused RMSNorm forward on a contiguous 2-d tensor (CPU)");
   m.def("backward", &backward_2d, "fused RMSNorm backward on a contiguous 2-d tensor (CPU)");
 }
