@@ -24,6 +24,7 @@ from torch.utils.benchmark import Timer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rmsnorm  # noqa: E402
+from experiments.core import malloc  # noqa: E402
 from rmsnorm.kernels import dispatch  # noqa: E402
 
 EPS = 1e-8
@@ -162,8 +163,8 @@ def render(results: list[Result], device: torch.device, dtype: torch.dtype, comm
         "Times are medians in microseconds (torch.utils.benchmark, after warm-up); `/LN` is the time over torch's "
         "fused LayerNorm in the same run; GB/s counts the minimal traffic (forward reads x and writes y, backward "
         "reads x and dy and writes dx)." + (f" Peak bandwidth: {peak_note}." if peak else ""),
-        "On Linux the script runs with " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
-        + " so that glibc keeps freed blocks instead of page-faulting them in anew on every call.",
+        f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead of "
+        "page-faulting them in anew on some calls (experiments/core/malloc.py).",
         "",
     ]
     for (task, shape, rows, d) in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
@@ -227,19 +228,6 @@ def machine_name(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-# glibc hands blocks above its (adaptive) mmap threshold back to the OS, so a tensor of a few MB can cost a
-# fresh page fault per 4 KB on one call and none on the next, depending on what ran before: timings then
-# swing several-fold. Fixed thresholds keep freed blocks in the heap for every implementation alike.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
-
-
-def _reexec_with_stable_malloc() -> None:
-    import os
-
-    if platform.system() == "Linux" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -276,5 +264,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _reexec_with_stable_malloc()
+    malloc.reexec_with_stable_malloc()
     sys.exit(main())

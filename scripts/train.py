@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from experiments.core import malloc  # noqa: E402
 from experiments.core.errors import user_message  # noqa: E402
 from experiments.core.records import write_error  # noqa: E402
 from experiments.core.run import run_training  # noqa: E402
@@ -50,6 +51,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    malloc.reexec_with_stable_malloc()  # steady step timings on CPU (experiments/core/malloc.py)
     main()
     if FAILED:
         print(f"{len(FAILED)} run(s) failed; each folder holds error.json:", *FAILED, sep="\n  ", file=sys.stderr)
