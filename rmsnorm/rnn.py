@@ -43,6 +43,7 @@ class NormGRUCell(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(3 * h, h))  # [U_r; U_u; U_x]
         self.norm_x_gates, self.norm_x_cand = spec.build(2 * h), spec.build(h)
         self.norm_h_gates, self.norm_h_cand = spec.build(2 * h), spec.build(h)
+        self._hidden_norm_plan = dispatch.split_norm_plan(self.norm_h_gates, self.norm_h_cand)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -63,7 +64,7 @@ class NormGRUCell(nn.Module):
         hidden = h_prev @ self.weight_hh.t()
         # both hidden-side norms in one fused call where the kernel applies (RMS family, CPU): per-step calls
         # dominate a small GRU's norm cost
-        both = dispatch.split_row_norm(hidden, self.norm_h_gates, self.norm_h_cand)
+        both = dispatch.split_row_norm(hidden, self.norm_h_gates, self.norm_h_cand, self._hidden_norm_plan)
         if both is not None:
             h_gates, h_cand = both.split((2 * hs, hs), dim=-1)
         else:

@@ -56,18 +56,27 @@ def l2_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
     return l2_norm_reference(x, weight, bias, eps) if y is None else y
 
 
-def split_row_norm(x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Module) -> torch.Tensor | None:
-    """Two RMS-family norms over the column blocks [0, d1) and [d1, d) of x's rows in one fused call (the
-    GRU's hidden-side norms), or None where only the separate norms apply."""
-    if x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or x.dim() != 2 or not _enabled():
-        return None
+def split_norm_plan(first: torch.nn.Module, second: torch.nn.Module) -> tuple[int, float, int, float] | None:
+    """(k1, 1/n1, k2, 1/n2) when two norms can run as one fused `split_row_norm` call: both RMSNorm,
+    PartialRMSNorm or L2Norm with a gain, no bias and the same eps. Worked out once per cell, not per step."""
     stats = [_rms_family_stat(m) for m in (first, second)]
-    if None in stats or first.eps != second.eps or first.weight.dtype != x.dtype or second.weight.dtype != x.dtype:
+    if None in stats or first.eps != second.eps:
+        return None
+    return (*stats[0], *stats[1])
+
+
+def split_row_norm(x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Module,
+                   plan: tuple[int, float, int, float] | None) -> torch.Tensor | None:
+    """Two norms over the column blocks [0, d1) and [d1, d) of x's rows in one fused call (the GRU's
+    hidden-side norms), or None where only the separate norms apply."""
+    if plan is None or x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or x.dim() != 2 or not _enabled():
+        return None
+    if first.weight.dtype != x.dtype or second.weight.dtype != x.dtype:
         return None
     module = cpu._module or cpu.load()
     if module is None:
         return None
-    (k1, inv1), (k2, inv2) = stats
+    k1, inv1, k2, inv2 = plan
     return module.split_row_norm(x, first.weight, second.weight, k1, k2, inv1, inv2, first.eps)
 
 
