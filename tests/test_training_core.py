@@ -18,20 +18,32 @@ class Crash(Exception):
     pass
 
 
+def patch_step(monkeypatch, at_call: int, before=None, after=None):
+    """Wrap Cifar10Task.train_step: `before()` runs ahead of call number `at_call`, `after(loss)` may
+    replace its loss. Returns the original, to put back with monkeypatch.setattr."""
+    real_step = Cifar10Task.train_step
+    calls = {"n": 0}
+
+    def step(self, batch):
+        calls["n"] += 1
+        hit = calls["n"] == at_call
+        if hit and before is not None:
+            before()
+        loss = real_step(self, batch)
+        return after(loss) if hit and after is not None else loss
+
+    monkeypatch.setattr(Cifar10Task, "train_step", step)
+    return real_step
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar_dir, tmp_path, monkeypatch):
     overrides = tiny_cifar(cifar_dir, "norm=rmsnorm", "train.epochs=4", "train.ckpt_every=4", "train.eval_every=6")
     whole = run_training(compose_cfg(overrides), tmp_path / "whole")
 
-    real_step = Cifar10Task.train_step
-    calls = {"n": 0}
+    def crash():
+        raise Crash("pre-empted")
 
-    def crashing_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 7:  # after the checkpoint at step 4, mid-epoch
-            raise Crash("pre-empted")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Cifar10Task, "train_step", crashing_step)
+    real_step = patch_step(monkeypatch, 7, before=crash)  # after the checkpoint at step 4, mid-epoch
     with pytest.raises(Crash):
         run_training(compose_cfg(overrides), tmp_path / "split")
     assert not (tmp_path / "split" / "summary.json").exists()
@@ -49,15 +61,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar_dir, tmp_path, 
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cifar_dir, tmp_path, monkeypatch):
-    real_step = Cifar10Task.train_step
-    calls = {"n": 0}
-
-    def step_that_diverges_at_4(self, batch):
-        calls["n"] += 1
-        loss = real_step(self, batch)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    monkeypatch.setattr(Cifar10Task, "train_step", step_that_diverges_at_4)
+    patch_step(monkeypatch, 4, after=lambda loss: loss * float("nan"))
     with pytest.raises(NonFiniteLoss, match=r"loss became nan by step 4.*last good checkpoint.*resume=true"):
         run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=layernorm")), tmp_path)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -141,17 +145,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(cifar_dir, tmp_p
 
     overrides = tiny_cifar(cifar_dir, "norm=rmsnorm", "train.epochs=3", "train.ckpt_every=100", "train.eval_every=9")
     whole = run_training(compose_cfg(overrides), tmp_path / "whole")
-    real_step = Cifar10Task.train_step
-    calls = {"n": 0}
-
-    def step_then_sigterm(self, batch):
-        calls["n"] += 1
-        loss = real_step(self, batch)
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends before pre-empting a job
-        return loss
-
-    monkeypatch.setattr(Cifar10Task, "train_step", step_then_sigterm)
+    # what SLURM sends before pre-empting a job, during step 5
+    real_step = patch_step(monkeypatch, 5, before=lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(Preempted, match="SIGTERM at step 5.*resume=true"):
         run_training(compose_cfg(overrides), tmp_path / "run")
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["progress"]["step"] == 5
