@@ -28,8 +28,9 @@ def _spec(norm: NormSpec | str) -> NormSpec:
     if spec.name in ("batchnorm", "weightnorm"):
         raise ValueError(f"norm '{spec.name}' has no place inside a recurrent cell; use none, layernorm, rmsnorm, "
                          "prmsnorm or l2norm")
-    # the affine shift of a norm inside the cell would duplicate the cell's own bias
-    return NormSpec(spec.name, spec.eps, spec.p, spec.affine, bias=False if spec.bias is None else spec.bias)
+    # each norm keeps its usual shift: none for the RMS family (as the paper), a bias for LayerNorm, whose
+    # mean subtraction removes the cell's own bias added before it (as in Nematus' layer-normalised GRU)
+    return spec
 
 
 class NormGRUCell(nn.Module):

@@ -23,9 +23,9 @@ from rmsnorm import NormGRU, NormGRUCell, NormSpec
 
 
 def _ff_norm(norm: NormSpec, dim: int) -> nn.Module:
-    # feed-forward norms carry no shift: the linear layer before them has its bias
-    return NormSpec(norm.name, norm.eps, norm.p, norm.affine, bias=False).build(dim) if norm.name != "none" \
-        else nn.Identity()
+    # each norm with its usual shift: none for the RMS family, a bias for LayerNorm (its mean subtraction
+    # removes the bias of the linear layer before it)
+    return norm.build(dim)
 
 
 class RNNSearch(nn.Module):
