@@ -284,3 +284,28 @@ def test_demo_preset_translates_the_generated_task(tmp_path):
                        "logger=none", "train.progress=false"])
     summary = run_training(cfg, tmp_path / "run")
     assert summary["metrics"]["test_bleu"] > 80
+
+
+def test_translation_resumes_after_a_crash_to_the_same_result(tmp_path, monkeypatch):
+    from experiments.translation.task import TranslationTask
+
+    overrides = tiny_translation(tmp_path / "data", "norm=rmsnorm", "train.max_steps=8", "train.ckpt_every=4",
+                                 "train.eval_every=8")
+    whole = run_training(compose_cfg(overrides), tmp_path / "whole")
+    real_step, calls = TranslationTask.train_step, {"n": 0}
+
+    def crash_at_6(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise RuntimeError("killed")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(TranslationTask, "train_step", crash_at_6)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_training(compose_cfg(overrides), tmp_path / "split")
+    monkeypatch.setattr(TranslationTask, "train_step", real_step)
+    resumed = run_training(compose_cfg([*overrides, "resume=true"]), tmp_path / "split")
+    assert resumed["metrics"] == whole["metrics"]
+    final = lambda d: torch.load(d / "checkpoint.pt", weights_only=False)["task"]["model"]  # noqa: E731
+    for name, value in final(tmp_path / "whole").items():
+        torch.testing.assert_close(final(tmp_path / "split")[name], value)
