@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu.load()  # build outside the timings
     machine = machine_name(device)
-    path = "fused kernels" if dispatch._enabled() else "reference (RMSNORM_KERNELS=reference)"
+    path = "fused kernels" if dispatch.enabled() else "reference (RMSNORM_KERNELS=reference)"
     print(f"benchmarking on {machine}, {args.dtype}, our norms via {path}")
     results = run(QUICK_CASES if args.quick else CASES, device, dtype, 0.02 if args.quick else args.min_run_time)
     given = argv if argv is not None else sys.argv[1:]

@@ -151,6 +151,7 @@ def test_bucketed_batches_cover_every_pair_once():
     batches = D.bucketed_batches(lengths, 80, torch.Generator().manual_seed(0), pool=4)
     assert sorted(i for b in batches for i in b) == list(range(1000))
     assert all(len(b) <= 80 for b in batches)
+    assert len(batches) == D.count_batches(1000, 80, pool=4)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 8  # similar lengths within a batch
 

@@ -149,6 +149,13 @@ def pad_batch(seqs: list[list[int]], bos: bool, eos: bool) -> torch.Tensor:
     return out
 
 
+def count_batches(n: int, batch_size: int, pool: int = 20) -> int:
+    """How many batches `bucketed_batches` makes of n pairs, without shuffling or sorting anything."""
+    span = batch_size * pool
+    full, rest = divmod(n, span)
+    return full * pool + -(-rest // batch_size)
+
+
 def bucketed_batches(
     lengths: list[int], batch_size: int, generator: torch.Generator, pool: int = 20
 ) -> list[list[int]]:

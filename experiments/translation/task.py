@@ -52,8 +52,7 @@ class TranslationTask(Task):
                 self.eval_sets[name] = enc.subset(list(range(min(limit, len(enc))))) if limit < len(enc) else enc
         self.batch_size = int(cfg.batch_size)
         self._lengths = torch.maximum(self.train.src_lengths(), self.train.tgt_lengths()).tolist()
-        self._steps = len(D.bucketed_batches(self._lengths, self.batch_size, torch.Generator().manual_seed(0),
-                                             cfg.bucket_pool))
+        self._steps = D.count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         vocab = self.sp.get_piece_size()
         m = cfg.model
         self.model = RNNSearch(vocab, vocab, m.emb, m.hidden, norm, m.dropout).to(device)

@@ -1,5 +1,5 @@
-"""The fused CPU kernel (csrc/rms_norm_cpu.cpp): built with torch's cpp_extension on first use and cached,
-wrapped in an autograd Function. When it cannot build, one warning, and callers take the reference path."""
+"""The fused CPU kernel (csrc/rms_norm_cpu.cpp, autograd included): built with torch's cpp_extension on
+first use and cached. When it cannot build, one warning, and callers take the reference path."""
 
 from __future__ import annotations
 

@@ -22,26 +22,27 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _enabled() -> bool:
+def enabled() -> bool:
+    """False when RMSNORM_KERNELS=reference asks for the reference path everywhere."""
     return os.environ.get("RMSNORM_KERNELS", "auto") != "reference"
 
 
 def _fused_row_norm(x, weight, bias, eps, k, inv_n):
     """The fused path's result for this tensor, or None where only the reference applies."""
-    if x.dtype not in _CPU_DTYPES and x.dtype not in _CUDA_DTYPES or not _enabled() or x.numel() == 0:
+    if not enabled() or x.numel() == 0:
         return None
     # the kernels take weight and bias in x's dtype; mixed dtypes (autocast, a half model) take the reference
     if weight is not None and weight.dtype != x.dtype or bias is not None and bias.dtype != x.dtype:
         return None
-    if x.is_cuda:
-        if x.dtype not in _CUDA_DTYPES:
+    if x.device.type == "cpu":
+        if x.dtype not in _CPU_DTYPES:
             return None
+        module = cpu._module or cpu.load()
+        return None if module is None else module.row_norm(x, weight, bias, k, inv_n, eps)
+    if x.is_cuda and x.dtype in _CUDA_DTYPES:
         from rmsnorm.kernels import triton_kernels
 
         return triton_kernels.row_norm(x, weight, bias, eps, k, inv_n) if triton_kernels.available() else None
-    if x.device.type == "cpu" and x.dtype in _CPU_DTYPES:
-        module = cpu._module or cpu.load()
-        return None if module is None else module.row_norm(x, weight, bias, k, inv_n, eps)
     return None
 
 
@@ -69,7 +70,7 @@ def split_row_norm(x: torch.Tensor, first: torch.nn.Module, second: torch.nn.Mod
                    plan: tuple[int, float, int, float] | None) -> torch.Tensor | None:
     """Two norms over the column blocks [0, d1) and [d1, d) of x's rows in one fused call (the GRU's
     hidden-side norms), or None where only the separate norms apply."""
-    if plan is None or x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or x.dim() != 2 or not _enabled():
+    if plan is None or x.device.type != "cpu" or x.dtype not in _CPU_DTYPES or x.dim() != 2 or not enabled():
         return None
     if first.weight.dtype != x.dtype or second.weight.dtype != x.dtype:
         return None
