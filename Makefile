@@ -12,7 +12,7 @@ SEEDS := 0,1,2
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint bench report data-cifar10 replicate-cifar10 data-translation \
+.PHONY: help install demo test test-slow lint bench bench-tasks report data-cifar10 replicate-cifar10 data-translation \
 	replicate-translation replicate-all clean
 
 help: ## list the targets
@@ -43,6 +43,9 @@ test-slow: install ## the long tests too
 
 bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ plot)
 	$(PY) scripts/bench.py
+
+bench-tasks: install ## whole training steps of every task's paper model, norms interleaved, speed-ups with 95% intervals
+	$(PY) scripts/bench_tasks.py
 
 lint: install ## ruff
 	.venv/bin/ruff check .

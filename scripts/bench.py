@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import re
 import shlex
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rmsnorm  # noqa: E402
 from experiments.core import malloc  # noqa: E402
+from experiments.core.machine import machine_name  # noqa: E402
 from rmsnorm.kernels import dispatch  # noqa: E402
 
 EPS = 1e-8
@@ -214,18 +214,6 @@ def plot(results: list[Result], out_png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,3 +12,44 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     for impl in ("none (x*g)", "layernorm (torch)", "rms_norm (torch)", "rmsnorm (ours)", "prmsnorm (ours", "l2norm"):
         assert text.count(f"| {impl}") == 2, impl  # one row per shape
     assert md.with_suffix(".png").stat().st_size > 1000
+
+
+def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
+    # the paper models at a tiny batch; widths stay the paper's, so only a few steps
+    r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.02", "--rounds", "2", "--steps", "1",
+                   "--warmup", "1", "--tasks", "cifar10", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (md,) = tmp_path.glob("*.md")
+    text = md.read_text()
+    for norm in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"):
+        assert f"| {norm} |" in text, norm
+    assert "| layernorm | " in text and "reference" in text
+    assert text.count("% [") == 5  # every norm but LayerNorm has a speed-up with its interval
+    assert "| 39 +- 0.4 |" in text  # the paper's LayerNorm time beside ours
+
+
+def test_speedup_interval_separates_a_real_difference_from_noise():
+    import random
+
+    from experiments.core.interleaved import describe, speedup, speedup_interval
+
+    rng = random.Random(0)
+    ref = [1.0 + rng.gauss(0, 0.02) for _ in range(10)]
+    faster = [0.8 + rng.gauss(0, 0.02) for _ in range(10)]
+    same = [1.0 + rng.gauss(0, 0.02) for _ in range(10)]
+    lo, hi = speedup_interval(ref, faster)
+    assert 0.1 < lo <= speedup(ref, faster) <= hi < 0.3
+    assert "within noise" not in describe(speedup(ref, faster), (lo, hi))
+    assert "within noise" in describe(speedup(ref, same), speedup_interval(ref, same))
+
+
+def test_time_interleaved_runs_every_variant_each_round():
+    import torch
+
+    from experiments.core.interleaved import time_interleaved
+
+    calls = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             torch.device("cpu"), rounds=3, steps_per_round=2, warmup_steps=1)
+    assert calls.count("a") == calls.count("b") == 1 + 3 * 2
+    assert all(len(v) == 3 for v in times.per_round.values())

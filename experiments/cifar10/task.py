@@ -48,6 +48,12 @@ class Cifar10Task(Task):
         if len(self.train_x) < self.batch_size:
             raise ValueError(f"{len(self.train_x)} training images is less than one batch of {self.batch_size}")
 
+        self.build_model()
+
+    def build_model(self) -> None:
+        """The model and optimiser from the config and the norm alone (no data): `make bench-tasks` uses it."""
+        cfg, norm, device = self.cfg, self.norm, self.device
+        self.batch_size = int(cfg.batch_size)
         self.model = ConvPoolCNNC(norm, tuple(cfg.model.widths), 10, cfg.model.dropout, cfg.model.noise_std,
                                   cfg.model.leaky_slope).to(device)
         lrs = cfg.optim.lr_by_norm
@@ -55,6 +61,22 @@ class Cifar10Task(Task):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr,
                                           betas=(cfg.optim.beta1, cfg.optim.beta2))
         self.total_epochs = float(cfg.schedule_epochs)
+
+    @classmethod
+    def for_timing(cls, cfg: DictConfig, norm: NormSpec, device: torch.device, seed: int) -> Cifar10Task:
+        task = cls.__new__(cls)
+        task.cfg, task.norm, task.device, task.seed = cfg, norm, device, seed
+        task.build_model()
+        return task
+
+    def synthetic_batch(self, scale: float, generator: torch.Generator):
+        """A batch of the paper's shape (batch x 3 x 32 x 32); `scale` shrinks the batch only."""
+        n = max(1, round(self.batch_size * scale))
+        x = torch.randn(n, 3, 32, 32, generator=generator).to(self.device)
+        return x, torch.randint(0, 10, (n,), generator=generator).to(self.device)
+
+    def describe_batch(self, scale: float) -> str:
+        return f"batch {max(1, round(self.batch_size * scale))} x 3 x 32 x 32"
 
     @property
     def steps_per_epoch(self) -> int:

@@ -53,11 +53,41 @@ class TranslationTask(Task):
         self.batch_size = int(cfg.batch_size)
         self._lengths = torch.maximum(self.train.src_lengths(), self.train.tgt_lengths()).tolist()
         self._steps = D.count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
-        vocab = self.sp.get_piece_size()
-        m = cfg.model
-        self.model = RNNSearch(vocab, vocab, m.emb, m.hidden, norm, m.dropout).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
+        self.build_model(norm, self.sp.get_piece_size())
+
+    def build_model(self, norm: NormSpec, vocab: int) -> None:
+        """The model and optimiser from the config, the norm and the vocabulary size (no data)."""
+        m = self.cfg.model
+        self.model = RNNSearch(vocab, vocab, m.emb, m.hidden, norm, m.dropout).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.signature = None
+
+    @classmethod
+    def for_timing(cls, cfg: DictConfig, norm: NormSpec, device: torch.device, seed: int) -> TranslationTask:
+        """The paper's model without data: the vocabulary is the BPE size the config asks for."""
+        task = cls.__new__(cls)
+        task.cfg, task.device, task.seed = cfg, device, seed
+        task.batch_size = int(cfg.batch_size)
+        task.build_model(norm, int(cfg.bpe_vocab_size))
+        return task
+
+    #: tokens per sentence in a timing batch: about the mean WMT14 sentence in 32k BPE
+    TIMING_LENGTH = 30
+
+    def _timing_shape(self, scale: float) -> tuple[int, int]:
+        return max(1, round(self.batch_size * scale)), max(2, round(self.TIMING_LENGTH * scale))
+
+    def synthetic_batch(self, scale: float, generator: torch.Generator):
+        """Random ids at the paper's shape (batch 80, 30 tokens a side); `scale` shrinks batch and length."""
+        b, t = self._timing_shape(scale)
+        vocab = self.model.out_proj.out_features
+        src = torch.randint(4, vocab, (t, b), generator=generator).to(self.device)
+        tgt = torch.randint(4, vocab, (t + 1, b), generator=generator).to(self.device)
+        return src, torch.ones(t, b, device=self.device), tgt[:-1], tgt[1:]
+
+    def describe_batch(self, scale: float) -> str:
+        b, t = self._timing_shape(scale)
+        return f"batch {b} x {t} source and {t} target tokens"
 
     def _ensure_synthetic(self, root: Path) -> None:
         syn, files = self.cfg.synthetic, self.cfg.files

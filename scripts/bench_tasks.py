@@ -1,0 +1,146 @@
+"""Whole training steps of each task's paper model, every norm interleaved: python scripts/bench_tasks.py
+
+For each task, the `preset=paper` model and optimiser are built once per norm; each timed step is the task's
+own `train_step` (forward, loss, backward, optimiser) on a fixed synthetic batch of the paper's shape. The
+norms run round-robin in a fresh random order each round, after warm-up, CUDA synchronised, so drift on a
+shared machine hits every norm alike. Reported: the median seconds per step in the paper's unit, and the
+speed-up over LayerNorm, (T_LN - T_norm) / T_LN, with a 95% bootstrap interval over rounds; an interval
+that spans 0 reads "within noise".
+
+`--scale` shrinks the batch (and, for translation, the sentence length), never a hidden width: the norm's
+share of a step depends on the width. The default on a CPU is 0.1, so the whole run fits in minutes on 2 cores.
+Writes results/bench-tasks/<device>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+
+from experiments.core import malloc
+from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
+from experiments.core.machine import machine_name
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("cifar10", "translation")
+
+
+def task_config(task: str, norm: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=[f"task={task}", f"norm={norm}", "preset=paper", *overrides])
+
+
+def paper_times(task: str) -> dict[str, str]:
+    path = REPO / "results" / "paper" / f"{task}.csv"
+    if not path.exists():
+        return {}
+    rows = csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))
+    return {r["norm"]: f"{r['time']} +- {r['time_std']}" for r in rows}
+
+
+def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
+               norms: list[str] | None, overrides: list[str]) -> dict:
+    first = task_config(task_name, "layernorm", overrides)
+    names = norms or list(first.task.norms)
+    tasks, batch_text, unit = {}, "", None
+    for name in names:
+        cfg = task_config(task_name, name, overrides)
+        torch.manual_seed(0)
+        norm = hydra.utils.instantiate(cfg.norm)
+        task_class = hydra.utils.get_class(cfg.task.builder._target_)
+        task = task_class.for_timing(cfg.task, norm, device, seed=0)
+        batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
+        tasks[name] = (task, batch)
+        batch_text = task.describe_batch(scale)
+    unit_name, unit_steps = ("sec_per_epoch", 500) if task_name == "cifar10" else ("sec_per_1k_steps", 1000)
+    unit = (unit_name, unit_steps)
+    print(f"{task_name}: {', '.join(names)} on {batch_text}; {rounds} rounds x {steps} steps", flush=True)
+    times = time_interleaved({n: (lambda t=t, b=b: t.train_step(b)) for n, (t, b) in tasks.items()}, device,
+                             rounds, steps, warmup, on_round=lambda r: print(f"  round {r + 1}/{rounds}", flush=True))
+    rows = []
+    for name in names:
+        per_step = times.median(name)
+        row = {"norm": name, "sec_per_step": per_step, unit[0]: per_step * unit[1],
+               "rounds": times.per_round[name]}
+        if "layernorm" in names and name != "layernorm":
+            ref = times.per_round["layernorm"]
+            row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
+            row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
+        rows.append(row)
+    return {"task": task_name, "batch": batch_text, "unit": unit[0], "unit_steps": unit[1], "rows": rows,
+            "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup}
+
+
+def render(results: list[dict], machine: str, command: str, scale: float) -> str:
+    lines = [f"# Task step timing: {machine}", "", f"Command: `{command}`  ",
+             f"Date: {datetime.date.today()}, torch {torch.__version__}, scale {scale:g}  ",
+             "Each norm's paper-width model runs whole training steps (forward, loss, backward, optimiser) on a "
+             "fixed synthetic batch; norms interleaved round-robin in a shuffled order, after warm-up, CUDA "
+             "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
+             "(T_LN - T) / T_LN on medians, [95% paired bootstrap interval over rounds]; 'within noise' where the "
+             "interval spans 0. The paper's column is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti).", ""]
+    for res in results:
+        paper = paper_times(res["task"])
+        lines += [f"## {res['task']}: {res['batch']}, {res['rounds']} rounds x {res['steps_per_round']} steps", "",
+                  f"| norm | ms / step | {res['unit']} | speed-up vs LayerNorm [95% CI] | paper {res['unit']} |",
+                  "|---|---|---|---|---|"]
+        for row in res["rows"]:
+            sp = describe(row["speedup_vs_layernorm"], row["speedup_interval95"]) if "speedup_interval95" in row \
+                else ("reference" if row["norm"] == "layernorm" else "")
+            lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
+                         f"{paper.get(row['norm'], '-')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list")
+    parser.add_argument("--norms", default=None, help="comma list (default: every norm of the task's config)")
+    parser.add_argument("--scale", type=float, default=None, help="batch/length factor (default 1 on CUDA, 0.1 on CPU)")
+    parser.add_argument("--rounds", type=int, default=None, help="default 10 on CUDA, 7 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="steps per round (default 5 on CUDA, 2 on CPU)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-tasks")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides applied to every task, e.g. task.model.hidden=256")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    cuda = device.type == "cuda"
+    scale = args.scale if args.scale is not None else (1.0 if cuda else 0.1)
+    rounds = args.rounds or (10 if cuda else 7)
+    steps = args.steps or (5 if cuda else 2)
+    machine = machine_name(device)
+    results = [bench_task(t, device, scale, rounds, steps, args.warmup,
+                          args.norms.split(",") if args.norms else None, args.overrides)
+               for t in args.tasks.split(",")]
+    given = argv if argv is not None else sys.argv[1:]
+    command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()
+    text = render(results, machine, command, scale)
+    stem = "".join(c if c.isalnum() else "-" for c in f"{device.type}-{machine}".lower()).strip("-")
+    while "--" in stem:
+        stem = stem.replace("--", "-")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, "scale": scale,
+                                                       "results": results}, indent=1) + "\n")
+    print(text)
+    print(f"wrote {args.out / stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    malloc.reexec_with_stable_malloc()
+    sys.exit(main())
