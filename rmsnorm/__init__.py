@@ -1,51 +1,41 @@
 """Root Mean Square Layer Normalization (Zhang & Sennrich, 2019) and the norms it is compared with.
 
-Depends on torch only: `from rmsnorm import RMSNorm` drops into any model.
+Depends on torch only: `from rmsnorm import RMSNorm` drops into any model. Layers import downwards only:
+reference (the maths) <- kernels (fast paths, tensors in, tensors out) <- functional <- norms <- registry
+<- spec <- blocks <- rnn.
 """
 
-from rmsnorm.functional import (
-    DEFAULT_EPS,
-    DEFAULT_P,
-    NormConfigError,
-    l2_norm,
-    layer_norm,
-    partial_size,
-    rms_norm,
-)
-from rmsnorm.norms import (
-    NORM_NAMES,
-    ChannelMapNorm,
-    L2Norm,
-    LayerNorm,
-    NoNorm,
-    NormSpec,
-    PartialRMSNorm,
-    RMSNorm,
-    build_norm,
-    build_norm2d,
-    check_norm_name,
-)
+from rmsnorm.blocks import BlockNorm
+from rmsnorm.functional import l2_norm, layer_norm, rms_norm
+from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm
+from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, partial_size
+from rmsnorm.registry import NormInfo, norm_info, norm_names, register_norm, unregister_norm
 from rmsnorm.rnn import NormGRU, NormGRUCell
+from rmsnorm.spec import NormSpec, build_norm, build_norm2d
 
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_P",
-    "NORM_NAMES",
+    "BlockNorm",
     "ChannelMapNorm",
     "L2Norm",
     "LayerNorm",
     "NoNorm",
+    "NormConfigError",
     "NormGRU",
     "NormGRUCell",
-    "NormConfigError",
+    "NormInfo",
     "NormSpec",
     "PartialRMSNorm",
     "RMSNorm",
     "build_norm",
     "build_norm2d",
-    "check_norm_name",
     "l2_norm",
     "layer_norm",
+    "norm_info",
+    "norm_names",
     "partial_size",
+    "register_norm",
     "rms_norm",
+    "unregister_norm",
 ]

@@ -1,77 +1,21 @@
-"""Functional forms of the norms, with the reference maths the fast paths are tested against.
-
-eps placement: every norm here adds eps INSIDE the root, `x * rsqrt(mean(x^2) + eps)`, as the paper's
-TensorFlow reference and `torch.nn.RMSNorm` do, so our RMSNorm coincides with torch's for the same eps.
-All statistics are computed in float32 (or float64 for float64 inputs) and the result is returned in the
-input dtype, so fp16/bf16 inputs neither overflow in x^2 nor lose the statistic to rounding.
-"""
+"""Functional forms of the norms over the last dimension, each on the fastest correct path for its input
+(`rmsnorm.kernels.dispatch`), with the exact references of `rmsnorm.reference` beside them."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-DEFAULT_EPS = 1e-8
-DEFAULT_P = 0.0625
-
-
-class NormConfigError(ValueError):
-    """A norm was asked for with settings that cannot work (unknown name, p out of range, k < 1)."""
-
-
-def check_p(p: float) -> float:
-    if not 0.0 < p <= 1.0:
-        raise NormConfigError(f"pRMSNorm needs 0 < p <= 1, got p={p}; p is the share of features used for the RMS")
-    return float(p)
-
-
-def partial_size(d: int, p: float) -> int:
-    """Number of leading features pRMSNorm estimates the RMS from: `int(d * p)`, as the reference code does."""
-    check_p(p)
-    k = int(d * p)
-    if k < 1:
-        raise NormConfigError(
-            f"pRMSNorm with p={p} on {d} features uses k=int({d}*{p})=0 features; choose p >= {1.0 / d:.4g}"
-        )
-    return k
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _affine(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    if weight is not None:
-        y = y * weight.to(y.dtype)
-    if bias is not None:
-        y = y + bias.to(y.dtype)
-    return y
-
-
-def rms_norm_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = DEFAULT_EPS,
-    k: int | None = None,
-) -> torch.Tensor:
-    """RMSNorm over the last dimension; with `k`, the RMS comes from the first k features only (pRMSNorm)."""
-    xf = x.to(_compute_dtype(x))
-    stat = xf if k is None or k == x.shape[-1] else xf[..., :k]
-    y = xf * torch.rsqrt(stat.pow(2).mean(-1, keepdim=True) + eps)
-    return _affine(y, weight, bias).to(x.dtype)
-
-
-def l2_norm_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = DEFAULT_EPS,
-) -> torch.Tensor:
-    """x / ||x||_2 over the last dimension: RMSNorm without the sqrt(d) factor (the paper's Table 2 row)."""
-    xf = x.to(_compute_dtype(x))
-    y = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
-    return _affine(y, weight, bias).to(x.dtype)
+from rmsnorm.kernels import dispatch
+from rmsnorm.reference import (  # noqa: F401 - part of the functional API
+    DEFAULT_EPS,
+    DEFAULT_P,
+    NormConfigError,
+    check_p,
+    l2_norm_reference,
+    partial_size,
+    rms_norm_reference,
+)
 
 
 def rms_norm(
@@ -81,7 +25,7 @@ def rms_norm(
     eps: float = DEFAULT_EPS,
     k: int | None = None,
 ) -> torch.Tensor:
-    """RMSNorm (or pRMSNorm with `k`) over the last dimension, on the fastest correct path for the input."""
+    """RMSNorm (or pRMSNorm with `k`) over the last dimension."""
     return dispatch.rms_norm(x, weight, bias, eps, k)
 
 
@@ -91,7 +35,7 @@ def l2_norm(
     bias: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
-    """x / ||x||_2 over the last dimension, on the fastest correct path for the input."""
+    """x / ||x||_2 over the last dimension."""
     return dispatch.l2_norm(x, weight, bias, eps)
 
 
@@ -107,7 +51,3 @@ def layer_norm(
         b = None if bias is None else bias.float()
         return F.layer_norm(x.float(), x.shape[-1:], w, b, eps).to(x.dtype)
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-
-
-# at the end: dispatch needs the references above, and these wrappers need dispatch at call time only
-from rmsnorm.kernels import dispatch  # noqa: E402

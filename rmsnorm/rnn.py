@@ -19,15 +19,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rmsnorm.kernels import dispatch
-from rmsnorm.norms import NormSpec
+from rmsnorm.blocks import BlockNorm
+from rmsnorm.reference import NormConfigError
+from rmsnorm.registry import recurrent_norm_names
+from rmsnorm.spec import NormSpec
 
 
-def _spec(norm: NormSpec | str) -> NormSpec:
+def recurrent_spec(norm: NormSpec | str) -> NormSpec:
+    """The spec of a norm that may sit inside a recurrent cell, or a NormConfigError naming those that may."""
     spec = norm if isinstance(norm, NormSpec) else NormSpec(norm)
-    if spec.name in ("batchnorm", "weightnorm"):
-        raise ValueError(f"norm '{spec.name}' has no place inside a recurrent cell; use none, layernorm, rmsnorm, "
-                         "prmsnorm or l2norm")
+    if not spec.info.recurrent:
+        raise NormConfigError(f"norm '{spec.name}' has no place inside a recurrent cell; use one of "
+                              f"{', '.join(recurrent_norm_names())}")
     # each norm keeps its usual shift: none for the RMS family (as the paper), a bias for LayerNorm, whose
     # mean subtraction removes the cell's own bias added before it (as in Nematus' layer-normalised GRU)
     return spec
@@ -36,15 +39,14 @@ def _spec(norm: NormSpec | str) -> NormSpec:
 class NormGRUCell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none"):
         super().__init__()
-        spec = _spec(norm)
+        spec = recurrent_spec(norm)
         h = hidden_size
         self.input_size, self.hidden_size = input_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))  # [W_r; W_u; W_x]
         self.bias = nn.Parameter(torch.zeros(3 * h))
         self.weight_hh = nn.Parameter(torch.empty(3 * h, h))  # [U_r; U_u; U_x]
         self.norm_x_gates, self.norm_x_cand = spec.build(2 * h), spec.build(h)
-        self.norm_h_gates, self.norm_h_cand = spec.build(2 * h), spec.build(h)
-        self._hidden_norm_plan = dispatch.split_norm_plan(self.norm_h_gates, self.norm_h_cand)
+        self.norm_h = BlockNorm(spec, (2 * h, h))  # [U_r; U_u] h and U_x h, fused where the kernel applies
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -61,17 +63,7 @@ class NormGRUCell(nn.Module):
         return self.norm_x_gates(gates), self.norm_x_cand(cand)
 
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
-        hs = self.hidden_size
-        hidden = h_prev @ self.weight_hh.t()
-        # both hidden-side norms in one fused call where the kernel applies (RMS family, CPU): per-step calls
-        # dominate a small GRU's norm cost
-        both = dispatch.split_row_norm(hidden, self.norm_h_gates, self.norm_h_cand, self._hidden_norm_plan)
-        if both is not None:
-            h_gates, h_cand = both.split((2 * hs, hs), dim=-1)
-        else:
-            # split, not slicing: a slice's backward zero-fills the whole parent once per use
-            h_gates, h_cand = hidden.split((2 * hs, hs), dim=-1)
-            h_gates, h_cand = self.norm_h_gates(h_gates), self.norm_h_cand(h_cand)
+        h_gates, h_cand = self.norm_h(h_prev @ self.weight_hh.t())
         r, u = torch.sigmoid(x_gates + h_gates).chunk(2, dim=-1)
         cand = torch.tanh(r * h_cand + x_cand)
         return u * h_prev + (1.0 - u) * cand  # = cand + u * (h_prev - cand)

@@ -65,12 +65,11 @@ def test_gru_layer_without_norm_is_torch_gru_and_masks_padding():
 @pytest.mark.parametrize("norm", NORMS)
 def test_normalised_cell_places_four_norms_and_backpropagates(norm):
     cell = NormGRUCell(6, 8, NormSpec(norm, p=0.25)).double()
-    names = ["norm_x_gates", "norm_x_cand", "norm_h_gates", "norm_h_cand"]
+    norms = [cell.norm_x_gates, cell.norm_x_cand, *cell.norm_h.norms]
     if norm != "none":
-        sizes = [getattr(cell, n).weight.shape[0] for n in names]
-        assert sizes == [16, 8, 16, 8]
+        assert [n.weight.shape[0] for n in norms] == [16, 8, 16, 8]
         # the RMS family has no shift (the paper); LayerNorm keeps its bias: its centring removes the cell's
-        assert all((getattr(cell, n).bias is not None) == (norm == "layernorm") for n in names)
+        assert all((n.bias is not None) == (norm == "layernorm") for n in norms)
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     h = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, h: cell(x, h), (x, h))
@@ -258,11 +257,11 @@ def test_fused_hidden_norms_equal_the_separate_ones(norm, monkeypatch):
     torch.manual_seed(0)
     cell = NormGRUCell(6, 16, NormSpec(norm, p=0.25)).double()
     with torch.no_grad():
-        cell.norm_h_gates.weight.normal_()
-        cell.norm_h_cand.weight.normal_()
+        for n in cell.norm_h.norms:
+            n.weight.normal_()
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     h = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
-    params = [x, h, cell.norm_h_gates.weight, cell.norm_h_cand.weight, cell.weight_hh]
+    params = [x, h, *(n.weight for n in cell.norm_h.norms), cell.weight_hh]
 
     def run():
         out = cell(x, h)
@@ -270,8 +269,9 @@ def test_fused_hidden_norms_equal_the_separate_ones(norm, monkeypatch):
 
     from rmsnorm.kernels import dispatch
 
-    plan = dispatch.split_norm_plan(cell.norm_h_gates, cell.norm_h_cand)
-    assert dispatch.split_row_norm(h @ cell.weight_hh.t(), cell.norm_h_gates, cell.norm_h_cand, plan) is not None
+    ks, inv_ns, eps = cell.norm_h._fused
+    fused_out = dispatch.block_row_norm(h @ cell.weight_hh.t(), [n.weight for n in cell.norm_h.norms], ks, inv_ns, eps)
+    assert fused_out is not None
     fused = run()
     monkeypatch.setenv("RMSNORM_KERNELS", "reference")
     for a, b in zip(fused, run(), strict=True):

@@ -27,13 +27,11 @@ class GaussianNoise(nn.Module):
 
 class ConvNormAct(nn.Sequential):
     def __init__(self, norm: NormSpec, c_in: int, c_out: int, kernel: int, padding: int, slope: float):
+        map_norm = norm.build2d(c_out)
         # a norm with its own per-channel shift makes the conv's bias redundant
-        conv_bias = norm.name in ("none", "weightnorm") or norm.bias is False
-        super().__init__(
-            nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=conv_bias),
-            norm.build2d(c_out),
-            nn.LeakyReLU(slope),
-        )
+        conv_bias = getattr(map_norm, "bias", None) is None
+        super().__init__(nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=conv_bias), map_norm,
+                         nn.LeakyReLU(slope))
 
 
 def _glorot_init(module: nn.Module) -> None:

@@ -1,1 +1,2 @@
-"""Fast paths for the norms, each with the exact reference in `rmsnorm.functional` to fall back on."""
+"""Fast paths for the RMS-family norms. They take tensors and plain numbers only, never layer objects, and
+fall back on the exact maths of `rmsnorm.reference`."""

@@ -64,6 +64,11 @@ def load(verbose: bool = False):
     return _module
 
 
+def module():
+    """The compiled module once built (the hot path: no lock, no lookup), else `load()`'s answer."""
+    return _module or load()
+
+
 def row_norm(x: torch.Tensor, weight, bias, eps: float, k: int, inv_n: float) -> torch.Tensor:
     """y = x * rsqrt(inv_n * sum(x[..., :k]^2) + eps) * w + b over the last dimension, with autograd."""
-    return (_module or load()).row_norm(x, weight, bias, k, inv_n, eps)
+    return module().row_norm(x, weight, bias, k, inv_n, eps)

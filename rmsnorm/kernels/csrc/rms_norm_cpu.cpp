@@ -201,74 +201,79 @@ torch::Tensor row_norm(const torch::Tensor& x, const c10::optional<torch::Tensor
   return RowNormFunction::apply(x, weight, bias, k, inv_n, eps);
 }
 
-// Two norms over the column blocks [0, d1) and [d1, d) of each row, each with its own gain, in one call:
-// the GRU's hidden->[r; u] and hidden->candidate norms on the one matmul output [U; Ux] h.
-class SplitRowNormFunction : public torch::autograd::Function<SplitRowNormFunction> {
+// Norms over consecutive column blocks of each row, each block with its own statistic (k, inv_n) and its own
+// slice of one gain vector, in one call: the recurrent cells' hidden-side norms on the one matmul output
+// [U; Ux] h (GRU: [r; u] and candidate). The gains arrive as one vector (the caller concatenates them), so
+// autograd sees one weight and returns one gradient.
+class BlockRowNormFunction : public torch::autograd::Function<BlockRowNormFunction> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1,
-                               const torch::Tensor& w2, int64_t k1, int64_t k2, double inv_n1, double inv_n2,
-                               double eps) {
-    const int64_t d1 = w1.numel(), d2 = w2.numel();
-    TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) == d1 + d2 && (x.size(0) <= 1 || x.stride(0) >= d1 + d2),
-                "split_row_norm expects a 2-d tensor with contiguous rows of width len(w1) + len(w2)");
-    check_input(x.narrow(1, 0, d1), k1);
-    check_input(x.narrow(1, d1, d2), k2);
-    optional_ptr(w1, x.narrow(1, 0, d1));
-    optional_ptr(w2, x.narrow(1, d1, d2));
-    const int64_t rows = x.size(0), d = d1 + d2;
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                               const std::vector<int64_t>& sizes, const std::vector<int64_t>& ks,
+                               const std::vector<double>& inv_ns, double eps) {
+    TORCH_CHECK(!sizes.empty() && sizes.size() == ks.size() && sizes.size() == inv_ns.size(),
+                "block_row_norm needs one size, k and inv_n per block");
+    const int64_t d = x.size(-1);
+    int64_t total = 0;
+    for (auto s : sizes) total += s;
+    TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && total == d && w.numel() == d && (x.size(0) <= 1 || x.stride(0) >= d),
+                "block_row_norm expects a 2-d tensor with contiguous rows as wide as the blocks together");
+    const int64_t rows = x.size(0), blocks = static_cast<int64_t>(sizes.size());
     auto y = torch::empty({rows, d}, x.options());
-    auto rstd = torch::empty({2, rows}, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "split_row_norm_forward", [&] {
-      const scalar_t* xp = x.data_ptr<scalar_t>();
-      scalar_t* yp = y.data_ptr<scalar_t>();
-      scalar_t* rp = rstd.data_ptr<scalar_t>();
-      forward_rows<scalar_t>(xp, x.stride(0), w1.data_ptr<scalar_t>(), nullptr, yp, d, rp, rows, d1, k1, inv_n1, eps);
-      forward_rows<scalar_t>(xp + d1, x.stride(0), w2.data_ptr<scalar_t>(), nullptr, yp + d1, d, rp + rows, rows, d2,
-                             k2, inv_n2, eps);
-    });
-    ctx->save_for_backward({x, w1, w2, rstd});
-    ctx->saved_data["k1"] = k1;
-    ctx->saved_data["k2"] = k2;
-    ctx->saved_data["inv_n1"] = inv_n1;
-    ctx->saved_data["inv_n2"] = inv_n2;
+    auto rstd = torch::empty({blocks, rows}, x.options());
+    int64_t offset = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      check_input(x.narrow(1, offset, sizes[b]), ks[b]);
+      optional_ptr(w.narrow(0, offset, sizes[b]).contiguous(), x.narrow(1, offset, sizes[b]));
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "block_row_norm_forward", [&] {
+        forward_rows<scalar_t>(x.data_ptr<scalar_t>() + offset, x.stride(0), w.data_ptr<scalar_t>() + offset, nullptr,
+                               y.data_ptr<scalar_t>() + offset, d, rstd.data_ptr<scalar_t>() + b * rows, rows,
+                               sizes[b], ks[b], inv_ns[b], eps);
+      });
+      offset += sizes[b];
+    }
+    ctx->save_for_backward({x, w, rstd});
+    ctx->saved_data["sizes"] = sizes;
+    ctx->saved_data["ks"] = ks;
+    ctx->saved_data["inv_ns"] = inv_ns;
     return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &w1 = saved[1], &w2 = saved[2], &rstd = saved[3];
-    const int64_t d1 = w1.numel(), d2 = w2.numel(), rows = x.size(0), d = d1 + d2;
+    const auto &x = saved[0], &w = saved[1], &rstd = saved[2];
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const auto ks = ctx->saved_data["ks"].toIntVector();
+    const auto inv_ns = ctx->saved_data["inv_ns"].toDoubleVector();
+    const int64_t rows = x.size(0), d = x.size(1);
     auto dy = grads[0].contiguous();
     auto dx = torch::empty({rows, d}, x.options());
-    auto dw1 = torch::zeros({d1}, x.options());
-    auto dw2 = torch::zeros({d2}, x.options());
-    const int64_t k1 = ctx->saved_data["k1"].toInt(), k2 = ctx->saved_data["k2"].toInt();
-    const double inv_n1 = ctx->saved_data["inv_n1"].toDouble(), inv_n2 = ctx->saved_data["inv_n2"].toDouble();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "split_row_norm_backward", [&] {
-      const scalar_t* dyp = dy.data_ptr<scalar_t>();
-      const scalar_t* xp = x.data_ptr<scalar_t>();
-      const scalar_t* rp = rstd.data_ptr<scalar_t>();
-      scalar_t* dxp = dx.data_ptr<scalar_t>();
-      backward_rows<scalar_t>(dyp, d, xp, x.stride(0), w1.data_ptr<scalar_t>(), rp, dxp, d,
-                              dw1.data_ptr<scalar_t>(), nullptr, rows, d1, k1, inv_n1);
-      backward_rows<scalar_t>(dyp + d1, d, xp + d1, x.stride(0), w2.data_ptr<scalar_t>(), rp + rows, dxp + d1, d,
-                              dw2.data_ptr<scalar_t>(), nullptr, rows, d2, k2, inv_n2);
-    });
-    return {dx, dw1, dw2, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto dw = torch::zeros({d}, x.options());
+    int64_t offset = 0;
+    for (size_t b = 0; b < sizes.size(); ++b) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "block_row_norm_backward", [&] {
+        backward_rows<scalar_t>(dy.data_ptr<scalar_t>() + offset, d, x.data_ptr<scalar_t>() + offset, x.stride(0),
+                                w.data_ptr<scalar_t>() + offset, rstd.data_ptr<scalar_t>() + b * rows,
+                                dx.data_ptr<scalar_t>() + offset, d, dw.data_ptr<scalar_t>() + offset, nullptr, rows,
+                                sizes[b], ks[b], inv_ns[b]);
+      });
+      offset += sizes[b];
+    }
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
-torch::Tensor split_row_norm(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& w2, int64_t k1,
-                             int64_t k2, double inv_n1, double inv_n2, double eps) {
-  return SplitRowNormFunction::apply(x, w1, w2, k1, k2, inv_n1, inv_n2, eps);
+torch::Tensor block_row_norm(const torch::Tensor& x, const std::vector<torch::Tensor>& weights,
+                             const std::vector<int64_t>& ks, const std::vector<double>& inv_ns, double eps) {
+  std::vector<int64_t> sizes;
+  for (const auto& w : weights) sizes.push_back(w.numel());
+  // one cat of the gains (a few thousand values) per call: it keeps autograd to one weight
+  return BlockRowNormFunction::apply(x, weights.size() == 1 ? weights[0] : torch::cat(weights), sizes, ks, inv_ns, eps);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_norm", &row_norm, "fused RMSNorm over the last dimension, with autograd (CPU)");
-  m.def("split_row_norm", &split_row_norm, "two fused RMSNorms over the two column blocks of each row (CPU)");
-  m.def("forward", &forward_2d, "fused RMSNorm forward on a contiguous 2-d tensor (CPU)");
-  m.def("backward", &backward_2d, "fused RMSNorm backward on a contiguous 2-d tensor (CPU)");
+  m.def("block_row_norm", &block_row_norm, "fused RMS-family norms over consecutive column blocks of each row (CPU)");
 }
