@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import rmsnorm
-from rmsnorm.reference import l2_norm_reference, rms_norm_reference
 from rmsnorm.kernels import cpu, dispatch
+from rmsnorm.reference import l2_norm_reference, rms_norm_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
