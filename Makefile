@@ -1,22 +1,20 @@
 # make help lists the targets. Every target installs what it needs into .venv first.
+# The tasks and each task's norms are read from configs/ (scripts/tasks.py): nothing here lists them.
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
 
-TASKS := cifar10 translation
-# the rows of each task's table in the paper
-NORMS_cifar10 := none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm
-NORMS_translation := none,layernorm,l2norm,rmsnorm,prmsnorm
+TASKS = $(shell $(PY) scripts/tasks.py list)
 SEEDS := 0,1,2
 DATA_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint bench bench-tasks report data-cifar10 replicate-cifar10 data-translation \
-	replicate-translation replicate-all clean
+.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@echo "  (<task>: one of configs/task/*.yaml)"
 
 install: $(STAMP) ## create .venv with the suite and its dev tools (idempotent)
 
@@ -26,11 +24,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m rmsnorm.kernels.build  # compile the fused CPU kernel now rather than on first use (cached)
 	touch $@
 
-demo: install ## every task x every norm on built-in data (CPU, offline, minutes); table + plots in results/demo/
+demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
+	status=0; for t in $(TASKS); do $(PY) scripts/prepare.py task=$$t preset=demo || status=1; done; exit $$status
+
+demo: demo-data ## every task x every norm on built-in data (CPU, offline, minutes); table + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
-	$(foreach t,$(TASKS),$(PY) scripts/train.py -m task=$(t) norm=$(NORMS_$(t)) preset=demo logger=none \
-	  train.progress=false hydra.sweep.dir=multirun/demo/$(t) || status=1;) \
+	for t in $(TASKS); do \
+	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo logger=none \
+	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
+	done; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" || status=1; \
 	exit $$status
 
@@ -44,7 +47,7 @@ test-slow: install ## the long tests too
 bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ plot)
 	$(PY) scripts/bench.py
 
-bench-tasks: install ## whole training steps of every task's paper model, norms interleaved, speed-ups with 95% intervals
+bench-tasks: install ## whole training steps of each task's paper model, norms interleaved, speed-ups with 95% intervals
 	$(PY) scripts/bench_tasks.py
 
 lint: install ## ruff
@@ -53,19 +56,15 @@ lint: install ## ruff
 report: install ## tables and plots from every run under multirun/ and outputs/ into results/report/
 	$(PY) scripts/report.py multirun outputs --out results/report --command "make report"
 
-data-cifar10: install ## download CIFAR-10 into $(DATA_DIR)/cifar10 (needs internet, once)
-	$(PY) scripts/prepare_cifar10.py --data-dir $(DATA_DIR)
+data-%: install ## data-<task>: the real data set into $(DATA_DIR) (needs internet, once) and what training derives from it
+	$(PY) scripts/prepare.py task=$* preset=paper data_dir=$(DATA_DIR)
 
-replicate-cifar10: install ## Table 10: every norm, preset=paper, 3 seeds, one Hydra multirun
-	$(PY) scripts/train.py -m task=cifar10 norm=$(NORMS_cifar10) preset=paper seed=$(SEEDS) data_dir=$(DATA_DIR)
+replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun
+	$(PY) scripts/train.py -m task=$* norm=$$($(PY) scripts/tasks.py norms $*) preset=paper seed=$(SEEDS) \
+	  data_dir=$(DATA_DIR)
 
-data-translation: install ## WMT14 En-De (+ newstest2017) via datasets, joint 32k BPE, into $(DATA_DIR)/translation
-	$(PY) scripts/prepare_translation.py --data-dir $(DATA_DIR)
-
-replicate-translation: install ## Table 2: every norm, preset=paper, 3 seeds, one Hydra multirun (GPU advised)
-	$(PY) scripts/train.py -m task=translation norm=$(NORMS_translation) preset=paper seed=$(SEEDS) data_dir=$(DATA_DIR)
-
-replicate-all: $(addprefix replicate-,$(TASKS)) ## every task's replication, one after the other
+replicate-all: install ## every task's replication, one after the other
+	status=0; for t in $(TASKS); do $(MAKE) replicate-$$t || status=1; done; exit $$status
 
 clean: ## remove run outputs (keeps data/ and .venv)
 	rm -rf outputs multirun

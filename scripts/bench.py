@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import rmsnorm  # noqa: E402
-from experiments.core import malloc  # noqa: E402
-from experiments.core.machine import machine_name  # noqa: E402
-from rmsnorm.kernels import dispatch  # noqa: E402
+import rmsnorm
+from experiments.core import malloc
+from experiments.core.machine import machine_name
+from rmsnorm.kernels import dispatch
 
 EPS = 1e-8
 P = 0.0625

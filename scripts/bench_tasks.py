@@ -24,9 +24,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose, initialize_config_dir
 
 from experiments.core import malloc
+from experiments.core.config import compose_config, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
 
@@ -35,8 +35,7 @@ TASKS = ("cifar10", "translation")
 
 
 def task_config(task: str, norm: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=[f"task={task}", f"norm={norm}", "preset=paper", *overrides])
+    return compose_config([f"task={task}", f"norm={norm}", "preset=paper", *overrides])
 
 
 def paper_times(task: str) -> dict[str, str]:
@@ -56,8 +55,8 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         cfg = task_config(task_name, name, overrides)
         torch.manual_seed(0)
         norm = hydra.utils.instantiate(cfg.norm)
-        task_class = hydra.utils.get_class(cfg.task.builder._target_)
-        task = task_class.for_timing(cfg.task, norm, device, seed=0)
+        task_class = hydra.utils.instantiate(cfg.task.builder).func
+        task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm, device, seed=0)
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
         tasks[name] = (task, batch)
         batch_text = task.describe_batch(scale)

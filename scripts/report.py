@@ -11,10 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.core.atomic import save_text  # noqa: E402
-from experiments.core.report import build_tables, find_runs, plot_task, read_paper_table, render_markdown  # noqa: E402
+from experiments.core.atomic import save_text
+from experiments.core.report import build_tables, find_runs, plot_task, read_paper_table, render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task)))
         same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset]
-        shrinks = same[0].get("shrinks") if same else []
-        if shrinks:
-            parts.append("Shrunk from the paper's setting: " + "; ".join(shrinks) + ".\n")
+        # what every run of the table changed against preset=paper (per-norm settings aside)
+        common = [set(s.get("differs_from_paper", [])) for s in same]
+        shared = sorted(set.intersection(*common)) if common else []
+        shared = [line for line in shared if not line.startswith("norm.")]
+        if shared:
+            parts.append("Differs from preset=paper (computed from the runs' configs):\n"
+                         + "".join(f"- `{line}`\n" for line in shared))
     if errors:
         parts.append("Failed runs:\n" + "".join(f"- {e['run_dir']}: {e['error']}\n" for e in errors))
     text = "\n".join(parts)

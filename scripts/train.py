@@ -16,12 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from experiments.core import malloc  # noqa: E402
-from experiments.core.errors import user_message  # noqa: E402
-from experiments.core.records import write_error  # noqa: E402
-from experiments.core.run import run_training  # noqa: E402
+from experiments.core import malloc
+from experiments.core.errors import user_message
+from experiments.core.records import write_error
+from experiments.core.run import run_training
 
 log = logging.getLogger("train")
 FAILED: list[str] = []

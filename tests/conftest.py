@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from experiments.core.run import prepare_task_data
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -15,6 +17,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=overrides)
+
+
+def prepare(overrides: list[str]) -> Path:
+    """What scripts/prepare.py does for these overrides: training only reads."""
+    return prepare_task_data(compose_cfg(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +34,7 @@ def cifar_dir(tmp_path_factory) -> Path:
     train_x, train_y = make_images(300, seed=11)
     test_x, test_y = make_images(100, seed=12)
     write_cifar_folder(data_dir / "cifar10", train_x, train_y, test_x, test_y)
+    prepare(tiny_cifar(data_dir))  # the ZCA, as `make data-cifar10` fits it
     return data_dir
 
 

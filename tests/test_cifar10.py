@@ -7,21 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.cifar10.data import fit_zca, load_cifar10
+from experiments.cifar10.data import fit_zca, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
-from experiments.core.errors import MissingData, UserError
+from experiments.core.errors import MissingData
 from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from rmsnorm import NormSpec
-from tests.conftest import compose_cfg, tiny_cifar
+from tests.conftest import compose_cfg, prepare, tiny_cifar
 
 SUMMARY_KEYS = {"task", "norm", "seed", "preset", "device", "status", "steps", "epochs", "primary_metric",
                 "metrics", "timing", "config", "versions"}
 
 
 def test_loader_reads_the_real_format(cifar_dir):
-    data = load_cifar10(cifar_dir / "cifar10", zca_eps=1e-2)
+    prepare_zca(cifar_dir / "cifar10", 1e-2, None, "make data-cifar10")
+    data = load_cifar10(cifar_dir / "cifar10", 1e-2, None, None, "make data-cifar10")
     assert data.train_x.shape == (300, 3, 32, 32) and data.test_x.shape == (100, 3, 32, 32)
     assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
     assert set(data.train_y.tolist()) <= set(range(10))
@@ -32,8 +33,10 @@ def test_loader_reads_the_real_format(cifar_dir):
 
 
 def test_zca_whitens(rng):
-    x = rng.normal(size=(2000, 3, 2, 2)) @ np.diag([1.0, 5.0])  # correlated, unequal variances
-    x = x.reshape(2000, 3, 2, 2)
+    mixing = rng.normal(size=(12, 12)) + 3 * np.eye(12)
+    x = (rng.normal(size=(2000, 12)) @ mixing).reshape(2000, 3, 2, 2) + 0.7  # correlated, offset
+    cov = np.cov(x.reshape(2000, -1).T, bias=True)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() > 1.0  # the features really are correlated
     mean, zca = fit_zca(x, eps=0.0)
     white = (x.reshape(2000, -1) - mean) @ zca
     np.testing.assert_allclose(np.cov(white.T, bias=True), np.eye(12), atol=1e-6)
@@ -42,7 +45,15 @@ def test_zca_whitens(rng):
 
 def test_missing_data_names_the_make_target(tmp_path):
     with pytest.raises(MissingData, match="make data-cifar10"):
-        load_cifar10(tmp_path, zca_eps=1e-5)
+        load_cifar10(tmp_path, 1e-5, None, None, "make data-cifar10")
+
+
+def test_training_reads_only_and_names_the_prepare_command(tmp_path, rng):
+    x = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    write_cifar_folder(tmp_path, x, np.arange(20) % 10, x, np.arange(20) % 10)
+    with pytest.raises(MissingData, match="no ZCA fitted.*run `make data-cifar10` first"):
+        load_cifar10(tmp_path, 1e-5, None, None, "make data-cifar10")
+    assert not list(tmp_path.glob("zca-*"))  # loading wrote nothing
 
 
 def test_corrupt_data_is_a_clear_error(tmp_path, rng):
@@ -50,7 +61,7 @@ def test_corrupt_data_is_a_clear_error(tmp_path, rng):
     write_cifar_folder(tmp_path, x, np.arange(20) % 10, x, np.arange(20) % 10)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(MissingData, match="corrupt"):
-        load_cifar10(tmp_path, zca_eps=1e-5)
+        load_cifar10(tmp_path, 1e-5, None, None, "make data-cifar10")
 
 
 @pytest.mark.parametrize("norm", ["none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"])
@@ -84,15 +95,26 @@ def test_end_to_end_every_norm(cifar_dir, tmp_path, norm):
 
 def test_demo_preset_learns_on_generated_images(tmp_path):
     """The demo's own data, smaller: the error must fall well below chance (90%)."""
-    cfg = compose_cfg([
-        "task=cifar10", "norm=rmsnorm", "preset=demo", f"data_dir={tmp_path / 'data'}", "logger=none",
-        "train.progress=false", "task.synthetic.n_train=2000", "task.synthetic.n_test=500", "train.epochs=8",
-    ])
-    summary = run_training(cfg, tmp_path / "run")
+    overrides = ["task=cifar10", "norm=rmsnorm", "preset=demo", f"data_dir={tmp_path / 'data'}", "logger=none",
+                 "train.progress=false", "task.synthetic.n_train=2000", "task.synthetic.n_test=500", "train.epochs=8"]
+    prepare(overrides)
+    summary = run_training(compose_cfg(overrides), tmp_path / "run")
     assert summary["metrics"]["test_error"] < 0.78
     assert (tmp_path / "data" / "cifar10-demo" / "cifar-10-batches-py" / "test_batch").exists()
 
 
-def test_norm_the_task_does_not_support(cifar_dir, tmp_path):
-    with pytest.raises(UserError, match="does not support norm=l2norm; it supports: none, batchnorm"):
-        run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=l2norm")), tmp_path)
+def test_a_norm_outside_the_papers_rows_runs_and_one_without_a_map_form_is_a_clear_error(cifar_dir, tmp_path):
+    summary = run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=l2norm", "train.epochs=1")), tmp_path / "l2")
+    assert summary["norm"] == "l2norm"  # not a row of Table 10, but it has a map form
+
+    from rmsnorm import NormConfigError, NormInfo, register_norm, unregister_norm
+
+    register_norm(NormInfo("featuresonly", "F", features=lambda d, **_: torch.nn.Identity()))
+    try:
+        from experiments.core.config import register_norm_configs
+
+        register_norm_configs()
+        with pytest.raises(NormConfigError, match="norm 'featuresonly' has no form for .N, C, H, W. maps"):
+            run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=featuresonly")), tmp_path / "f")
+    finally:
+        unregister_norm("featuresonly")

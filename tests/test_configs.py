@@ -1,10 +1,13 @@
 """Every config composes, and preset=paper is PAPER.md's setting."""
 
+import functools
 from pathlib import Path
 
 import hydra
 import pytest
 
+from experiments.core.config import differences_from_paper, typed_task_config
+from experiments.core.task import Task
 from tests.conftest import CONFIGS, compose_cfg
 
 TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
@@ -14,22 +17,28 @@ def _norms(task):
     return list(compose_cfg([f"task={task}"]).task.norms)
 
 
-@pytest.mark.parametrize("preset", ["demo", "paper"])
+PRESETS = sorted(p.stem for p in (CONFIGS / "preset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_norm_preset_composes(task, preset):
+def test_every_task_norm_preset_composes_and_fits_the_tasks_schema(task, preset):
     for norm in _norms(task):
         cfg = compose_cfg([f"task={task}", f"norm={norm}", f"preset={preset}"])
         assert cfg.task.name == task and cfg.preset.name == preset
         spec = hydra.utils.instantiate(cfg.norm)
         assert spec.name == norm
         assert cfg.train.epochs or cfg.train.max_steps
-        assert hydra.utils.get_class(cfg.task.builder._target_)
+        make_task = hydra.utils.instantiate(cfg.task.builder)
+        assert isinstance(make_task, functools.partial) and issubclass(make_task.func, Task)
+        typed_task_config(make_task.func.Config, cfg.task)
         hydra.utils.instantiate(cfg.logger)
 
 
-def test_every_task_has_both_presets_and_a_paper_table():
+def test_every_task_has_every_preset_and_a_paper_table():
+    assert {"smoke", "demo", "paper"} <= set(PRESETS)
     for task in TASKS:
-        for preset in ("demo", "paper"):
+        for preset in PRESETS:
             assert (CONFIGS / "task_preset" / f"{task}_{preset}.yaml").exists()
         assert (Path(CONFIGS).parent / "results" / "paper" / f"{task}.csv").exists()
 
@@ -45,3 +54,12 @@ def test_cifar10_paper_preset_is_the_papers_setting():
     assert t.zca_eps == 1e-5 and t.synthetic is None and t.train_limit is None
     assert cfg.norm.p == 0.125
     assert set(t.norms) == {"none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"}
+
+
+def test_what_differs_from_the_paper_is_computed_from_the_config():
+    cfg = compose_cfg(["task=translation", "preset=demo", "norm=rmsnorm", "task.model.hidden=128"])
+    lines = differences_from_paper(cfg)
+    assert "task.model.hidden: 1024 -> 128" in lines  # an override shows, not the preset's 64
+    assert "train.max_steps: 300000 -> 400" in lines
+    assert not any(line.startswith("train.log_every") for line in lines)  # bookkeeping left out
+    assert differences_from_paper(compose_cfg(["task=cifar10", "preset=paper", "norm=layernorm"])) == []

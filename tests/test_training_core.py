@@ -107,7 +107,7 @@ def test_cli_single_run_writes_summary(cifar_dir, tmp_path):
 
 def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifar_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "task.prmsnorm_p=0.125,0.0001",
+    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.125,0.0001",
                    *_cli_tiny(cifar_dir), f"hydra.sweep.dir={sweep}")
     # prmsnorm with p=0.0001 leaves k=0 positions of the 32x32 maps: that job fails, the other three finish
     assert r.returncode == 1
@@ -124,13 +124,14 @@ def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifa
         (["norm=rmsnrom"], "Available options in 'norm'"),
         (["norm=prmsnorm", "norm.p=0"], "pRMSNorm needs 0 < p <= 1"),
         (["norm=rmsnorm", "data_dir=/nonexistent/place"], "run `make data-cifar10`"),
+        (["norm=rmsnorm", "task.batch_size=many"], "task=cifar10: its config does not fit"),
+        (["norm=rmsnorm", "+task.batchsize=7"], "Key 'batchsize' not in 'Cifar10Config'"),
+        (["norm=rmsnorm", "task.norms=[rmsnorm,rmsnrom]"], "task.norms lists rmsnrom"),
     ],
 )
 def test_cli_user_errors_are_short(cifar_dir, tmp_path, args, expected):
-    base = [a for a in _cli_tiny(cifar_dir) if not a.startswith("data_dir=") or "data_dir=" in " ".join(args)]
-    if not any(a.startswith("data_dir=") for a in args):
-        base.append(f"data_dir={cifar_dir}")
-    r = run_script("scripts/train.py", "task=cifar10", *base, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    overrides = {a.split("=", 1)[0]: a for a in [*_cli_tiny(cifar_dir), *args]}  # a later key=value replaces
+    r = run_script("scripts/train.py", "task=cifar10", *overrides.values(), f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode != 0
     text = r.stdout + r.stderr
     assert expected in text

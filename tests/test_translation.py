@@ -15,7 +15,7 @@ from experiments.translation.model import RNNSearch
 from experiments.translation.synthetic import write_synthetic
 from experiments.translation.task import bleu
 from rmsnorm import NormGRU, NormGRUCell, NormSpec
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, prepare, run_script
 
 NORMS = ["none", "layernorm", "l2norm", "rmsnorm", "prmsnorm"]
 
@@ -136,13 +136,25 @@ def toy_corpus(tmp_path_factory):
 def test_long_pairs_are_filtered_with_a_count(toy_corpus, caplog):
     caplog.set_level(logging.INFO)
     sp = D.load_bpe(toy_corpus / "bpe.model")
-    full = D.encode_file(toy_corpus / "train.jsonl", sp, "en", "de", None)
-    cut = D.encode_file(toy_corpus / "train.jsonl", sp, "en", "de", 16)
+    D.encode_file(toy_corpus / "train.jsonl", sp, "en", "de", with_refs=True)
+    full = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", None, "make data-translation")
+    cut = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", 16, "make data-translation")
     dropped = int(((full.src_lengths() > 16) | (full.tgt_lengths() > 16)).sum())
     assert 0 < dropped < len(full) and len(cut) == len(full) - dropped
     assert f"dropped {dropped} of {len(full)} pairs longer than 16" in caplog.text
-    src, tgt = cut.pair(0)
-    assert sp.decode(tgt) == cut.refs[0]
+    kept = ((full.src_lengths() <= 16) & (full.tgt_lengths() <= 16)).nonzero().flatten().tolist()
+    for i in (kept[0], kept[len(kept) // 2], kept[-1]):  # the flat subset keeps pairs intact
+        j = kept.index(i)
+        assert cut.pair(j) == full.pair(i) and cut.refs[j] == full.refs[i]
+        assert sp.decode(cut.pair(j)[1]) == cut.refs[j]
+
+
+def test_loading_reads_only_and_names_the_command(toy_corpus, tmp_path):
+    sp = D.load_bpe(toy_corpus / "bpe.model")
+    (tmp_path / "new.jsonl").write_text((toy_corpus / "dev.jsonl").read_text())
+    with pytest.raises(MissingData, match="not encoded with this BPE model yet.*run `python scripts/prepare.py"):
+        D.load_encoded(tmp_path / "new.jsonl", sp, "en", "de", None, "python scripts/prepare.py task=translation")
+    assert [p.name for p in tmp_path.iterdir()] == ["new.jsonl"]
 
 
 def test_bucketed_batches_cover_every_pair_once():
@@ -161,7 +173,8 @@ def test_bucketed_batches_cover_every_pair_once():
 def test_overfit_a_handful_of_pairs_and_decode_them_with_beam_search(toy_corpus):
     torch.manual_seed(0)
     sp = D.load_bpe(toy_corpus / "bpe.model")
-    enc = D.encode_file(toy_corpus / "dev.jsonl", sp, "en", "de", None).subset(list(range(8)))
+    D.encode_file(toy_corpus / "dev.jsonl", sp, "en", "de", with_refs=True)
+    enc = D.load_encoded(toy_corpus / "dev.jsonl", sp, "en", "de", None, "-").subset(torch.arange(8))
     pairs = [enc.pair(i) for i in range(len(enc))]
     src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True)
     tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
@@ -209,15 +222,20 @@ def test_beam_search_returns_the_most_likely_sequence_of_a_known_model():
 
 
 def tiny_translation(data_dir, *extra):
-    return ["task=translation", "preset=demo", f"data_dir={data_dir}", "logger=none", "train.progress=false",
-            "task.synthetic.sizes.train=200", "task.synthetic.sizes.dev=10", "task.synthetic.sizes.test=10",
-            "task.model.emb=16", "task.model.hidden=16", "train.max_steps=6", "train.eval_every=3",
-            "train.log_every=1", "train.ckpt_every=3", "train.timing_warmup=1", *extra]
+    return ["task=translation", "preset=smoke", f"data_dir={data_dir}", "logger=none", "train.progress=false",
+            "train.max_steps=6", "train.eval_every=3", "train.ckpt_every=3", *extra]
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    prepare(tiny_translation(data_dir))
+    return data_dir
 
 
 @pytest.mark.parametrize("norm", NORMS)
-def test_end_to_end_every_norm(tmp_path, norm):
-    summary = run_training(compose_cfg(tiny_translation(tmp_path / "data", f"norm={norm}")), tmp_path / "run")
+def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
+    summary = run_training(compose_cfg(tiny_translation(smoke_data, f"norm={norm}")), tmp_path / "run")
     assert summary["task"] == "translation" and summary["norm"] == norm and summary["steps"] == 6
     assert set(summary["metrics"]) == {"dev_bleu", "test_bleu"}
     assert all(0.0 <= v <= 100.0 for v in summary["metrics"].values())
@@ -241,15 +259,39 @@ def test_missing_real_data_names_the_make_target(tmp_path):
                      tmp_path / "run")
 
 
-def test_prepare_script_learns_bpe_from_local_files(tmp_path):
-    from tests.conftest import run_script
-
+def test_prepare_script_learns_bpe_from_local_files_and_encodes_them(tmp_path):
     root = tmp_path / "translation"
-    write_synthetic(root, {"train": 300}, {"train": "train.jsonl"})
-    r = run_script("scripts/prepare_translation.py", "--data-dir", str(tmp_path), "--bpe-only", "--vocab-size", "100")
+    files = {"train": "train.jsonl", "dev": "newstest2013.jsonl", "test14": "newstest2014.jsonl",
+             "test17": "newstest2017.jsonl"}
+    write_synthetic(root, {"train": 300, "dev": 10, "test14": 10, "test17": 10}, files)  # no download needed
+    r = run_script("scripts/prepare.py", "task=translation", "preset=paper", f"data_dir={tmp_path}",
+                   "task.bpe_vocab_size=100")
     assert r.returncode == 0, r.stderr[-2000:]
     sp = D.load_bpe(root / "bpe.model")
     assert sp.decode(sp.encode("the dog sees the house.")) == "the dog sees the house."
+    for split, file in files.items():
+        enc = D.load_encoded(root / file, sp, "en", "de", None, "-")
+        assert len(enc) == (300 if split == "train" else 10) and (enc.refs is None) == (split == "train")
+
+
+def test_two_prepare_jobs_on_one_folder_do_not_corrupt_it(tmp_path):
+    """What a parallel sweep does: both jobs succeed and leave one valid set of files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [sys.executable, "scripts/prepare.py", "task=translation", "preset=smoke", f"data_dir={tmp_path}"]
+    jobs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err[-2000:]
+    root = tmp_path / "translation-smoke"
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".bpe-")]
+    summary = run_training(compose_cfg(tiny_translation(tmp_path, "norm=rmsnorm", "train.max_steps=2")),
+                           tmp_path / "run")
+    assert summary["data"]["train_pairs"] > 0
 
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "prmsnorm", "l2norm"])
@@ -281,16 +323,17 @@ def test_fused_hidden_norms_equal_the_separate_ones(norm, monkeypatch):
 @pytest.mark.slow
 def test_demo_preset_translates_the_generated_task(tmp_path):
     """The demo's own setting for one norm: BLEU far above 0 after its 400 steps."""
-    cfg = compose_cfg(["task=translation", "norm=rmsnorm", "preset=demo", f"data_dir={tmp_path / 'data'}",
-                       "logger=none", "train.progress=false"])
-    summary = run_training(cfg, tmp_path / "run")
+    overrides = ["task=translation", "norm=rmsnorm", "preset=demo", f"data_dir={tmp_path / 'data'}", "logger=none",
+                 "train.progress=false"]
+    prepare(overrides)
+    summary = run_training(compose_cfg(overrides), tmp_path / "run")
     assert summary["metrics"]["test_bleu"] > 80
 
 
-def test_translation_resumes_after_a_crash_to_the_same_result(tmp_path, monkeypatch):
+def test_translation_resumes_after_a_crash_to_the_same_result(smoke_data, tmp_path, monkeypatch):
     from experiments.translation.task import TranslationTask
 
-    overrides = tiny_translation(tmp_path / "data", "norm=rmsnorm", "train.max_steps=8", "train.ckpt_every=4",
+    overrides = tiny_translation(smoke_data, "norm=rmsnorm", "train.max_steps=8", "train.ckpt_every=4",
                                  "train.eval_every=8")
     whole = run_training(compose_cfg(overrides), tmp_path / "whole")
     real_step, calls = TranslationTask.train_step, {"n": 0}

@@ -53,7 +53,7 @@ def read_split(root: Path, train: bool, make_target: str) -> tuple[np.ndarray, n
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise MissingData(
             f"no CIFAR-10 data in {folder} (expected data_batch_1..5, test_batch and batches.meta); "
-            f"run `{make_target}` (needs internet, once), or point data_dir at the folder that holds the data"
+            f"run `{make_target}`, or point data_dir at the folder that holds the data"
         ) from exc
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
         raise MissingData(
@@ -84,17 +84,22 @@ def fit_zca(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     return mean, zca.numpy()
 
 
-def load_zca(train_raw: np.ndarray, eps: float, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ZCA fitted on these exact training images, from a cache keyed by their hash."""
+def zca_path(root: Path, train_raw: np.ndarray, eps: float) -> Path:
+    """Where the ZCA fitted on these exact training images with this eps is kept (keyed by their hash)."""
     key = hashlib.sha1(train_raw.tobytes()).hexdigest()[:16]
-    path = Path(cache_dir) / f"zca-{key}-eps{eps:g}.pt"
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
-        return cached["mean"].numpy(), cached["zca"].numpy()
-    log.info("fitting ZCA on %d training images (cached in %s)", len(train_raw), path)
-    mean, zca = fit_zca(scale(train_raw), eps)
-    save_torch({"mean": torch.from_numpy(mean), "zca": torch.from_numpy(zca)}, path)
-    return mean, zca
+    return Path(root) / f"zca-{key}-eps{eps:g}.pt"
+
+
+def prepare_zca(root: Path, eps: float, train_limit: int | None, make_target: str) -> Path:
+    """Fit the ZCA of the (first train_limit) training images unless it is there already; atomic write."""
+    train_raw, _ = read_split(root, True, make_target)
+    train_raw = train_raw[:train_limit]
+    path = zca_path(root, train_raw, eps)
+    if not path.exists():
+        log.info("fitting ZCA on %d training images into %s", len(train_raw), path)
+        mean, zca = fit_zca(scale(train_raw), eps)
+        save_torch({"mean": torch.from_numpy(mean), "zca": torch.from_numpy(zca)}, path)
+    return path
 
 
 def whiten(raw: np.ndarray, mean: np.ndarray, zca: np.ndarray) -> torch.Tensor:
@@ -103,21 +108,18 @@ def whiten(raw: np.ndarray, mean: np.ndarray, zca: np.ndarray) -> torch.Tensor:
     return out.view(len(raw), 3, 32, 32)
 
 
-def load_cifar10(
-    root: Path,
-    zca_eps: float,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    make_target: str = "make data-cifar10",
-) -> Cifar10Arrays:
+def load_cifar10(root: Path, zca_eps: float, train_limit: int | None, test_limit: int | None,
+                 make_target: str) -> Cifar10Arrays:
+    """The images, whitened with the ZCA that preparation fitted; reads only."""
     train_raw, train_y = read_split(root, True, make_target)
     test_raw, test_y = read_split(root, False, make_target)
     train_raw, train_y = train_raw[:train_limit], train_y[:train_limit]
     test_raw, test_y = test_raw[:test_limit], test_y[:test_limit]
-    mean, zca = load_zca(train_raw, zca_eps, Path(root))
-    return Cifar10Arrays(
-        whiten(train_raw, mean, zca),
-        torch.from_numpy(train_y).long(),
-        whiten(test_raw, mean, zca),
-        torch.from_numpy(test_y).long(),
-    )
+    path = zca_path(root, train_raw, zca_eps)
+    if not path.exists():
+        raise MissingData(f"no ZCA fitted for these {len(train_raw)} training images with zca_eps={zca_eps:g} "
+                          f"({path}); run `{make_target}` first")
+    cached = torch.load(path, weights_only=True)
+    mean, zca = cached["mean"].numpy(), cached["zca"].numpy()
+    return Cifar10Arrays(whiten(train_raw, mean, zca), torch.from_numpy(train_y).long(),
+                         whiten(test_raw, mean, zca), torch.from_numpy(test_y).long())

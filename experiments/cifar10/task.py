@@ -5,69 +5,96 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import MISSING
 
-from experiments.cifar10.data import FOLDER, load_cifar10
+from experiments.cifar10.data import FOLDER, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.cifar10.synthetic import make_images
+from experiments.core.errors import UserError
 from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task
-from rmsnorm import NormSpec
+from experiments.core.task import Task, TaskConfig
 
 log = logging.getLogger(__name__)
 
 
-def ensure_synthetic(root: Path, n_train: int, n_test: int) -> None:
-    """Generate the demo's image set in the real on-disk format unless it is there already."""
-    if (Path(root) / FOLDER / "test_batch").exists():
-        return
-    log.info("writing %d + %d generated demo images to %s", n_train, n_test, root)
-    train_x, train_y = make_images(n_train, seed=1)
-    test_x, test_y = make_images(n_test, seed=2)
-    write_cifar_folder(root, train_x, train_y, test_x, test_y)
+@dataclass
+class Cifar10Model:
+    widths: list[int] = MISSING  # channels of the 3x3 blocks: (96, 192) in the paper
+    dropout: float = MISSING
+    noise_std: float = MISSING  # Gaussian input noise
+    leaky_slope: float = MISSING
+
+
+@dataclass
+class Cifar10Optim:
+    lr_by_norm: dict[str, float] = MISSING  # a norm's learning rate, or `default`'s
+    beta1: float = MISSING
+    beta1_late: float = MISSING  # from half-way
+    beta2: float = MISSING
+
+
+@dataclass
+class GeneratedImages:
+    n_train: int = MISSING
+    n_test: int = MISSING
+
+
+@dataclass
+class Cifar10Config(TaskConfig):
+    synthetic: GeneratedImages | None = None  # generate an image set of these sizes instead of CIFAR-10
+    train_limit: int | None = None  # only the first N training images
+    test_limit: int | None = None
+    zca_eps: float = MISSING
+    schedule_epochs: float = MISSING  # the epochs the learning-rate and beta1 schedule spans
+    model: Cifar10Model = MISSING
+    optim: Cifar10Optim = MISSING
 
 
 class Cifar10Task(Task):
-    primary_metric = "test_error"
+    Config = Cifar10Config
     lower_is_better = True
 
-    def __init__(self, cfg: DictConfig, norm: NormSpec, data_dir: Path, device: torch.device, seed: int):
-        self.cfg, self.norm, self.device, self.seed = cfg, norm, device, seed
-        root = Path(data_dir) / cfg.data_subdir
+    @classmethod
+    def prepare_data(cls, cfg, root: Path, download: bool) -> None:
         if cfg.synthetic:
-            ensure_synthetic(root, cfg.synthetic.n_train, cfg.synthetic.n_test)
-        data = load_cifar10(root, cfg.zca_eps, cfg.train_limit, cfg.test_limit)
-        self.train_x, self.train_y = data.train_x.to(device), data.train_y.to(device)
-        self.test_x, self.test_y = data.test_x.to(device), data.test_y.to(device)
-        self.batch_size = int(cfg.batch_size)
-        if len(self.train_x) < self.batch_size:
-            raise ValueError(f"{len(self.train_x)} training images is less than one batch of {self.batch_size}")
+            if not (root / FOLDER / "test_batch").exists():
+                log.info("writing %d + %d generated images to %s", cfg.synthetic.n_train, cfg.synthetic.n_test, root)
+                train_x, train_y = make_images(cfg.synthetic.n_train, seed=1)
+                test_x, test_y = make_images(cfg.synthetic.n_test, seed=2)
+                write_cifar_folder(root, train_x, train_y, test_x, test_y)
+        elif download and not (root / FOLDER / "test_batch").exists():
+            from torchvision.datasets import CIFAR10
 
-        self.build_model()
+            for train in (True, False):
+                CIFAR10(str(root), train=train, download=True)  # torchvision checks every file's md5
+        prepare_zca(root, cfg.zca_eps, cfg.train_limit, cfg.make_target)
+
+    def load_data(self) -> None:
+        cfg = self.cfg
+        data = load_cifar10(self.root, cfg.zca_eps, cfg.train_limit, cfg.test_limit, cfg.make_target)
+        self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
+        self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)
+        if len(self.train_x) < self.batch_size:
+            raise UserError(f"{len(self.train_x)} training images is less than one batch of {self.batch_size}")
+
+    def data_facts(self) -> dict:
+        return {"train_images": len(self.train_x), "test_images": len(self.test_x), "folder": str(self.root)}
 
     def build_model(self) -> None:
-        """The model and optimiser from the config and the norm alone (no data): `make bench-tasks` uses it."""
-        cfg, norm, device = self.cfg, self.norm, self.device
-        self.batch_size = int(cfg.batch_size)
-        self.model = ConvPoolCNNC(norm, tuple(cfg.model.widths), 10, cfg.model.dropout, cfg.model.noise_std,
-                                  cfg.model.leaky_slope).to(device)
+        cfg, norm = self.cfg, self.norm
+        m = cfg.model
+        self.model = ConvPoolCNNC(norm, tuple(m.widths), 10, m.dropout, m.noise_std, m.leaky_slope).to(self.device)
         lrs = cfg.optim.lr_by_norm
-        self.base_lr = float(lrs.get(norm.name, lrs.default))
+        self.base_lr = float(lrs.get(norm.name, lrs["default"]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr,
                                           betas=(cfg.optim.beta1, cfg.optim.beta2))
         self.total_epochs = float(cfg.schedule_epochs)
-
-    @classmethod
-    def for_timing(cls, cfg: DictConfig, norm: NormSpec, device: torch.device, seed: int) -> Cifar10Task:
-        task = cls.__new__(cls)
-        task.cfg, task.norm, task.device, task.seed = cfg, norm, device, seed
-        task.build_model()
-        return task
 
     def synthetic_batch(self, scale: float, generator: torch.Generator):
         """A batch of the paper's shape (batch x 3 x 32 x 32); `scale` shrinks the batch only."""
@@ -117,5 +144,4 @@ class Cifar10Task(Task):
         n = len(self.test_x)
         return {"test_error": errors / n, "test_loss": loss / n}
 
-    def describe_shrinks(self) -> list[str]:
-        return list(self.cfg.get("shrinks", []))
+

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
+from rmsnorm import norm_names
 
-NORM_ORDER = ["none", "batchnorm", "weightnorm", "layernorm", "l2norm", "rmsnorm", "prmsnorm"]
+
+def _norm_rank(name: str) -> int:
+    """The registry's report order; a norm no longer registered goes last."""
+    order = norm_names()
+    return order.index(name) if name in order else len(order)
 
 
 def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -67,7 +72,7 @@ def build_tables(summaries: list[dict]) -> list[Table]:
         for r in runs:
             by_norm.setdefault(r["norm"], []).append(r)
         rows = []
-        for norm in sorted(by_norm, key=lambda n: NORM_ORDER.index(n) if n in NORM_ORDER else 99):
+        for norm in sorted(by_norm, key=_norm_rank):
             rs = [r for r in by_norm[norm] if r["timing"]["sec_per_1k_steps"] is not None]
             if not rs:
                 continue

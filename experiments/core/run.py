@@ -11,8 +11,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import seeding
+from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.records import SUMMARY_FILE, read_summary, write_summary
+from experiments.core.task import Task
 from experiments.core.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -44,17 +46,12 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
         log.info("%s already finished: resume=true leaves it as it is", run_dir)
         return read_summary(run_dir)
 
-    if cfg.norm.name not in cfg.task.norms:
-        raise UserError(f"task={cfg.task.name} does not support norm={cfg.norm.name}; it supports: "
-                        f"{', '.join(cfg.task.norms)}")
     device = pick_device(cfg.device)
     seeding.seed_everything(int(cfg.seed))
-    norm = hydra.utils.instantiate(cfg.norm)  # validates the norm before any data is read
-    # the class by name, not instantiate(): Hydra would turn the NormSpec dataclass back into a config
-    task_class = hydra.utils.get_class(cfg.task.builder._target_)
-    task = task_class(cfg=cfg.task, norm=norm, data_dir=Path(cfg.data_dir), device=device, seed=int(cfg.seed))
-    for line in task.describe_shrinks():
-        log.info("preset=%s shrinks: %s", cfg.preset.name, line)
+    task = build_task(cfg, device)
+    shrinks = differences_from_paper(cfg)
+    for line in shrinks:
+        log.info("differs from preset=paper: %s", line)
 
     info = run_info(cfg, sweep)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -66,7 +63,7 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
         if cfg.resume:
             trainer.try_resume()
         final = trainer.fit()
-        summary = make_summary(info, task, trainer, final, device, resolved)
+        summary = make_summary(info, task, trainer, final, device, resolved, shrinks)
         write_summary(run_dir, summary)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
     finally:
@@ -74,7 +71,29 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
     return summary
 
 
-def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict) -> dict:
+def build_task(cfg: DictConfig, device: torch.device) -> Task:
+    """The task as its config's builder makes it (Hydra, `_partial_: true`), after checking the config
+    against the task's schema and the norm against the registry: mistakes fail before any data is read."""
+    make_task = hydra.utils.instantiate(cfg.task.builder)
+    task_class = make_task.func
+    task_cfg = typed_task_config(task_class.Config, cfg.task)
+    norm = hydra.utils.instantiate(cfg.norm)
+    if norm.name not in task_cfg.norms:
+        log.info("norm=%s is not one of the paper's rows for task=%s (%s); running it all the same",
+                 norm.name, task_cfg.name, ", ".join(task_cfg.norms))
+    return make_task(cfg=task_cfg, norm=norm, data_dir=Path(cfg.data_dir), device=device, seed=int(cfg.seed))
+
+
+def prepare_task_data(cfg: DictConfig) -> Path:
+    """Write what training reads for this config's task and preset (`scripts/prepare.py`); returns the folder."""
+    make_task = hydra.utils.instantiate(cfg.task.builder)
+    task_cfg = typed_task_config(make_task.func.Config, cfg.task)
+    make_task.func.prepare(task_cfg, Path(cfg.data_dir))
+    return Path(cfg.data_dir) / task_cfg.data_subdir
+
+
+def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict,
+                 shrinks: list[str]) -> dict:
     timing = {
         "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
         "timed_steps": trainer.timer.timed_steps,
@@ -98,7 +117,8 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "lower_is_better": task.lower_is_better,
         "metrics": final,
         "timing": timing,
-        "shrinks": task.describe_shrinks(),
+        "differs_from_paper": shrinks,
+        "data": task.data_facts(),
         **task.summary_extras(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "config": config,

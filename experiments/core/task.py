@@ -1,30 +1,113 @@
-"""What a task gives the training loop. A task owns its data, model, optimiser and metrics; the loop owns
-time, order, checkpoints and records."""
+"""What a task gives the training loop, and the keys its config must define.
+
+A task owns its data, model, optimiser and metrics; the loop owns time, order, checkpoints and records.
+Its data is prepared before training (`scripts/prepare.py`, `Task.prepare`); the constructor only reads.
+"""
 
 from __future__ import annotations
 
 import abc
+import fcntl
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
+
+from rmsnorm import NormSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskConfig:
+    """The keys every task's config defines (`configs/task/<task>.yaml`); a task's schema adds its own."""
+
+    name: str = MISSING
+    builder: Any = MISSING  # {_target_: the Task class, _partial_: true}: Hydra builds it
+    norms: list[str] = MISSING  # the rows of the paper's table: what `make replicate-<task>` sweeps
+    data_subdir: str = MISSING  # the task's folder under data_dir
+    make_target: str = MISSING  # what prepares the real data, named in errors
+    primary_metric: str = MISSING  # the metric the report tables lead with
+    batch_size: int = MISSING
 
 
 class Task(abc.ABC):
-    #: name of the metric the report tables lead with, and whether lower is better
-    primary_metric: str = "loss"
+    #: the task's config schema, checked at start-up against configs/task/<task>.yaml and its presets
+    Config: type[TaskConfig] = TaskConfig
     lower_is_better: bool = True
-    #: the paper's own time unit for this task, as (name, number of steps it stands for); None: steps only
     model: nn.Module
     optimizer: torch.optim.Optimizer
 
+    def __init__(self, cfg, norm: NormSpec, data_dir: Path, device: torch.device, seed: int):
+        self._setup(cfg, norm, device, seed)
+        self.root = Path(data_dir) / cfg.data_subdir
+        self.load_data()
+        self.build_model()
+
+    def _setup(self, cfg, norm: NormSpec, device: torch.device, seed: int) -> None:
+        self.cfg, self.norm, self.device, self.seed = cfg, norm, device, seed
+        self.primary_metric = cfg.primary_metric
+        self.batch_size = int(cfg.batch_size)
+
+    # ---- data, prepared once before training --------------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg, data_dir: Path, download: bool = True) -> None:
+        """Write everything training reads into data_dir/<data_subdir>. Safe to run from several processes
+        at once: they take turns on a lock, and each file appears atomically."""
+        root = Path(data_dir) / cfg.data_subdir
+        with folder_lock(root):
+            cls.prepare_data(cfg, root, download)
+
+    @classmethod
+    @abc.abstractmethod
+    def prepare_data(cls, cfg, root: Path, download: bool) -> None:
+        """Generate (demo, smoke) or download (paper) the data set and derive what training needs; skip what
+        is there already."""
+
+    @abc.abstractmethod
+    def load_data(self) -> None:
+        """Read the prepared files under self.root; a MissingData error naming the command when absent."""
+
+    @abc.abstractmethod
+    def build_model(self) -> None:
+        """self.model and self.optimizer from the config and the norm."""
+
+    def data_facts(self) -> dict:
+        """What the run trained and evaluated on (sizes), for the summary."""
+        return {}
+
+    # ---- timing without data (`make bench-tasks`) -----------------------------------------------------------
+    @classmethod
+    def for_timing(cls, cfg, norm: NormSpec, device: torch.device, seed: int = 0) -> Task:
+        """The model and optimiser of this config without any data, for timing steps on synthetic batches."""
+        task = cls.__new__(cls)
+        task._setup(cfg, norm, device, seed)
+        task.assume_paper_data()
+        task.build_model()
+        return task
+
+    def assume_paper_data(self) -> None:  # noqa: B027 - optional hook
+        """Set what build_model would read from the data (a vocabulary size) to the config's values."""
+
+    def synthetic_batch(self, scale: float, generator: torch.Generator) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no synthetic batch for timing")
+
+    def describe_batch(self, scale: float) -> str:
+        return ""
+
+    # ---- the loop's side -----------------------------------------------------------------------------------
     @property
     @abc.abstractmethod
     def steps_per_epoch(self) -> int: ...
 
     def paper_time_unit(self) -> tuple[str, float] | None:
-        """(name, steps in one unit), e.g. ("sec_per_epoch", 500) for CIFAR-10 at batch 100."""
+        """(name, steps in one unit), e.g. ("sec_per_epoch", 500) for CIFAR-10 at batch 100; None: steps only."""
         return None
 
     def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
@@ -45,13 +128,22 @@ class Task(abc.ABC):
         """Task-specific facts for summary.json beyond the metrics (e.g. the BLEU signature)."""
         return {}
 
-    def describe_shrinks(self) -> list[str]:
-        """What a demo preset shrank against the paper's setting, for the log and the summary."""
-        return []
-
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+@contextmanager
+def folder_lock(root: Path):
+    """An exclusive lock on root/.prepare.lock for the duration (processes on one machine take turns)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".prepare.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +26,11 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 MAKE_TARGET = "make data-translation"
 
 
-def read_pairs(path: Path, src: str, tgt: str) -> list[tuple[str, str]]:
+def read_pairs(path: Path, src: str, tgt: str, make_target: str = MAKE_TARGET) -> list[tuple[str, str]]:
     """(source, target) sentences of one file; clear errors for absent, empty or malformed files."""
     path = Path(path)
     if not path.is_file():
-        raise MissingData(f"no translation data at {path}; run `{MAKE_TARGET}` (needs internet, once), or point "
+        raise MissingData(f"no translation data at {path}; run `{make_target}`, or point "
                           "data_dir at a folder holding the files the task config names")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -42,7 +44,7 @@ def read_pairs(path: Path, src: str, tgt: str) -> list[tuple[str, str]]:
             loaded = json.loads(text) if text.strip() else []
             records = loaded.get("data", []) if isinstance(loaded, dict) else loaded
     if not records:
-        raise MissingData(f"{path} holds no sentence pairs; re-run `{MAKE_TARGET}` or check the file")
+        raise MissingData(f"{path} holds no sentence pairs; re-run `{make_target}` or check the file")
     pairs = []
     for i, record in enumerate(records):
         pair = record.get("translation", {}) if isinstance(record, dict) else {}
@@ -54,42 +56,46 @@ def read_pairs(path: Path, src: str, tgt: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def load_bpe(path: Path):
+def load_bpe(path: Path, make_target: str = MAKE_TARGET):
     import sentencepiece as spm
 
     path = Path(path)
     if not path.is_file():
-        raise MissingData(f"no BPE model at {path}; `{MAKE_TARGET}` learns it, or train one with "
-                          "scripts/prepare_translation.py --bpe-only")
+        raise MissingData(f"no BPE model at {path}; `{make_target}` learns it")
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as exc:
-        raise MissingData(f"the BPE model {path} is corrupt ({exc}); re-run `{MAKE_TARGET}`") from exc
+        raise MissingData(f"the BPE model {path} is corrupt ({exc}); re-run `{make_target}`") from exc
 
 
 def train_bpe(sentences: list[str], model_path: Path, vocab_size: int) -> None:
-    """A joint BPE model over both languages (sentencepiece: no pre-tokenisation, lossless detokenisation)."""
+    """A joint BPE model over both languages (sentencepiece: no pre-tokenisation, lossless detokenisation).
+    Trained into a private folder and moved into place, so a reader never sees half a model."""
     import sentencepiece as spm
 
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_prefix=str(model_path.with_suffix("")), model_type="bpe",
-        vocab_size=vocab_size, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, character_coverage=1.0,
-        input_sentence_size=10_000_000, shuffle_input_sentence=True, minloglevel=2, hard_vocab_limit=False,
-    )
+    with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".bpe-") as tmp:
+        prefix = Path(tmp) / model_path.stem
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_prefix=str(prefix), model_type="bpe",
+            vocab_size=vocab_size, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, character_coverage=1.0,
+            input_sentence_size=10_000_000, shuffle_input_sentence=True, minloglevel=2, hard_vocab_limit=False,
+        )
+        os.replace(prefix.with_suffix(".vocab"), model_path.with_suffix(".vocab"))
+        os.replace(prefix.with_suffix(".model"), model_path)
 
 
 @dataclass
 class Encoded:
     """BPE ids of one side of a corpus as one flat int32 tensor plus offsets: 4.5M pairs as Python lists
-    would need gigabytes."""
+    would need gigabytes. `refs` (the raw target sentences BLEU compares with) only for evaluation sets."""
 
     src: torch.Tensor  # flat ids
     src_offsets: torch.Tensor  # (N + 1,)
     tgt: torch.Tensor
     tgt_offsets: torch.Tensor
-    refs: list[str]  # the raw target sentences, the references BLEU compares with
+    refs: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -104,10 +110,20 @@ class Encoded:
         s0, s1, t0, t1 = self.src_offsets[i], self.src_offsets[i + 1], self.tgt_offsets[i], self.tgt_offsets[i + 1]
         return self.src[s0:s1].tolist(), self.tgt[t0:t1].tolist()
 
-    def subset(self, keep: list[int]) -> Encoded:
-        src = [self.pair(i)[0] for i in keep]
-        tgt = [self.pair(i)[1] for i in keep]
-        return Encoded(*_flatten(src), *_flatten(tgt), [self.refs[i] for i in keep])
+    def subset(self, keep: torch.Tensor) -> Encoded:
+        """The pairs at indices `keep` (a 1-d integer tensor), gathered with tensor ops only."""
+        keep = torch.as_tensor(keep, dtype=torch.int64)
+        refs = None if self.refs is None else [self.refs[i] for i in keep.tolist()]
+        return Encoded(*_take(self.src, self.src_offsets, keep), *_take(self.tgt, self.tgt_offsets, keep), refs)
+
+
+def _take(flat: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    starts, lengths = offsets[keep], offsets[keep + 1] - offsets[keep]
+    new_offsets = torch.zeros(len(keep) + 1, dtype=torch.int64)
+    new_offsets[1:] = lengths.cumsum(0)
+    # token j of the output comes from starts[i] + (j - new_offsets[i]) for the pair i it belongs to
+    shift = torch.repeat_interleave(starts - new_offsets[:-1], lengths)
+    return flat[shift + torch.arange(int(new_offsets[-1]))], new_offsets
 
 
 def _flatten(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,27 +132,40 @@ def _flatten(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return flat, lengths.cumsum(0)
 
 
-def encode_file(path: Path, sp, src: str, tgt: str, max_len: int | None) -> Encoded:
-    """BPE ids of a file, cached next to it per BPE model; pairs longer than max_len on either side dropped."""
-    path = Path(path)
-    if not path.is_file():
-        read_pairs(path, src, tgt)  # raises the clear error
+def encoded_path(path: Path, sp, src: str, tgt: str) -> Path:
+    """Where the ids of a text file under one BPE model are kept: next to it, keyed by the model."""
     key = hashlib.sha1(sp.serialized_model_proto()).hexdigest()[:12]
-    cache = path.with_name(f".{path.name}.{src}-{tgt}.{key}.pt")
-    if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
-        enc = Encoded(**torch.load(cache, weights_only=False))
-    else:
+    return Path(path).with_name(f".{Path(path).name}.{src}-{tgt}.{key}.pt")
+
+
+def encode_file(path: Path, sp, src: str, tgt: str, with_refs: bool) -> Path:
+    """Encode a file's pairs with the BPE model into its cache (atomic) unless it is there already."""
+    cache = encoded_path(path, sp, src, tgt)
+    if not cache.exists() or cache.stat().st_mtime < Path(path).stat().st_mtime:
         pairs = read_pairs(path, src, tgt)
         enc = Encoded(*_flatten(sp.encode([s for s, _ in pairs])), *_flatten(sp.encode([t for _, t in pairs])),
-                      [t for _, t in pairs])
+                      [t for _, t in pairs] if with_refs else None)
         save_torch(vars(enc), cache)
+        log.info("%s: %d pairs encoded into %s", Path(path).name, len(enc), cache.name)
+    return cache
+
+
+def load_encoded(path: Path, sp, src: str, tgt: str, max_len: int | None, make_target: str) -> Encoded:
+    """The ids that preparation encoded; pairs longer than max_len on either side dropped. Reads only."""
+    path = Path(path)
+    if not path.is_file():
+        read_pairs(path, src, tgt, make_target)  # raises the clear error
+    cache = encoded_path(path, sp, src, tgt)
+    if not cache.exists():
+        raise MissingData(f"{path.name} is not encoded with this BPE model yet ({cache.name}); run `{make_target}`")
+    enc = Encoded(**torch.load(cache, weights_only=False))
     if max_len is None:
         return enc
     ok = (enc.src_lengths() <= max_len) & (enc.tgt_lengths() <= max_len) & (enc.src_lengths() > 0)
     if not bool(ok.all()):
         log.info("%s: dropped %d of %d pairs longer than %d BPE tokens", path.name, int((~ok).sum()), len(enc),
                  max_len)
-        enc = enc.subset(ok.nonzero().flatten().tolist())
+        enc = enc.subset(ok.nonzero().flatten())
     return enc
 
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import MISSING
 
 from experiments.core.errors import UserError
 from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task
+from experiments.core.task import Task, TaskConfig
 from experiments.translation import data as D
 from experiments.translation.beam import beam_search
 from experiments.translation.model import RNNSearch
-from experiments.translation.synthetic import write_synthetic
-from rmsnorm import NormSpec
+from experiments.translation.prepare import prepare
 
 log = logging.getLogger(__name__)
 
@@ -30,49 +30,89 @@ def bleu(hypotheses: list[str], references: list[str]):
     return metric.corpus_score(hypotheses, [references]), str(metric.get_signature())
 
 
-class TranslationTask(Task):
-    lower_is_better = False
+@dataclass
+class TranslationModel:
+    emb: int = MISSING
+    hidden: int = MISSING
+    dropout: float = MISSING
 
-    def __init__(self, cfg: DictConfig, norm: NormSpec, data_dir: Path, device: torch.device, seed: int):
-        self.cfg, self.device, self.seed = cfg, device, seed
-        self.primary_metric = cfg.primary_metric
-        root = Path(data_dir) / cfg.data_subdir
-        if cfg.synthetic:
-            self._ensure_synthetic(root)
-        self.sp = D.load_bpe(root / cfg.bpe_model)
+
+@dataclass
+class TranslationOptim:
+    lr: float = MISSING
+    label_smoothing: float = MISSING
+    clip_norm: float | None = MISSING  # gradient norm clipping over all parameters; null: none
+
+
+@dataclass
+class Decoding:
+    beam: int = MISSING
+    length_alpha: float = MISSING  # score / length^alpha
+    max_len_ratio: float = MISSING  # hypotheses up to ratio x source length + 10 tokens
+
+
+@dataclass
+class GeneratedPairs:
+    sizes: dict[str, int] = MISSING  # split -> pairs
+
+
+@dataclass
+class TranslationConfig(TaskConfig):
+    src_lang: str = MISSING
+    tgt_lang: str = MISSING
+    files: dict[str, str] = MISSING  # split -> JSON-lines file in the WMT schema; `train` and the eval sets
+    bpe_model: str = MISSING
+    bpe_vocab_size: int = MISSING
+    synthetic: GeneratedPairs | None = None  # generate a toy task of these sizes instead
+    max_len: int = MISSING  # longer training pairs (in BPE tokens) are dropped, with a count in the log
+    bucket_pool: int = MISSING  # batches sorted by length within pools of this many
+    eval_limit: int | None = None  # evaluate on the first N sentences of each set
+    model: TranslationModel = MISSING
+    optim: TranslationOptim = MISSING
+    decode: Decoding = MISSING
+
+
+class TranslationTask(Task):
+    Config = TranslationConfig
+    lower_is_better = False
+    #: tokens per sentence in a timing batch: about the mean WMT14 sentence in 32k BPE
+    TIMING_LENGTH = 30
+
+    @classmethod
+    def prepare_data(cls, cfg, root: Path, download: bool) -> None:
+        prepare(cfg, root, download)
+
+    def load_data(self) -> None:
+        cfg, root = self.cfg, self.root
+        if "train" not in cfg.files:
+            raise UserError(f"task.files names no `train` file; it names {', '.join(cfg.files)}")
+        self.sp = D.load_bpe(root / cfg.bpe_model, cfg.make_target)
         src, tgt = cfg.src_lang, cfg.tgt_lang
-        self.train = D.encode_file(root / cfg.files.train, self.sp, src, tgt, cfg.max_len)
+        self.train = D.load_encoded(root / cfg.files.train, self.sp, src, tgt, cfg.max_len, cfg.make_target)
         if len(self.train) == 0:
             raise UserError(f"no training pair of {root / cfg.files.train} fits max_len={cfg.max_len}")
         self.eval_sets = {}
         for name, file in cfg.files.items():
             if name != "train":
-                enc = D.encode_file(root / file, self.sp, src, tgt, None)
-                limit = cfg.eval_limit or len(enc)
-                self.eval_sets[name] = enc.subset(list(range(min(limit, len(enc))))) if limit < len(enc) else enc
-        self.batch_size = int(cfg.batch_size)
+                enc = D.load_encoded(root / file, self.sp, src, tgt, None, cfg.make_target)
+                limit = min(cfg.eval_limit or len(enc), len(enc))
+                self.eval_sets[name] = enc.subset(torch.arange(limit)) if limit < len(enc) else enc
         self._lengths = torch.maximum(self.train.src_lengths(), self.train.tgt_lengths()).tolist()
         self._steps = D.count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
-        self.build_model(norm, self.sp.get_piece_size())
+        self.vocab = self.sp.get_piece_size()
 
-    def build_model(self, norm: NormSpec, vocab: int) -> None:
-        """The model and optimiser from the config, the norm and the vocabulary size (no data)."""
+    def assume_paper_data(self) -> None:
+        self.vocab = int(self.cfg.bpe_vocab_size)
+
+    def data_facts(self) -> dict:
+        return {"train_pairs": len(self.train), **{f"{n}_pairs": len(e) for n, e in self.eval_sets.items()},
+                "bpe_pieces": self.vocab, "folder": str(self.root)}
+
+    def build_model(self) -> None:
         m = self.cfg.model
-        self.model = RNNSearch(vocab, vocab, m.emb, m.hidden, norm, m.dropout).to(self.device)
+        self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.signature = None
-
-    @classmethod
-    def for_timing(cls, cfg: DictConfig, norm: NormSpec, device: torch.device, seed: int) -> TranslationTask:
-        """The paper's model without data: the vocabulary is the BPE size the config asks for."""
-        task = cls.__new__(cls)
-        task.cfg, task.device, task.seed = cfg, device, seed
-        task.batch_size = int(cfg.batch_size)
-        task.build_model(norm, int(cfg.bpe_vocab_size))
-        return task
-
-    #: tokens per sentence in a timing batch: about the mean WMT14 sentence in 32k BPE
-    TIMING_LENGTH = 30
 
     def _timing_shape(self, scale: float) -> tuple[int, int]:
         return max(1, round(self.batch_size * scale)), max(2, round(self.TIMING_LENGTH * scale))
@@ -80,23 +120,13 @@ class TranslationTask(Task):
     def synthetic_batch(self, scale: float, generator: torch.Generator):
         """Random ids at the paper's shape (batch 80, 30 tokens a side); `scale` shrinks batch and length."""
         b, t = self._timing_shape(scale)
-        vocab = self.model.out_proj.out_features
-        src = torch.randint(4, vocab, (t, b), generator=generator).to(self.device)
-        tgt = torch.randint(4, vocab, (t + 1, b), generator=generator).to(self.device)
+        src = torch.randint(4, self.vocab, (t, b), generator=generator).to(self.device)
+        tgt = torch.randint(4, self.vocab, (t + 1, b), generator=generator).to(self.device)
         return src, torch.ones(t, b, device=self.device), tgt[:-1], tgt[1:]
 
     def describe_batch(self, scale: float) -> str:
         b, t = self._timing_shape(scale)
         return f"batch {b} x {t} source and {t} target tokens"
-
-    def _ensure_synthetic(self, root: Path) -> None:
-        syn, files = self.cfg.synthetic, self.cfg.files
-        if not all((root / f).exists() for f in files.values()):
-            log.info("writing the generated demo translation task to %s", root)
-            write_synthetic(root, dict(syn.sizes), dict(files))
-        if not (root / self.cfg.bpe_model).exists():
-            pairs = D.read_pairs(root / files.train, self.cfg.src_lang, self.cfg.tgt_lang)
-            D.train_bpe([s for pair in pairs for s in pair], root / self.cfg.bpe_model, self.cfg.bpe_vocab_size)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,5 +174,3 @@ class TranslationTask(Task):
     def summary_extras(self) -> dict:
         return {"bleu_signature": self.signature}
 
-    def describe_shrinks(self) -> list[str]:
-        return list(self.cfg.get("shrinks", []))
