@@ -56,3 +56,25 @@ def run_script(*args: str, cwd: Path = REPO, timeout: int = 300):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+class Crash(Exception):
+    """What a test raises inside a training step to stand for a killed process."""
+
+
+def patch_train_step(monkeypatch, task_class, at_call: int, before=None, after=None):
+    """Wrap task_class.train_step: `before()` runs ahead of call number `at_call`, `after(loss)` may replace
+    its loss. Returns the original, to put back with monkeypatch.setattr."""
+    real_step = task_class.train_step
+    calls = {"n": 0}
+
+    def step(self, batch):
+        calls["n"] += 1
+        hit = calls["n"] == at_call
+        if hit and before is not None:
+            before()
+        loss = real_step(self, batch)
+        return after(loss) if hit and after is not None else loss
+
+    monkeypatch.setattr(task_class, "train_step", step)
+    return real_step

@@ -11,29 +11,11 @@ from experiments.core.errors import NonFiniteLoss
 from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from experiments.core.timing import StepTimer
-from tests.conftest import compose_cfg, run_script, tiny_cifar
+from tests.conftest import Crash, compose_cfg, patch_train_step, run_script, tiny_cifar
 
 
-class Crash(Exception):
-    pass
-
-
-def patch_step(monkeypatch, at_call: int, before=None, after=None):
-    """Wrap Cifar10Task.train_step: `before()` runs ahead of call number `at_call`, `after(loss)` may
-    replace its loss. Returns the original, to put back with monkeypatch.setattr."""
-    real_step = Cifar10Task.train_step
-    calls = {"n": 0}
-
-    def step(self, batch):
-        calls["n"] += 1
-        hit = calls["n"] == at_call
-        if hit and before is not None:
-            before()
-        loss = real_step(self, batch)
-        return after(loss) if hit and after is not None else loss
-
-    monkeypatch.setattr(Cifar10Task, "train_step", step)
-    return real_step
+def patch_step(monkeypatch, at_call, before=None, after=None):
+    return patch_train_step(monkeypatch, Cifar10Task, at_call, before, after)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar_dir, tmp_path, monkeypatch):

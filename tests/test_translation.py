@@ -15,7 +15,7 @@ from experiments.translation.model import RNNSearch
 from experiments.translation.synthetic import write_synthetic
 from experiments.translation.task import bleu
 from rmsnorm import NormGRU, NormGRUCell, NormSpec
-from tests.conftest import compose_cfg, prepare, run_script
+from tests.conftest import Crash, compose_cfg, patch_train_step, prepare, run_script
 
 NORMS = ["none", "layernorm", "l2norm", "rmsnorm", "prmsnorm"]
 
@@ -336,16 +336,11 @@ def test_translation_resumes_after_a_crash_to_the_same_result(smoke_data, tmp_pa
     overrides = tiny_translation(smoke_data, "norm=rmsnorm", "train.max_steps=8", "train.ckpt_every=4",
                                  "train.eval_every=8")
     whole = run_training(compose_cfg(overrides), tmp_path / "whole")
-    real_step, calls = TranslationTask.train_step, {"n": 0}
+    def crash():
+        raise Crash("killed")
 
-    def crash_at_6(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("killed")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(TranslationTask, "train_step", crash_at_6)
-    with pytest.raises(RuntimeError, match="killed"):
+    real_step = patch_train_step(monkeypatch, TranslationTask, 6, before=crash)
+    with pytest.raises(Crash, match="killed"):
         run_training(compose_cfg(overrides), tmp_path / "split")
     monkeypatch.setattr(TranslationTask, "train_step", real_step)
     resumed = run_training(compose_cfg([*overrides, "resume=true"]), tmp_path / "split")
