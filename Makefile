@@ -35,6 +35,7 @@ demo: demo-data ## every task x every norm on built-in data (CPU, offline, minut
 	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
 	done; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" || status=1; \
+	$(PY) scripts/readme.py || status=1; \
 	exit $$status
 
 test: install ## ruff, then the fast test suite (pytest, no GPU, no network)
@@ -46,9 +47,11 @@ test-slow: install ## the long tests too
 
 bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ plot)
 	$(PY) scripts/bench.py
+	$(PY) scripts/readme.py
 
 bench-tasks: install ## whole training steps of each task's paper model, norms interleaved, speed-ups with 95% intervals
 	$(PY) scripts/bench_tasks.py
+	$(PY) scripts/readme.py
 
 lint: install ## ruff
 	.venv/bin/ruff check .

@@ -1,0 +1,121 @@
+"""Refresh the README's figures from results/: python scripts/readme.py [--check]
+
+Every number the README quotes from a results file sits in a block
+
+    <!-- generated: KIND SOURCE -->
+    ...
+    <!-- end generated -->
+
+which this script rewrites from SOURCE (a file under results/). `make demo`, `make bench` and
+`make bench-tasks` run it after writing their results; `--check` (a test runs it) exits 1 when a block
+differs from what its source gives, so no figure in the README can drift from its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def _md_tables(text: str) -> dict[str, list[list[str]]]:
+    """'## heading' -> the rows (cells) of the table under it."""
+    tables, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            tables[heading] = []
+        elif heading and line.startswith("|") and not line.startswith("|---"):
+            tables[heading].append([c.strip() for c in line.strip("|").split("|")])
+    return tables
+
+
+def bench_cpu(source: Path) -> str:
+    """Our RMSNorm against torch's LayerNorm and rms_norm at each shape, and the GRU layer table."""
+    tables = _md_tables(source.read_text())
+    lines = ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd+bwd / torch `rms_norm` |",
+             "|---|---|---|---|"]
+    for heading, rows in tables.items():
+        found = re.match(r"(\w+): (\d+) x (\d+)", heading)
+        if not found or len(rows) < 2:
+            continue
+        head, body = rows[0], {r[0]: r for r in rows[1:]}
+        ours, torch_rms = body.get("rmsnorm (ours)"), body.get("rms_norm (torch)")
+        if not ours or not torch_rms:
+            continue
+        both = head.index("fwd+bwd us")
+        lines.append(f"| {found.group(2)} x {found.group(3)} ({found.group(1)}) | {ours[head.index('fwd /LN')]} | "
+                     f"{ours[head.index('fwd+bwd /LN')]} | {float(ours[both]) / float(torch_rms[both]):.2f} |")
+    gru = next((rows for h, rows in tables.items() if h.startswith("GRU layer")), None)
+    if gru:
+        lines += ["", "GRU layer, forward+backward, 50 steps, batch 80:", "",
+                  "| " + " | ".join(gru[0]) + " |", "|---" * len(gru[0]) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in gru[1:]]
+    return "\n".join(lines)
+
+
+def demo(source: Path) -> str:
+    """The demo's tables as `make demo` wrote them, without their preamble."""
+    text = source.read_text()
+    start = text.find("### ")
+    return text[start:].strip() if start >= 0 else text.strip()
+
+
+def bench_tasks(source: Path) -> str:
+    """Seconds per step and speed-up vs LayerNorm with its interval, per task and norm."""
+    data = json.loads(source.read_text())
+    lines = [f"{data['machine']}, scale {data['scale']:g}:", "",
+             "| task | norm | ms / step | speed-up vs LayerNorm [95% CI] |", "|---|---|---|---|"]
+    for res in data["results"]:
+        for row in res["rows"]:
+            if "speedup_interval95" in row:
+                lo, hi = row["speedup_interval95"]
+                sp = f"{100 * row['speedup_vs_layernorm']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                sp += " within noise" if lo <= 0 <= hi else ""
+            else:
+                sp = "reference" if row["norm"] == "layernorm" else ""
+            lines.append(f"| {res['task']} | {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {sp} |")
+    return "\n".join(lines)
+
+
+KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks}
+
+
+def render(readme: str) -> str:
+    def fill(match: re.Match) -> str:
+        kind, source = match.group(2), REPO / match.group(3)
+        if kind not in KINDS:
+            raise SystemExit(f"README block of unknown kind '{kind}'; known: {', '.join(KINDS)}")
+        if not source.exists():
+            raise SystemExit(f"README block {kind} reads {source}, which does not exist")
+        return f"{match.group(1)}{KINDS[kind](source)}\n{match.group(5)}"
+
+    return BLOCK.sub(fill, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs from its sources")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print(f"{args.readme}: generated blocks differ from results/; run python scripts/readme.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.readme.write_text(new)
+        print(f"refreshed the generated blocks of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
