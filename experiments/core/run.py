@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core import seeding
 from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
+from experiments.core.machine import machine_name
 from experiments.core.records import SUMMARY_FILE, read_summary, write_summary
 from experiments.core.task import Task
 from experiments.core.trainer import Trainer, TrainSettings
@@ -29,9 +30,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return f"{device.type}:{machine_name(device)}"
 
 
 def run_info(cfg: DictConfig, sweep: str) -> dict:
