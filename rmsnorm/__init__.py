@@ -7,10 +7,10 @@ reference (the maths) <- kernels (fast paths, tensors in, tensors out) <- functi
 
 from rmsnorm.blocks import BlockNorm
 from rmsnorm.functional import l2_norm, layer_norm, rms_norm
-from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm
+from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm, StepBatchNorm
 from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, partial_size
 from rmsnorm.registry import NormInfo, norm_info, norm_names, register_norm, unregister_norm
-from rmsnorm.rnn import NormGRU, NormGRUCell
+from rmsnorm.rnn import NormGRU, NormGRUCell, NormLSTM, NormLSTMCell
 from rmsnorm.spec import NormSpec, build_norm, build_norm2d
 
 __all__ = [
@@ -24,10 +24,13 @@ __all__ = [
     "NormConfigError",
     "NormGRU",
     "NormGRUCell",
+    "NormLSTM",
+    "NormLSTMCell",
     "NormInfo",
     "NormSpec",
     "PartialRMSNorm",
     "RMSNorm",
+    "StepBatchNorm",
     "build_norm",
     "build_norm2d",
     "l2_norm",

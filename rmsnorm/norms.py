@@ -133,3 +133,41 @@ class ChannelMapNorm(AffineNorm):
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {super().extra_repr()}" + (f", p={self.p}" if self.kind == "prmsnorm" else "")
+
+
+class StepBatchNorm(nn.Module):
+    """Batch normalisation inside a recurrent cell (Cooijmans et al. 2016): statistics of its own for each
+    time step, from the batch in training (over the rows a mask marks valid) and from running estimates per
+    step in evaluation; steps past `max_steps` share the last step's estimates. The gain starts at 0.1, as
+    the reference code sets it, so the tanh and sigmoids start in their linear range."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, gain: float = 0.1,
+                 bias: bool = False, max_steps: int = 512):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.max_steps = num_features, float(eps), momentum, max_steps
+        self.weight = nn.Parameter(torch.full((num_features,), float(gain)))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
+        self.register_buffer("running_mean", torch.zeros(max_steps, num_features))
+        self.register_buffer("running_var", torch.ones(max_steps, num_features))
+
+    def forward(self, x: torch.Tensor, t: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, d) at time step t; mask: (B,) 1 for rows that hold a real step."""
+        s = min(int(t), self.max_steps - 1)
+        if self.training:
+            w = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device) if mask is None else mask.view(-1, 1)
+            n = w.sum().clamp_min(1.0)
+            mean = (x * w).sum(0) / n
+            var = ((x - mean).pow(2) * w).sum(0) / n
+            with torch.no_grad():
+                self.running_mean[s].lerp_(mean.detach(), self.momentum)
+                self.running_var[s].lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum)
+        else:
+            mean, var = self.running_mean[s], self.running_var[s]
+        return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+
+    def forward_sequence(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (T, B, d), every step with its own statistics; mask (T, B)."""
+        return torch.stack([self(x[t], t, None if mask is None else mask[t]) for t in range(x.shape[0])])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, max_steps={self.max_steps}, bias={self.bias is not None}"

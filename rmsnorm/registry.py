@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm
+from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm, StepBatchNorm
 from rmsnorm.reference import DEFAULT_EPS, NormConfigError
 
 #: builder(size, eps=..., p=..., affine=..., bias=...) -> module; size is features or channels
@@ -29,7 +29,8 @@ class NormInfo:
     map_shift: bool = True  # the map forms carry a per-channel bias, as the weight-norm code's layers
     eps: float = DEFAULT_EPS  # its default eps
     uses_p: bool = False  # takes pRMSNorm's p
-    recurrent: bool = True  # may sit inside a recurrent cell (batch statistics and weight norm may not)
+    recurrent: bool = True  # may sit inside a recurrent cell as a plain norm
+    per_step: Builder | None = None  # a norm with statistics per time step for recurrent cells (batch norm)
     reparametrize: Callable[[nn.Module], nn.Module] | None = None  # a norm that is a property of the layer
     order: int = 100  # its row in report tables
 
@@ -61,8 +62,9 @@ def norm_info(name: str) -> NormInfo:
         raise NormConfigError(f"unknown norm '{name}'; valid norms are: {', '.join(norm_names())}") from None
 
 
-def recurrent_norm_names() -> list[str]:
-    return [n for n in norm_names() if _REGISTRY[n].recurrent]
+def recurrent_norm_names(per_step: bool = False) -> list[str]:
+    """Norms a recurrent cell can hold; with `per_step`, also those with per-time-step statistics."""
+    return [n for n in norm_names() if _REGISTRY[n].recurrent or per_step and _REGISTRY[n].per_step is not None]
 
 
 def _map(kind: str) -> Builder:
@@ -73,15 +75,30 @@ def _no_norm(size, **_) -> nn.Module:
     return NoNorm()
 
 
+def _batch_norm(d, eps, p, affine, bias) -> nn.Module:
+    return nn.BatchNorm1d(d, eps=eps, affine=affine)
+
+
+def _batch_norm_2d(c, eps, p, affine, bias) -> nn.Module:
+    return nn.BatchNorm2d(c, eps=eps, affine=affine)
+
+
+def _step_batch_norm(d, eps, p, affine, bias) -> nn.Module:
+    return StepBatchNorm(d, eps=eps, bias=bool(bias))
+
+
 def _weight_norm(layer: nn.Module) -> nn.Module:
     return nn.utils.parametrizations.weight_norm(layer)
 
 
 for _info in [
     NormInfo("none", "Baseline", _no_norm, _no_norm, order=0),
-    NormInfo("batchnorm", "BatchNorm", lambda d, eps, p, affine, bias: nn.BatchNorm1d(d, eps=eps, affine=affine),
-             lambda c, eps, p, affine, bias: nn.BatchNorm2d(c, eps=eps, affine=affine), eps=1e-5, recurrent=False,
-             order=10),
+    NormInfo("batchnorm", "BatchNorm", _batch_norm, _batch_norm_2d, eps=1e-5, recurrent=False,
+             per_step=_step_batch_norm, order=10),
+    # the paper's Table 6 row: the same norm, which the reading task also applies to its feed-forward
+    # projections (upstream's --bn-everywhere); anywhere else it is plain batchnorm
+    NormInfo("bn_everywhere", "BatchNorm-Everywhere", _batch_norm, _batch_norm_2d, eps=1e-5, recurrent=False,
+             per_step=_step_batch_norm, order=11),
     NormInfo("weightnorm", "WeightNorm", _no_norm, _no_norm, recurrent=False, reparametrize=_weight_norm, order=20),
     NormInfo("layernorm", "LayerNorm", lambda d, eps, p, affine, bias: LayerNorm(d, eps, affine, bias),
              _map("layernorm"), shift=True, order=30),

@@ -1,4 +1,7 @@
-"""GRU with normalisation inside the cell, placed as in the paper's Theano reference (`rlngru_layer`).
+"""GRU and LSTM with normalisation inside the cell, placed as in the paper's Theano reference
+(`rlngru_layer`, `rlnlstm_layer`).
+
+GRU:
 
 Four norms, each with its own gain: input->gates [r; u] jointly (bias added before the norm),
 input->candidate (bias before the norm), hidden->gates [r; u] jointly, hidden->candidate:
@@ -25,12 +28,13 @@ from rmsnorm.registry import recurrent_norm_names
 from rmsnorm.spec import NormSpec
 
 
-def recurrent_spec(norm: NormSpec | str) -> NormSpec:
-    """The spec of a norm that may sit inside a recurrent cell, or a NormConfigError naming those that may."""
+def recurrent_spec(norm: NormSpec | str, per_step: bool = False) -> NormSpec:
+    """The spec of a norm that may sit inside a recurrent cell, or a NormConfigError naming those that may.
+    `per_step`: the cell also takes norms with statistics per time step (recurrent batch normalisation)."""
     spec = norm if isinstance(norm, NormSpec) else NormSpec(norm)
-    if not spec.info.recurrent:
-        raise NormConfigError(f"norm '{spec.name}' has no place inside a recurrent cell; use one of "
-                              f"{', '.join(recurrent_norm_names())}")
+    if not (spec.info.recurrent or per_step and spec.info.per_step is not None):
+        raise NormConfigError(f"norm '{spec.name}' has no place inside this recurrent cell; use one of "
+                              f"{', '.join(recurrent_norm_names(per_step))}")
     # each norm keeps its usual shift: none for the RMS family (as the paper), a bias for LayerNorm, whose
     # mean subtraction removes the cell's own bias added before it (as in Nematus' layer-normalised GRU)
     return spec
@@ -106,3 +110,112 @@ class NormGRU(nn.Module):
             return out_f, last_f
         out_b, last_b = self._run(self.backward_cell, x, mask, None, reverse=True)
         return torch.cat([out_f, out_b], dim=-1), torch.cat([last_f, last_b], dim=-1)
+
+
+class NormLSTMCell(nn.Module):
+    """LSTM with normalisation inside the cell, placed as the paper's `rlnlstm_layer` (and Cooijmans et al.'s
+    batch-normalised LSTM): one norm over the input projections of all four gates jointly (bias before it),
+    one over the hidden projections jointly, the bias again after both; the cell state is carried
+    un-normalised and normalised on its way out:
+
+        i, f, g, o = split(N_h(U h) + N_x(W x + b_x) + b)
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h' = sigmoid(o) * tanh(N_c(c'))
+
+    Gate order i, f, g, o as torch.nn.LSTMCell: with `norm="none"` it is that cell, b_x = bias_ih and
+    b = bias_hh. A norm with per-step statistics (batchnorm) gets the time step and the mask of valid rows.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none"):
+        super().__init__()
+        spec = recurrent_spec(norm, per_step=True)
+        h = hidden_size
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * h, input_size))
+        self.bias_ih = nn.Parameter(torch.zeros(4 * h))  # inside the input norm
+        self.weight_hh = nn.Parameter(torch.empty(4 * h, h))
+        self.bias = nn.Parameter(torch.zeros(4 * h))  # after both norms
+        self.per_step = not spec.info.recurrent
+        if self.per_step:
+            build = spec.info.per_step
+            self.norm_x = build(4 * h, eps=spec.eps, p=spec.p, affine=spec.affine, bias=False)
+            self.norm_h = build(4 * h, eps=spec.eps, p=spec.p, affine=spec.affine, bias=False)
+            self.norm_c = build(h, eps=spec.eps, p=spec.p, affine=spec.affine, bias=True)
+        else:
+            self.norm_x, self.norm_h, self.norm_c = spec.build(4 * h), spec.build(4 * h), spec.build(h)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reading task's reference: square blocks orthogonal x 0.05, others Glorot-uniform, biases 0."""
+        for weight in (self.weight_ih, self.weight_hh):
+            for block in weight.data.chunk(4, 0):
+                if block.shape[0] == block.shape[1]:
+                    nn.init.orthogonal_(block, gain=0.05)
+                else:
+                    nn.init.xavier_uniform_(block)
+        nn.init.zeros_(self.bias_ih)
+        nn.init.zeros_(self.bias)
+
+    def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """N_x(W x + b_x) for (T, B, input) sequences or (B, input) steps: all time steps at once."""
+        proj = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
+        if not self.per_step:
+            return self.norm_x(proj)
+        if proj.dim() == 2:
+            return self.norm_x(proj, 0, mask)
+        return self.norm_x.forward_sequence(proj, mask)
+
+    def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, t: int = 0,
+             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = h @ self.weight_hh.t()
+        hidden = self.norm_h(hidden, t, mask) if self.per_step else self.norm_h(hidden)
+        i, f, g, o = (hidden + x_proj + self.bias).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        out = self.norm_c(c, t, mask) if self.per_step else self.norm_c(c)
+        return torch.sigmoid(o) * torch.tanh(out), c
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            state = (zeros, zeros)
+        return self.step(self.project_inputs(x), *state)
+
+
+class NormLSTM(nn.Module):
+    """A (bidirectional) LSTM layer over (T, B, input) sequences with an optional (T, B) 0/1 padding mask and a
+    learned initial hidden state per direction (the cell state starts at 0), as the reading task's reference.
+
+    Returns outputs (T, B, H * directions) and the last hidden state of each direction; padded steps keep
+    the previous state, so the backward direction starts at each sequence's own last token.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none",
+                 bidirectional: bool = False, learn_h0: bool = True):
+        super().__init__()
+        directions = 2 if bidirectional else 1
+        self.cells = nn.ModuleList(NormLSTMCell(input_size, hidden_size, norm) for _ in range(directions))
+        self.h0 = nn.Parameter(torch.zeros(directions, hidden_size), requires_grad=learn_h0)
+
+    @staticmethod
+    def _run(cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
+        proj = cell.project_inputs(x, mask).unbind(0)
+        masks = mask.unbind(0) if mask is not None else [None] * x.shape[0]
+        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+        h = h0.expand(x.shape[1], -1)
+        c = x.new_zeros(x.shape[1], cell.hidden_size)
+        outputs = [None] * x.shape[0]
+        for t in steps:
+            h_new, c_new = cell.step(proj[t], h, c, t, masks[t])
+            if masks[t] is None:
+                h, c = h_new, c_new
+            else:
+                m = masks[t].unsqueeze(-1)
+                h, c = torch.lerp(h, h_new, m), torch.lerp(c, c_new, m)
+            outputs[t] = h
+        return torch.stack(outputs), h
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        runs = [self._run(cell, x, mask, self.h0[d], reverse=d == 1) for d, cell in enumerate(self.cells)]
+        if len(runs) == 1:
+            return runs[0]
+        return torch.cat([r[0] for r in runs], dim=-1), torch.cat([r[1] for r in runs], dim=-1)

@@ -1,0 +1,106 @@
+"""The normalised LSTM against torch.nn.LSTM(Cell), float64 gradcheck, the paper's placement, and recurrent
+batch normalisation's two regimes (batch statistics in training, population statistics in evaluation)."""
+
+import pytest
+import torch
+
+from rmsnorm import NormConfigError, NormGRUCell, NormLSTM, NormLSTMCell, NormSpec
+
+D = torch.float64
+
+
+def _copy(ref_ih, ref_hh, b_ih, b_hh, cell: NormLSTMCell):
+    with torch.no_grad():
+        cell.weight_ih.copy_(ref_ih)
+        cell.weight_hh.copy_(ref_hh)
+        cell.bias_ih.copy_(b_ih)
+        cell.bias.copy_(b_hh)
+
+
+def test_cell_without_norm_is_torch_lstm_cell():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTMCell(5, 7).to(D)
+    cell = NormLSTMCell(5, 7, "none").to(D)
+    _copy(ref.weight_ih, ref.weight_hh, ref.bias_ih, ref.bias_hh, cell)
+    x, h, c = torch.randn(3, 5, dtype=D, requires_grad=True), torch.randn(3, 7, dtype=D), torch.randn(3, 7, dtype=D)
+    for a, b in zip(cell(x, (h, c)), ref(x, (h, c)), strict=True):
+        torch.testing.assert_close(a, b)
+    g = torch.autograd.grad(sum(t.sum() for t in cell(x, (h, c))), x)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(sum(t.sum() for t in ref(x, (h, c))), x)[0])
+
+
+def test_layer_without_norm_is_torch_lstm_and_masks_padding():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 6).to(D)
+    layer = NormLSTM(4, 6, "none", learn_h0=False).to(D)
+    _copy(ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0, layer.cells[0])
+    x = torch.randn(5, 2, 4, dtype=D)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0])
+    mask = torch.ones(5, 2, dtype=D)
+    mask[3:, 1] = 0  # the second sequence has 3 steps
+    _, last = layer(x, mask)
+    torch.testing.assert_close(last[1], ref(x[:3, 1:2])[0][-1, 0])
+
+
+def test_bidirectional_layer_learns_its_initial_states():
+    layer = NormLSTM(3, 4, "rmsnorm", bidirectional=True)
+    out, last = layer(torch.randn(6, 2, 3))
+    assert out.shape == (6, 2, 8) and last.shape == (2, 8)
+    out.sum().backward()
+    assert layer.h0.grad is not None and layer.h0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "prmsnorm", "l2norm", "batchnorm"])
+def test_normalised_cell_gradcheck_float64(norm):
+    torch.manual_seed(0)
+    cell = NormLSTMCell(6, 8, NormSpec(norm, p=0.25)).to(D)
+    x = torch.randn(4, 6, dtype=D, requires_grad=True)
+    h, c = torch.randn(4, 8, dtype=D, requires_grad=True), torch.randn(4, 8, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, h, c: cell(x, (h, c)), (x, h, c))
+
+
+def test_norms_sit_where_the_paper_puts_them():
+    cell = NormLSTMCell(6, 8, "rmsnorm")
+    assert [cell.norm_x.num_features, cell.norm_h.num_features, cell.norm_c.num_features] == [32, 32, 8]
+    assert all(n.bias is None for n in (cell.norm_x, cell.norm_h, cell.norm_c))  # the RMS family: no shift
+    ln = NormLSTMCell(6, 8, "layernorm")
+    assert all(n.bias is not None for n in (ln.norm_x, ln.norm_h, ln.norm_c))
+
+
+def test_rmsnorm_cell_is_invariant_to_rescaling_its_weight_matrices():
+    torch.manual_seed(0)
+    cell = NormLSTMCell(6, 8, NormSpec("rmsnorm", eps=0.0)).to(D)
+    x, h, c = torch.randn(3, 6, dtype=D), torch.randn(3, 8, dtype=D), torch.randn(3, 8, dtype=D)
+    before = cell(x, (h, c))
+    with torch.no_grad():
+        cell.weight_ih.mul_(7.0)
+        cell.bias_ih.mul_(7.0)
+        cell.weight_hh.mul_(0.2)
+    for a, b in zip(cell(x, (h, c)), before, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_batchnorm_lstm_uses_batch_statistics_in_training_and_population_ones_in_evaluation():
+    torch.manual_seed(0)
+    layer = NormLSTM(3, 4, "batchnorm")
+    cell = layer.cells[0]
+    assert torch.allclose(cell.norm_h.weight, torch.full((16,), 0.1))  # gain 0.1, as upstream
+    x = torch.randn(5, 8, 3)
+    # training: a row's output depends on the other rows of the batch (their statistics)
+    full = layer(x)[0][:, :4]
+    half = layer(x[:, :4])[0]
+    assert not torch.allclose(full[:, :4], half, atol=1e-4)
+    for _ in range(200):  # the running estimates per step converge to the data's statistics
+        layer(torch.randn(5, 64, 3))
+    assert (cell.norm_h.running_var[:5] != 1).all() and (cell.norm_h.running_var[5:] == 1).all()
+    layer.eval()
+    with torch.no_grad():
+        full = layer(x)[0]
+        half = layer(x[:, :4])[0]
+    torch.testing.assert_close(full[:, :4], half)  # evaluation: each row on its own
+
+
+def test_the_gru_refuses_batch_statistics_and_the_lstm_takes_them():
+    with pytest.raises(NormConfigError, match="no place inside this recurrent cell"):
+        NormGRUCell(3, 4, "batchnorm")
+    assert NormLSTMCell(3, 4, "bn_everywhere").per_step
