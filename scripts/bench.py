@@ -100,43 +100,61 @@ def run(cases, device: torch.device, dtype: torch.dtype, min_run_time: float) ->
     return results
 
 
-GRU_SETTINGS = [(1024, ["torch.nn.GRU", "none"]), (256, ["torch.nn.GRU", "none", "layernorm", "rmsnorm", "prmsnorm"])]
+# (layer kind, hidden, batch, norms): the translation decoder's GRU and the reading task's LSTM
+RNN_SETTINGS = [
+    ("GRU", 1024, 80, ["torch", "none"]),
+    ("GRU", 256, 80, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+    ("LSTM", 240, 64, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+]
+QUICK_RNN = [("GRU", 32, 8, ["torch", "none", "layernorm", "rmsnorm"]),
+             ("LSTM", 32, 8, ["torch", "none", "layernorm", "rmsnorm"])]
 
 
-def run_gru(device: torch.device, dtype: torch.dtype, min_run_time: float, quick: bool) -> list[dict]:
-    """Forward+backward of a GRU layer over 50 steps at batch 80 (the translation task's decoder setting)."""
-    steps, batch = (5, 8) if quick else (50, 80)
+def _layer(kind: str, hidden: int, norm: str) -> torch.nn.Module:
+    if norm == "torch":
+        return (torch.nn.GRU if kind == "GRU" else torch.nn.LSTM)(hidden, hidden)
+    spec = rmsnorm.NormSpec(norm, p=P)
+    return rmsnorm.NormGRU(hidden, hidden, spec) if kind == "GRU" else rmsnorm.NormLSTM(hidden, hidden, spec)
+
+
+def run_rnn(device: torch.device, dtype: torch.dtype, min_run_time: float, quick: bool) -> list[dict]:
+    """Forward+backward of a recurrent layer over 50 steps (5 with --quick)."""
+    steps = 5 if quick else 50
     rows = []
-    for hidden, norms in [(32, ["torch.nn.GRU", "none", "layernorm", "rmsnorm"])] if quick else GRU_SETTINGS:
+    for kind, hidden, batch, norms in QUICK_RNN if quick else RNN_SETTINGS:
         x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
         for norm in norms:
             torch.manual_seed(0)
-            if norm == "torch.nn.GRU":
-                layer = torch.nn.GRU(hidden, hidden).to(device, dtype)
-            else:
-                layer = rmsnorm.NormGRU(hidden, hidden, rmsnorm.NormSpec(norm, p=P)).to(device, dtype)
+            layer = _layer(kind, hidden, norm).to(device, dtype)
             t = Timer("layer(x)[0].sum().backward()", globals={"layer": layer, "x": x}).blocked_autorange(
                 min_run_time=min_run_time).median
-            rows.append({"hidden": hidden, "norm": norm, "seconds": t})
-        print(f"  GRU hidden {hidden} done", flush=True)
+            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "norm": norm, "seconds": t})
+        print(f"  {kind} hidden {hidden} done", flush=True)
     return rows
 
 
-def render_gru(rows: list[dict]) -> str:
-    lines = ["## GRU layer: forward+backward, 50 steps, batch 80 (translation's setting)", "",
-             "`added` is the time over our GRU with norm=none; `added/LN's` compares it with what LayerNorm adds.",
-             "", "| hidden | layer | ms | / torch.nn.GRU | added ms | added / LN's added |",
-             "|---|---|---|---|---|---|"]
-    for hidden in dict.fromkeys(r["hidden"] for r in rows):
-        group = {r["norm"]: r["seconds"] for r in rows if r["hidden"] == hidden}
-        base, ln = group.get("none"), group.get("layernorm")
-        for norm, t in group.items():
-            added = t - base if base is not None and norm not in ("none", "torch.nn.GRU") else None
-            ratio = added / (ln - base) if added is not None and ln is not None and ln > base else None
-            lines.append(f"| {hidden} | {'ours, ' + norm if norm != 'torch.nn.GRU' else norm} | {t * 1e3:.1f} | "
-                         f"{t / group['torch.nn.GRU']:.2f} | {'' if added is None else f'{added * 1e3:.1f}'} | "
-                         f"{'' if ratio is None else f'{ratio:.2f}'} |")
-    return "\n".join(lines) + "\n"
+def render_rnn(rows: list[dict], steps: int = 50) -> str:
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        ref = f"torch.nn.{kind}"
+        out += [f"## {kind} layer: forward+backward, {steps} steps", "",
+                f"`added` is the time over our {kind} with norm=none; `added/LN's` compares it with what LayerNorm "
+                "adds.", "", f"| hidden | batch | layer | ms | / {ref} | added ms | added / LN's added |",
+                "|---|---|---|---|---|---|---|"]
+        for hidden, batch in dict.fromkeys((r["hidden"], r["batch"]) for r in rows if r["kind"] == kind):
+            group = {r["norm"]: r["seconds"] for r in rows
+                     if (r["kind"], r["hidden"], r["batch"]) == (kind, hidden, batch)}
+            base, ln = group.get("none"), group.get("layernorm")
+            for norm, t in group.items():
+                added = t - base if base is not None and norm not in ("none", "torch") else None
+                ratio = added / (ln - base) if added is not None and ln is not None and ln > base else None
+                name = ref if norm == "torch" else f"ours, {norm}"
+                added_ms = "" if added is None else f"{added * 1e3:.1f}"
+                ratio_text = "" if ratio is None else f"{ratio:.2f}"
+                out.append(f"| {hidden} | {batch} | {name} | {t * 1e3:.1f} | {t / group['torch']:.2f} | {added_ms} | "
+                           f"{ratio_text} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
@@ -237,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
     text = render(results, device, dtype, command.strip(), machine)
-    text += "\n" + render_gru(run_gru(device, dtype, 0.2 if args.quick else 3.0, args.quick))
+    text += "\n" + render_rnn(run_rnn(device, dtype, 0.2 if args.quick else 3.0, args.quick), 5 if args.quick else 50)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{device.type}-{machine}-{args.dtype}").strip("-").lower()
     if args.quick:
         stem += "-quick"

@@ -51,11 +51,10 @@ def bench_cpu(source: Path) -> str:
         both = head.index("fwd+bwd us")
         lines.append(f"| {found.group(2)} x {found.group(3)} ({found.group(1)}) | {ours[head.index('fwd /LN')]} | "
                      f"{ours[head.index('fwd+bwd /LN')]} | {float(ours[both]) / float(torch_rms[both]):.2f} |")
-    gru = next((rows for h, rows in tables.items() if h.startswith("GRU layer")), None)
-    if gru:
-        lines += ["", "GRU layer, forward+backward, 50 steps, batch 80:", "",
-                  "| " + " | ".join(gru[0]) + " |", "|---" * len(gru[0]) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in gru[1:]]
+    for heading, rows in tables.items():
+        if " layer: " in heading and rows:  # the GRU and LSTM tables, as bench.py wrote them
+            lines += ["", f"{heading}:", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines)
 
 

@@ -95,12 +95,12 @@ def test_a_registered_norm_builds_everywhere_and_unknown_names_list_it():
             register_toy()
     finally:
         unregister_norm("scalenorm")
-    with pytest.raises(rmsnorm.NormConfigError, match="valid norms are: none, batchnorm"):
+    with pytest.raises(rmsnorm.NormConfigError, match="valid norms are: none, batchnorm, bn_everywhere"):
         NormSpec("scalenorm")
 
 
 def test_recurrent_cells_refuse_batch_statistics_and_name_the_norms_that_fit():
-    with pytest.raises(rmsnorm.NormConfigError, match="no place inside a recurrent cell; use one of none, layernorm"):
+    with pytest.raises(rmsnorm.NormConfigError, match="no place inside this recurrent cell; use one of none, layer"):
         rmsnorm.NormGRUCell(4, 6, "batchnorm")
 
 

@@ -171,7 +171,7 @@ def test_weightnorm_reparametrises_the_layer():
 
 
 def test_unknown_norm_lists_the_valid_ones():
-    with pytest.raises(NormConfigError, match="valid norms are: none, batchnorm, weightnorm, layernorm, l2norm, rms"):
+    with pytest.raises(NormConfigError, match="valid norms are: none, batchnorm, bn_everywhere, weightnorm, layernorm"):
         NormSpec("rmsnrom")
     with pytest.raises(NormConfigError, match="unknown norm"):
         build_norm("groupnorm", 8)

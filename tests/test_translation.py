@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from experiments.core.batching import bucketed_batches, count_batches
 from experiments.core.errors import MissingData
 from experiments.core.run import run_training
 from experiments.translation import data as D
@@ -159,10 +160,10 @@ def test_loading_reads_only_and_names_the_command(toy_corpus, tmp_path):
 
 def test_bucketed_batches_cover_every_pair_once():
     lengths = [i % 17 for i in range(1000)]
-    batches = D.bucketed_batches(lengths, 80, torch.Generator().manual_seed(0), pool=4)
+    batches = bucketed_batches(lengths, 80, torch.Generator().manual_seed(0), pool=4)
     assert sorted(i for b in batches for i in b) == list(range(1000))
     assert all(len(b) <= 80 for b in batches)
-    assert len(batches) == D.count_batches(1000, 80, pool=4)
+    assert len(batches) == count_batches(1000, 80, pool=4)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 8  # similar lengths within a batch
 

@@ -176,25 +176,3 @@ def pad_batch(seqs: list[list[int]], bos: bool, eos: bool) -> torch.Tensor:
     for j, s in enumerate(seqs):
         out[: len(s), j] = torch.tensor(s, dtype=torch.long)
     return out
-
-
-def count_batches(n: int, batch_size: int, pool: int = 20) -> int:
-    """How many batches `bucketed_batches` makes of n pairs, without shuffling or sorting anything."""
-    span = batch_size * pool
-    full, rest = divmod(n, span)
-    return full * pool + -(-rest // batch_size)
-
-
-def bucketed_batches(
-    lengths: list[int], batch_size: int, generator: torch.Generator, pool: int = 20
-) -> list[list[int]]:
-    """Batches of `batch_size` pairs of similar length: shuffle, sort within pools of `pool` batches, shuffle
-    the batches. Little padding, random order, fixed by the generator; the count depends on len(lengths) only."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    batches = []
-    span = batch_size * pool
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in perm]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
+from experiments.core.batching import bucketed_batches, count_batches
 from experiments.core.errors import UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -98,7 +99,7 @@ class TranslationTask(Task):
                 limit = min(cfg.eval_limit or len(enc), len(enc))
                 self.eval_sets[name] = enc.subset(torch.arange(limit)) if limit < len(enc) else enc
         self._lengths = torch.maximum(self.train.src_lengths(), self.train.tgt_lengths()).tolist()
-        self._steps = D.count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
+        self._steps = count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         self.vocab = self.sp.get_piece_size()
 
     def assume_paper_data(self) -> None:
@@ -133,7 +134,7 @@ class TranslationTask(Task):
         return self._steps
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = D.bucketed_batches(self._lengths, self.batch_size, epoch_generator(self.seed, epoch),
+        order = bucketed_batches(self._lengths, self.batch_size, epoch_generator(self.seed, epoch),
                                    self.cfg.bucket_pool)
         for ids in order[start:]:
             pairs = [self.train.pair(i) for i in ids]
