@@ -118,13 +118,18 @@ class NormLSTMCell(nn.Module):
     one over the hidden projections jointly, the bias again after both; the cell state is carried
     un-normalised and normalised on its way out:
 
-        i, f, g, o = split(N_h(U h) + N_x(W x + b_x) + b)
+        i, f, o, g = split(N_h(U h) + N_x(W x + b_x) + b)
         c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
         h' = sigmoid(o) * tanh(N_c(c'))
 
-    Gate order i, f, g, o as torch.nn.LSTMCell: with `norm="none"` it is that cell, b_x = bias_ih and
-    b = bias_hh. A norm with per-step statistics (batchnorm) gets the time step and the mask of valid rows.
+    Gate blocks are stored in the reference code's order i, f, o, g (one sigmoid covers the first three);
+    torch.nn.LSTMCell's order is i, f, g, o. With `norm="none"` and torch's blocks reordered
+    (`TORCH_GATE_ORDER`), b_x = bias_ih and b = bias_hh, it is that cell. A norm with per-step statistics
+    (batchnorm) gets the time step and the mask of valid rows.
     """
+
+    #: where each of our gate blocks (i, f, o, g) sits in torch.nn.LSTM's layout (i, f, g, o)
+    TORCH_GATE_ORDER = (0, 1, 3, 2)
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none"):
         super().__init__()
@@ -157,22 +162,29 @@ class NormLSTMCell(nn.Module):
         nn.init.zeros_(self.bias)
 
     def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """N_x(W x + b_x) for (T, B, input) sequences or (B, input) steps: all time steps at once."""
+        """N_x(W x + b_x) + b for (T, B, input) sequences or (B, input) steps: all time steps at once (the
+        bias after the norms is added here, once, rather than at every step)."""
         proj = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
         if not self.per_step:
-            return self.norm_x(proj)
-        if proj.dim() == 2:
-            return self.norm_x(proj, 0, mask)
-        return self.norm_x.forward_sequence(proj, mask)
+            normed = self.norm_x(proj)
+        elif proj.dim() == 2:
+            normed = self.norm_x(proj, 0, mask)
+        else:
+            normed = self.norm_x.forward_sequence(proj, mask)
+        return normed + self.bias
 
     def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, t: int = 0,
              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from `project_inputs`' output for this step."""
+        hs = self.hidden_size
         hidden = h @ self.weight_hh.t()
         hidden = self.norm_h(hidden, t, mask) if self.per_step else self.norm_h(hidden)
-        i, f, g, o = (hidden + x_proj + self.bias).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        gates = hidden + x_proj
+        ifo, g = gates.split((3 * hs, hs), dim=-1)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+        c = torch.addcmul(f * c, i, torch.tanh(g))
         out = self.norm_c(c, t, mask) if self.per_step else self.norm_c(c)
-        return torch.sigmoid(o) * torch.tanh(out), c
+        return o * torch.tanh(out), c
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
         if state is None:

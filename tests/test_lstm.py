@@ -10,11 +10,16 @@ D = torch.float64
 
 
 def _copy(ref_ih, ref_hh, b_ih, b_hh, cell: NormLSTMCell):
+    """torch's (i, f, g, o) blocks into our (i, f, o, g) layout."""
+
+    def reorder(t):
+        return torch.cat([t.chunk(4, 0)[k] for k in NormLSTMCell.TORCH_GATE_ORDER])
+
     with torch.no_grad():
-        cell.weight_ih.copy_(ref_ih)
-        cell.weight_hh.copy_(ref_hh)
-        cell.bias_ih.copy_(b_ih)
-        cell.bias.copy_(b_hh)
+        cell.weight_ih.copy_(reorder(ref_ih))
+        cell.weight_hh.copy_(reorder(ref_hh))
+        cell.bias_ih.copy_(reorder(b_ih))
+        cell.bias.copy_(reorder(b_hh))
 
 
 def test_cell_without_norm_is_torch_lstm_cell():

@@ -20,7 +20,10 @@ def runs(tmp_path):
     rows = [("layernorm", 0, 0.10, 40.0), ("layernorm", 1, 0.12, 38.0), ("rmsnorm", 0, 0.09, 30.0),
             ("rmsnorm", 1, 0.08, 32.0), ("none", 0, 0.2, 20.0)]
     for i, row in enumerate(rows):
-        save_json(_summary(*row), tmp_path / "runs" / f"{i}" / "summary.json")
+        summary = _summary(*row)
+        summary["baselines"] = {"test_error_most_frequent_class": 0.9}
+        summary["differs_from_paper"] = ["task.model.widths: [96, 192] -> [4, 8]", f"norm.name: x -> {row[0]}"]
+        save_json(summary, tmp_path / "runs" / f"{i}" / "summary.json")
     save_json({"error": "boom"}, tmp_path / "runs" / "9" / "error.json")
     return tmp_path / "runs"
 
@@ -51,4 +54,6 @@ def test_report_script_writes_tables_and_plot(runs, tmp_path):
     r = run_script("scripts/report.py", str(runs), "--out", str(out))
     assert r.returncode == 1  # one run failed, and the report says so
     assert "Failed runs" in r.stdout and "boom" in r.stdout
+    assert "Baselines without a model: test_error_most_frequent_class = 90.0%" in r.stdout
+    assert "- `task.model.widths: [96, 192] -> [4, 8]`" in r.stdout and "norm.name" not in r.stdout
     assert (out / "tables.md").exists() and (out / "cifar10-paper-loss.png").stat().st_size > 1000
