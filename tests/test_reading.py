@@ -126,9 +126,36 @@ def test_paper_preset_is_the_papers_setting():
     assert list(t.norms) == ["none", "bn_everywhere", "batchnorm", "layernorm", "rmsnorm", "prmsnorm"]
 
 
-def test_missing_real_data_names_the_make_target(tmp_path):
+def test_missing_real_data_names_the_make_target(tmp_path, monkeypatch):
+    from experiments.reading.task import ReadingTask
+
+    tried = []
+    monkeypatch.setattr(ReadingTask, "_download", staticmethod(lambda corpus, archive: tried.append(corpus)))
     with pytest.raises(MissingData, match="make data-reading"):
         run_training(compose_cfg(["task=reading", "preset=paper", f"data_dir={tmp_path}", "logger=none"]),
                      tmp_path / "run")
     with pytest.raises(MissingData, match="DMQA"):
         prepare(["task=reading", "preset=paper", f"data_dir={tmp_path}"])
+    assert tried == ["cnn"]  # it tried to download, and said how to do it by hand when that gave nothing
+
+
+def test_the_real_archive_is_unpacked_prepared_and_trained_on(tmp_path, monkeypatch):
+    """The paper preset's path end to end: a cnn.tgz laid out as the DeepMind archive, no download."""
+    import tarfile
+
+    from experiments.reading.synthetic import write_cloze_folder
+    from experiments.reading.task import ReadingTask
+
+    monkeypatch.setattr(ReadingTask, "_download", staticmethod(lambda corpus, archive: None))
+    write_cloze_folder(tmp_path / "src" / "cnn", {"train": 40, "valid": 10, "test": 10})
+    (tmp_path / "src" / "cnn" / "questions" / "training" / "broken.question").write_text("http://x\n\nno blocks\n")
+    data = tmp_path / "data"
+    (data / "reading").mkdir(parents=True)
+    with tarfile.open(data / "reading" / "cnn.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cnn", arcname="cnn")
+    overrides = ["task=reading", "preset=paper", f"data_dir={data}", "logger=none", "train.progress=false",
+                 "task.model.dim=16", "task.batch_size=8", "train.max_steps=2", "train.eval_every=2"]
+    prepare(overrides)
+    summary = run_training(compose_cfg(overrides), tmp_path / "run")
+    assert summary["data"]["train"] == {"questions": 40, "skipped_files": 1, "answer_cut_by_top": 0}
+    assert summary["steps"] == 2 and "valid_error" in summary["metrics"]

@@ -27,6 +27,8 @@ from experiments.reading.synthetic import write_cloze_folder
 log = logging.getLogger(__name__)
 
 DMQA_PAGE = "https://cs.nyu.edu/~kcho/DMQA/"
+# the questions archives of the DeepMind Q&A page, hosted on Google Drive (the ids ParlAI and others use)
+DRIVE_IDS = {"cnn": "0BwmD_VLjROrfTTljRDVZMFJnVWM", "dailymail": "0BwmD_VLjROrfN0xhTDVteGQ3eG8"}
 
 
 @dataclass
@@ -79,6 +81,8 @@ class ReadingTask(Task):
                 write_cloze_folder(corpus, dict(cfg.synthetic.sizes))
         elif not questions.exists():
             archive = root / f"{cfg.corpus}.tgz"
+            if not archive.exists() and download:
+                cls._download(cfg.corpus, archive)
             if not archive.exists():
                 raise MissingData(f"no {cfg.corpus} questions in {questions}: download the `{cfg.corpus}` questions "
                                   f"archive from {DMQA_PAGE} (the DeepMind Q&A data) into {archive}, then run "
@@ -106,6 +110,18 @@ class ReadingTask(Task):
                 log.info("%s: the top-%s cut dropped the answer from %d of %d passages", split,
                          cfg.top_sentences, lost, len(enc))
             D.save_split(corpus, split, cfg.top_sentences, vocab, enc, facts)
+
+    @staticmethod
+    def _download(corpus: str, archive: Path) -> None:
+        """The questions archive from Google Drive (needs internet); a warning, not a crash, when it fails."""
+        from torchvision.datasets.utils import download_file_from_google_drive
+
+        log.info("downloading the %s questions archive into %s", corpus, archive)
+        try:
+            download_file_from_google_drive(DRIVE_IDS[corpus], str(archive.parent), archive.name)
+        except Exception as exc:  # no network, a changed host page: say how to do it by hand
+            archive.unlink(missing_ok=True)
+            log.warning("the download failed (%s: %s)", type(exc).__name__, exc)
 
     def load_data(self) -> None:
         cfg = self.cfg
