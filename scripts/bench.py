@@ -100,14 +100,16 @@ def run(cases, device: torch.device, dtype: torch.dtype, min_run_time: float) ->
     return results
 
 
-# (layer kind, hidden, batch, norms): the translation decoder's GRU and the reading task's LSTM
+# (layer kind, hidden, batch, steps, norms): the translation decoder's GRU, the retrieval task's sentence
+# encoder (12-word captions) and the reading task's LSTM
 RNN_SETTINGS = [
-    ("GRU", 1024, 80, ["torch", "none"]),
-    ("GRU", 256, 80, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
-    ("LSTM", 240, 64, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+    ("GRU", 1024, 80, 50, ["torch", "none"]),
+    ("GRU", 256, 80, 50, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+    ("GRU", 1024, 128, 12, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+    ("LSTM", 240, 64, 50, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
 ]
-QUICK_RNN = [("GRU", 32, 8, ["torch", "none", "layernorm", "rmsnorm"]),
-             ("LSTM", 32, 8, ["torch", "none", "layernorm", "rmsnorm"])]
+QUICK_RNN = [("GRU", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm"]),
+             ("LSTM", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm"])]
 
 
 def _layer(kind: str, hidden: int, norm: str) -> torch.nn.Module:
@@ -118,32 +120,32 @@ def _layer(kind: str, hidden: int, norm: str) -> torch.nn.Module:
 
 
 def run_rnn(device: torch.device, dtype: torch.dtype, min_run_time: float, quick: bool) -> list[dict]:
-    """Forward+backward of a recurrent layer over 50 steps (5 with --quick)."""
-    steps = 5 if quick else 50
+    """Forward+backward of a recurrent layer over its steps."""
     rows = []
-    for kind, hidden, batch, norms in QUICK_RNN if quick else RNN_SETTINGS:
+    for kind, hidden, batch, steps, norms in QUICK_RNN if quick else RNN_SETTINGS:
         x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
         for norm in norms:
             torch.manual_seed(0)
             layer = _layer(kind, hidden, norm).to(device, dtype)
             t = Timer("layer(x)[0].sum().backward()", globals={"layer": layer, "x": x}).blocked_autorange(
                 min_run_time=min_run_time).median
-            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "norm": norm, "seconds": t})
+            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": norm, "seconds": t})
         print(f"  {kind} hidden {hidden} done", flush=True)
     return rows
 
 
-def render_rnn(rows: list[dict], steps: int = 50) -> str:
+def render_rnn(rows: list[dict]) -> str:
     out = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         ref = f"torch.nn.{kind}"
-        out += [f"## {kind} layer: forward+backward, {steps} steps", "",
+        out += [f"## {kind} layer: forward+backward", "",
                 f"`added` is the time over our {kind} with norm=none; `added/LN's` compares it with what LayerNorm "
-                "adds.", "", f"| hidden | batch | layer | ms | / {ref} | added ms | added / LN's added |",
-                "|---|---|---|---|---|---|---|"]
-        for hidden, batch in dict.fromkeys((r["hidden"], r["batch"]) for r in rows if r["kind"] == kind):
+                "adds.", "", f"| hidden | batch | steps | layer | ms | / {ref} | added ms | added / LN's added |",
+                "|---|---|---|---|---|---|---|---|"]
+        for hidden, batch, steps in dict.fromkeys((r["hidden"], r["batch"], r["steps"]) for r in rows
+                                                  if r["kind"] == kind):
             group = {r["norm"]: r["seconds"] for r in rows
-                     if (r["kind"], r["hidden"], r["batch"]) == (kind, hidden, batch)}
+                     if (r["kind"], r["hidden"], r["batch"], r["steps"]) == (kind, hidden, batch, steps)}
             base, ln = group.get("none"), group.get("layernorm")
             for norm, t in group.items():
                 added = t - base if base is not None and norm not in ("none", "torch") else None
@@ -151,8 +153,8 @@ def render_rnn(rows: list[dict], steps: int = 50) -> str:
                 name = ref if norm == "torch" else f"ours, {norm}"
                 added_ms = "" if added is None else f"{added * 1e3:.1f}"
                 ratio_text = "" if ratio is None else f"{ratio:.2f}"
-                out.append(f"| {hidden} | {batch} | {name} | {t * 1e3:.1f} | {t / group['torch']:.2f} | {added_ms} | "
-                           f"{ratio_text} |")
+                out.append(f"| {hidden} | {batch} | {steps} | {name} | {t * 1e3:.1f} | {t / group['torch']:.2f} | "
+                           f"{added_ms} | {ratio_text} |")
         out.append("")
     return "\n".join(out)
 
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
     text = render(results, device, dtype, command.strip(), machine)
-    text += "\n" + render_rnn(run_rnn(device, dtype, 0.2 if args.quick else 3.0, args.quick), 5 if args.quick else 50)
+    text += "\n" + render_rnn(run_rnn(device, dtype, 0.2 if args.quick else 3.0, args.quick))
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{device.type}-{machine}-{args.dtype}").strip("-").lower()
     if args.quick:
         stem += "-quick"

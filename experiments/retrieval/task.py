@@ -1,0 +1,199 @@
+"""The image-caption retrieval task: order embeddings on COCO with a normalised GRU sentence encoder, Adam,
+per-tensor gradient clipping, each training image once per epoch with one of its five captions, dev
+validation on the first 1000 dev images, the best model (by dev image-retrieval recall sum) evaluated on the
+five 1000-image test folds and on the full test set."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING
+
+from experiments.core.errors import MissingData
+from experiments.core.seeding import epoch_generator
+from experiments.core.task import Task, TaskConfig
+from experiments.retrieval import data as D
+from experiments.retrieval.metrics import order_violation, retrieval_metrics
+from experiments.retrieval.model import OrderEmbedding, contrastive_loss
+from experiments.retrieval.synthetic import write_paired_folder
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_URL = "http://www.cs.toronto.edu/~vendrov/order/coco.zip"
+
+
+@dataclass
+class RetrievalModel:
+    word_dim: int = MISSING
+    dim: int = MISSING  # GRU and embedding space width
+    image_dim: int = MISSING  # the width of the image features
+
+
+@dataclass
+class RetrievalOptim:
+    lr: float = MISSING
+    clip_norm: float = MISSING  # each parameter tensor's gradient norm, as upstream
+    margin: float = MISSING
+
+
+@dataclass
+class GeneratedPairs:
+    sizes: dict[str, int] = MISSING  # split (train/dev/test) -> images
+
+
+@dataclass
+class RetrievalConfig(TaskConfig):
+    synthetic: GeneratedPairs | None = None
+    min_count: int = MISSING  # a word enters the vocabulary when seen this often in train + dev captions
+    dev_images: int = MISSING  # validation on the first N dev images
+    fold_images: int = MISSING  # test folds of this many images (1000 in the paper, five of them)
+    model: RetrievalModel = MISSING
+    optim: RetrievalOptim = MISSING
+
+
+class RetrievalTask(Task):
+    Config = RetrievalConfig
+    lower_is_better = False
+
+    @classmethod
+    def prepare_data(cls, cfg, root: Path, download: bool) -> None:
+        if cfg.synthetic:
+            if not all(D.caption_path(root, s).exists() for s in D.SPLITS):
+                log.info("writing the generated paired set to %s", root)
+                write_paired_folder(root, dict(cfg.synthetic.sizes), cfg.model.image_dim)
+        elif download and not D.caption_path(root, "train").exists():
+            cls._download(root)
+        captions = {s: D.read_captions(root, s, cfg.make_target) for s in D.SPLITS}
+        for split, caps in captions.items():  # features and captions must agree before anything is cached
+            D.read_features(root, split, len(caps) // D.CAPTIONS_PER_IMAGE, cfg.model.image_dim, cfg.make_target)
+        if (root / "vocab.json").exists():
+            vocab = D.load_vocabulary(root, cfg.make_target)
+        else:
+            # train + the dev captions validation uses, as upstream
+            dev = captions["dev"][: cfg.dev_images * D.CAPTIONS_PER_IMAGE]
+            vocab = D.build_vocabulary(captions["train"] + dev, cfg.min_count)
+            D.save_vocabulary(root, vocab)
+        for split, caps in captions.items():
+            D.save_ids(root, split, D.encode(caps, vocab))
+
+    @staticmethod
+    def _download(root: Path) -> None:
+        from torchvision.datasets.utils import download_url
+
+        log.info("downloading %s", ARCHIVE_URL)
+        try:
+            download_url(ARCHIVE_URL, str(root.parent), "coco.zip")
+        except Exception as exc:  # no network, a moved file: say how to do it by hand
+            raise MissingData(f"could not download {ARCHIVE_URL} ({type(exc).__name__}: {exc}); put the order-"
+                              f"embedding data (train/val/test .txt, images/10crop/*.npy) into {root}") from exc
+        with zipfile.ZipFile(root.parent / "coco.zip") as archive:
+            archive.extractall(root.parent)
+
+    def load_data(self) -> None:
+        cfg = self.cfg
+        self.vocab = D.load_vocabulary(self.root, cfg.make_target)
+        self.captions, self.features = {}, {}
+        for split in D.SPLITS:
+            caps, feats = D.load_split(self.root, split, cfg.model.image_dim, cfg.make_target)
+            self.captions[split], self.features[split] = caps, feats.to(self.device)
+        self.n_train = len(self.features["train"])
+        if self.n_train < self.batch_size:
+            raise MissingData(f"{self.n_train} training images is less than one batch of {self.batch_size}")
+
+    def assume_paper_data(self) -> None:
+        self.vocab = ["<pad>"] * 11473  # about the COCO vocabulary of the order-embedding code
+
+    def data_facts(self) -> dict:
+        return {"vocabulary": len(self.vocab), **{f"{s}_images": len(f) for s, f in self.features.items()},
+                "folder": str(self.root)}
+
+    def build_model(self) -> None:
+        m = self.cfg.model
+        self.model = OrderEmbedding(len(self.vocab), m.word_dim, m.dim, m.image_dim, self.norm).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
+        self.best: dict = {"dev_image_rsum": None, "test": {}}
+
+    # ---- training ------------------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n_train // self.batch_size)
+
+    def paper_time_unit(self) -> tuple[str, float]:
+        return ("sec_per_100_steps", 100)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        g = epoch_generator(self.seed, epoch)
+        order = torch.randperm(self.n_train, generator=g)
+        choice = torch.randint(0, D.CAPTIONS_PER_IMAGE, (self.n_train,), generator=g)  # one caption per image
+        for i in range(start, self.steps_per_epoch):
+            images = order[i * self.batch_size : (i + 1) * self.batch_size]
+            words, mask = self.captions["train"].batch(images * D.CAPTIONS_PER_IMAGE + choice[images])
+            yield words.to(self.device), mask.to(self.device), self.features["train"][images.to(self.device)]
+
+    def synthetic_batch(self, scale: float, generator: torch.Generator):
+        """Random ids and features at the paper's shape: batch 128, 12-word captions; `scale` shrinks both."""
+        b, t = max(2, round(self.batch_size * scale)), max(2, round(12 * scale))
+        words = torch.randint(2, len(self.vocab), (t, b), generator=generator).to(self.device)
+        features = torch.randn(b, self.cfg.model.image_dim, generator=generator).to(self.device)
+        return words, torch.ones(t, b, device=self.device), features
+
+    def describe_batch(self, scale: float) -> str:
+        return f"batch {max(2, round(self.batch_size * scale))} x {max(2, round(12 * scale))}-word captions"
+
+    def train_step(self, batch) -> torch.Tensor:
+        words, mask, features = batch
+        loss = contrastive_loss(self.model.encode_captions(words, mask), self.model.encode_images(features),
+                                self.cfg.optim.margin)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.model.parameters():  # upstream clips each tensor's gradient norm on its own
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_([p], self.cfg.optim.clip_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+    def _embed(self, split: str, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        caps, chunks = self.captions[split], []
+        n_captions = n_images * D.CAPTIONS_PER_IMAGE
+        for a in range(0, n_captions, 1000):
+            words, mask = caps.batch(torch.arange(a, min(a + 1000, n_captions)))
+            chunks.append(self.model.encode_captions(words.to(self.device), mask.to(self.device)))
+        return torch.cat(chunks), self.model.encode_images(self.features[split][:n_images])
+
+    def _metrics(self, s: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
+        return retrieval_metrics(lambda a, b: order_violation(s[a:b], v), len(v))
+
+    def evaluate(self) -> dict[str, float]:
+        n_dev = min(self.cfg.dev_images, len(self.features["dev"]))
+        dev = self._metrics(*self._embed("dev", n_dev))
+        if self.best["dev_image_rsum"] is None or dev["image_rsum"] > self.best["dev_image_rsum"]:
+            self.best = {"dev_image_rsum": dev["image_rsum"], "test": self._test_metrics()}
+        return {**{f"dev_{k}": v for k, v in dev.items()}, "best_dev_image_rsum": self.best["dev_image_rsum"],
+                **self.best["test"]}
+
+    def _test_metrics(self) -> dict[str, float]:
+        """The average over test folds of fold_images images, and the whole test set (`test5k_`...)."""
+        s, v = self._embed("test", len(self.features["test"]))
+        n, fold = len(v), min(self.cfg.fold_images, len(v))
+        folds = [self._metrics(s[i * 5 * fold : (i + 1) * 5 * fold], v[i * fold : (i + 1) * fold])
+                 for i in range(n // fold)]
+        averaged = {k: sum(f[k] for f in folds) / len(folds) for k in folds[0]}
+        return {**averaged, **{f"test5k_{k}": val for k, val in self._metrics(s, v).items()}} if n > fold \
+            else averaged
+
+    def summary_extras(self) -> dict:
+        fold = min(self.cfg.fold_images, len(self.features["test"]))
+        return {"baselines": {"caption_r1_chance": 100.0 / fold, "image_r1_chance": 100.0 / fold}}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.best = state["best"]
