@@ -37,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task)))
         same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset]
         baselines = same[0].get("baselines") if same else None
-        if baselines:  # a norm-free reference the task computes from its data (e.g. reading's most frequent entity)
+        if baselines:  # norm-free references from the data, as fractions (reading's most frequent entity, chance)
             parts.append("Baselines without a model: " + ", ".join(
-                f"{name} = {100 * value:.1f}%" if "error" in name else f"{name} = {value}"
-                for name, value in baselines.items()) + "\n")
+                f"{name} = {100 * value:.1f}%" for name, value in baselines.items()) + "\n")
         # what every run of the table changed against preset=paper (per-norm settings aside)
         common = [set(s.get("differs_from_paper", [])) for s in same]
         shared = sorted(set.intersection(*common)) if common else []

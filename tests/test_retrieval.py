@@ -101,7 +101,7 @@ def test_end_to_end_reports_recalls_on_folds_chance_and_the_papers_time_unit(tmp
               "test5k_caption_r1", "dev_image_rsum", "best_dev_image_rsum"):
         assert k in m, k
     assert 0 <= m["caption_r1"] <= 100 and m["caption_meanr"] >= 1
-    assert summary["baselines"]["caption_r1_chance"] == pytest.approx(10.0)  # folds of 10 images
+    assert summary["baselines"]["caption_r1_chance"] == pytest.approx(0.1)  # folds of 10 images
     assert summary["timing"]["sec_per_100_steps"] == pytest.approx(summary["timing"]["sec_per_1k_steps"] / 10)
     assert summary["data"]["train_images"] == 40
 

@@ -189,7 +189,8 @@ class RetrievalTask(Task):
 
     def summary_extras(self) -> dict:
         fold = min(self.cfg.fold_images, len(self.features["test"]))
-        return {"baselines": {"caption_r1_chance": 100.0 / fold, "image_r1_chance": 100.0 / fold}}
+        # chance R@1 as a fraction: one of `fold` images, or the image's 5 of 5 * fold captions
+        return {"baselines": {"caption_r1_chance": 1.0 / fold, "image_r1_chance": 1.0 / fold}}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "best": self.best}
