@@ -118,3 +118,19 @@ def test_a_norm_outside_the_papers_rows_runs_and_one_without_a_map_form_is_a_cle
             run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=featuresonly")), tmp_path / "f")
     finally:
         unregister_norm("featuresonly")
+
+
+def test_weight_norm_data_dependent_init_standardises_every_layer():
+    torch.manual_seed(0)
+    model = ConvPoolCNNC(NormSpec("weightnorm"), widths=(4, 8))
+    x = torch.randn(64, 3, 32, 32) * 3 + 1
+    layers = model.weight_norm_layers()
+    assert len(layers) == 10  # nine conv/NIN layers and the classifier
+    model.data_dependent_init(x)
+    model.eval()
+    for layer in layers:  # each layer's pre-activations on the init batch: mean 0, std 1 per channel
+        y = model._output_of(layer, x)
+        dims = [d for d in range(y.dim()) if d != 1]
+        torch.testing.assert_close(y.mean(dims), torch.zeros(y.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(y.std(dims), torch.ones(y.shape[1]), atol=1e-3, rtol=0)
+    assert ConvPoolCNNC(NormSpec("rmsnorm"), widths=(4, 8)).weight_norm_layers() == []

@@ -79,3 +79,33 @@ class ConvPoolCNNC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def weight_norm_layers(self) -> list[nn.Module]:
+        """The weight-normalised conv, NIN and dense layers, in forward order (empty for other norms)."""
+        return [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and hasattr(m, "parametrizations")]
+
+    @torch.no_grad()
+    def data_dependent_init(self, x: torch.Tensor) -> None:
+        """Weight normalisation's data-dependent initialisation (Salimans & Kingma 2016, as their CIFAR code
+        does it): layer by layer, in forward order, scale g and shift b so that the layer's pre-activations on
+        this batch have zero mean and unit variance per output channel."""
+        was_training = self.training
+        self.eval()  # no noise, no dropout: the statistics of the layer itself
+        for layer in self.weight_norm_layers():
+            y = self._output_of(layer, x)
+            dims = [d for d in range(y.dim()) if d != 1]
+            mean, std = y.mean(dims), y.std(dims).clamp_min(1e-8)
+            g = layer.parametrizations.weight.original0
+            g.div_(std.view(g.shape))
+            if layer.bias is not None:
+                layer.bias.sub_(mean).div_(std)
+        self.train(was_training)
+
+    def _output_of(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen = {}
+        hook = layer.register_forward_hook(lambda mod, inp, out: seen.setdefault("y", out))
+        try:
+            self(x)
+        finally:
+            hook.remove()
+        return seen["y"]

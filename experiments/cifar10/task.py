@@ -29,6 +29,7 @@ class Cifar10Model:
     dropout: float = MISSING
     noise_std: float = MISSING  # Gaussian input noise
     leaky_slope: float = MISSING
+    init_batch: int = 500  # weightnorm: images for the data-dependent initialisation (0: none)
 
 
 @dataclass
@@ -90,6 +91,10 @@ class Cifar10Task(Task):
         cfg, norm = self.cfg, self.norm
         m = cfg.model
         self.model = ConvPoolCNNC(norm, tuple(m.widths), 10, m.dropout, m.noise_std, m.leaky_slope).to(self.device)
+        if self.model.weight_norm_layers() and m.init_batch and hasattr(self, "train_x"):
+            # a fixed batch of (seed-dependent) training images, as the weight-norm code initialises
+            pick = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(self.seed))
+            self.model.data_dependent_init(self.train_x[pick[: m.init_batch].to(self.train_x.device)])
         lrs = cfg.optim.lr_by_norm
         self.base_lr = float(lrs.get(norm.name, lrs["default"]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr,
