@@ -48,8 +48,8 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
     device = pick_device(cfg.device)
     seeding.seed_everything(int(cfg.seed))
     task = build_task(cfg, device)
-    shrinks = differences_from_paper(cfg)
-    for line in shrinks:
+    differences = differences_from_paper(cfg)
+    for line in differences:
         log.info("differs from preset=paper: %s", line)
 
     info = run_info(cfg, sweep)
@@ -62,7 +62,7 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
         if cfg.resume:
             trainer.try_resume()
         final = trainer.fit()
-        summary = make_summary(info, task, trainer, final, device, resolved, shrinks)
+        summary = make_summary(info, task, trainer, final, device, resolved, differences)
         write_summary(run_dir, summary)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
     finally:
@@ -92,7 +92,7 @@ def prepare_task_data(cfg: DictConfig) -> Path:
 
 
 def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict,
-                 shrinks: list[str]) -> dict:
+                 differences: list[str]) -> dict:
     timing = {
         "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
         "timed_steps": trainer.timer.timed_steps,
@@ -116,7 +116,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "lower_is_better": task.lower_is_better,
         "metrics": final,
         "timing": timing,
-        "differs_from_paper": shrinks,
+        "differs_from_paper": differences,
         "data": task.data_facts(),
         **task.summary_extras(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
