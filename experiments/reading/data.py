@@ -12,7 +12,6 @@ share of such questions is logged and kept in the data facts. `top_sentences: nu
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.core.atomic import save_json, save_torch
+from experiments.core.atomic import save_torch
 from experiments.core.errors import MissingData
 from experiments.reading.questions import Question
 
@@ -109,17 +108,6 @@ def cache_name(split: str, top: int | None, vocab: list[str]) -> str:
 
 def save_split(root: Path, split: str, top: int | None, vocab: list[str], enc: Encoded, facts: dict) -> None:
     save_torch({"encoded": vars(enc), "facts": facts}, Path(root) / cache_name(split, top, vocab))
-
-
-def save_vocabulary(root: Path, vocab: list[str]) -> None:
-    save_json(vocab, Path(root) / "vocab.json")
-
-
-def load_vocabulary(root: Path, make_target: str) -> list[str]:
-    path = Path(root) / "vocab.json"
-    if not path.exists():
-        raise MissingData(f"no vocabulary at {path}; run `{make_target}`")
-    return json.loads(path.read_text())
 
 
 def load_split(root: Path, split: str, top: int | None, vocab: list[str], make_target: str) -> tuple[Encoded, dict]:

@@ -19,6 +19,7 @@ from experiments.core.batching import bucketed_batches, count_batches
 from experiments.core.errors import MissingData, UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
+from experiments.core.vocabulary import load_vocabulary, save_vocabulary
 from experiments.reading import data as D
 from experiments.reading.model import AttentiveReader
 from experiments.reading.questions import SPLITS, read_split
@@ -95,10 +96,10 @@ class ReadingTask(Task):
         vocab_path = corpus / "vocab.json"
         train, skipped = read_split(questions / SPLITS["train"], cfg.train_limit)
         if vocab_path.exists():
-            vocab = D.load_vocabulary(corpus, cfg.make_target)
+            vocab = load_vocabulary(corpus, cfg.make_target)
         else:
             vocab = D.build_vocabulary(train, cfg.min_count)
-            D.save_vocabulary(corpus, vocab)
+            save_vocabulary(corpus, vocab)
         for split in ("train", "valid", "test"):
             name = D.cache_name(split, cfg.top_sentences, vocab)
             if (corpus / name).exists():
@@ -126,7 +127,7 @@ class ReadingTask(Task):
     def load_data(self) -> None:
         cfg = self.cfg
         corpus = self.root / cfg.corpus
-        self.vocab = D.load_vocabulary(corpus, cfg.make_target)
+        self.vocab = load_vocabulary(corpus, cfg.make_target)
         self.splits, self.split_facts = {}, {}
         for split in ("train", "valid", "test"):
             enc, facts = D.load_split(corpus, split, cfg.top_sentences, self.vocab, cfg.make_target)

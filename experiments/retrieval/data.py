@@ -12,7 +12,6 @@ and the numbers.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.core.atomic import save_json, save_torch
+from experiments.core.atomic import save_torch
 from experiments.core.errors import MissingData
 
 PAD, UNK, EOS = 0, 1, 2
@@ -100,17 +99,6 @@ def encode(captions: list[list[str]], vocab: list[str]) -> Captions:
     offsets[1:] = torch.tensor([len(c) + 1 for c in captions]).cumsum(0)
     ids = torch.tensor([i for c in captions for i in (*(index.get(w, UNK) for w in c), EOS)], dtype=torch.int32)
     return Captions(ids, offsets)
-
-
-def save_vocabulary(root: Path, vocab: list[str]) -> None:
-    save_json(vocab, Path(root) / "vocab.json")
-
-
-def load_vocabulary(root: Path, make_target: str) -> list[str]:
-    path = Path(root) / "vocab.json"
-    if not path.exists():
-        raise MissingData(f"no vocabulary at {path}; run `{make_target}`")
-    return json.loads(path.read_text())
 
 
 def ids_path(root: Path, split: str) -> Path:

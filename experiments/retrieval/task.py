@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from experiments.core.errors import MissingData
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
+from experiments.core.vocabulary import load_vocabulary, save_vocabulary
 from experiments.retrieval import data as D
 from experiments.retrieval.metrics import order_violation, retrieval_metrics
 from experiments.retrieval.model import OrderEmbedding, contrastive_loss
@@ -72,12 +73,12 @@ class RetrievalTask(Task):
         for split, caps in captions.items():  # features and captions must agree before anything is cached
             D.read_features(root, split, len(caps) // D.CAPTIONS_PER_IMAGE, cfg.model.image_dim, cfg.make_target)
         if (root / "vocab.json").exists():
-            vocab = D.load_vocabulary(root, cfg.make_target)
+            vocab = load_vocabulary(root, cfg.make_target)
         else:
             # train + the dev captions validation uses, as upstream
             dev = captions["dev"][: cfg.dev_images * D.CAPTIONS_PER_IMAGE]
             vocab = D.build_vocabulary(captions["train"] + dev, cfg.min_count)
-            D.save_vocabulary(root, vocab)
+            save_vocabulary(root, vocab)
         for split, caps in captions.items():
             D.save_ids(root, split, D.encode(caps, vocab))
 
@@ -96,7 +97,7 @@ class RetrievalTask(Task):
 
     def load_data(self) -> None:
         cfg = self.cfg
-        self.vocab = D.load_vocabulary(self.root, cfg.make_target)
+        self.vocab = load_vocabulary(self.root, cfg.make_target)
         self.captions, self.features = {}, {}
         for split in D.SPLITS:
             caps, feats = D.load_split(self.root, split, cfg.model.image_dim, cfg.make_target)
