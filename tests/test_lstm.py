@@ -109,3 +109,19 @@ def test_the_gru_refuses_batch_statistics_and_the_lstm_takes_them():
     with pytest.raises(NormConfigError, match="no place inside this recurrent cell"):
         NormGRUCell(3, 4, "batchnorm")
     assert NormLSTMCell(3, 4, "bn_everywhere").per_step
+
+
+def test_step_batch_norm_over_a_sequence_equals_step_by_step():
+    from rmsnorm import StepBatchNorm
+
+    torch.manual_seed(0)
+    whole, steps = StepBatchNorm(6, max_steps=3), StepBatchNorm(6, max_steps=3)  # 5 steps: two share a slot
+    x, mask = torch.randn(5, 4, 6), torch.ones(5, 4)
+    mask[3:, 1] = 0
+    for mode in ("train", "eval"):
+        getattr(whole, mode)()
+        getattr(steps, mode)()
+        torch.testing.assert_close(whole.forward_sequence(x, mask),
+                                   torch.stack([steps(x[t], t, mask[t]) for t in range(5)]))
+        torch.testing.assert_close(whole.running_mean, steps.running_mean)
+        torch.testing.assert_close(whole.running_var, steps.running_var)

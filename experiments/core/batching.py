@@ -26,3 +26,16 @@ def bucketed_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     perm = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in perm]
+
+
+def padded(flat: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences `index` of a flat id tensor with offsets, as (T, B) int64 ids padded with 0 and the (T, B)
+    0/1 float mask, gathered in one indexing op (no Python loop over the batch)."""
+    index = torch.as_tensor(index, dtype=torch.int64)
+    starts = offsets[index]
+    lengths = offsets[index + 1] - starts
+    pos = torch.arange(int(lengths.max())).unsqueeze(1)
+    mask = pos < lengths.unsqueeze(0)
+    gather = (starts.unsqueeze(0) + pos).clamp(max=max(len(flat) - 1, 0))
+    ids = torch.where(mask, flat[gather].long(), torch.zeros((), dtype=torch.long))
+    return ids, mask.float()

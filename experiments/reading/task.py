@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from experiments.core.batching import bucketed_batches, count_batches
+from experiments.core.batching import bucketed_batches, count_batches, padded
 from experiments.core.errors import MissingData, UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -176,18 +176,14 @@ class ReadingTask(Task):
         return ("sec_per_100_steps", 100)
 
     def _batch(self, enc: D.Encoded, ids: list[int], mapping: torch.Tensor | None):
-        items = [enc.item(i) for i in ids]
-        p_len, q_len = max(len(p) for p, _, _ in items), max(len(q) for _, q, _ in items)
-        passage = torch.zeros(p_len, len(items), dtype=torch.long)
-        question = torch.zeros(q_len, len(items), dtype=torch.long)
-        for j, (p, q, _) in enumerate(items):
-            passage[: len(p), j], question[: len(q), j] = p, q
-        answers = torch.tensor([a for _, _, a in items])
+        index = torch.as_tensor(ids, dtype=torch.int64)
+        passage, passage_mask = padded(enc.passages, enc.passage_offsets, index)
+        question, question_mask = padded(enc.questions, enc.question_offsets, index)
+        answers = enc.answers[index]
         if mapping is not None:  # one entity permutation for the whole minibatch, as upstream
             passage, question, answers = mapping[passage], mapping[question], mapping[answers]
         dev = self.device
-        return (passage.to(dev), (passage != D.PAD).float().to(dev), question.to(dev),
-                (question != D.PAD).float().to(dev), answers.to(dev))
+        return passage.to(dev), passage_mask.to(dev), question.to(dev), question_mask.to(dev), answers.to(dev)
 
     def _permutation(self, generator: torch.Generator) -> torch.Tensor:
         mapping = torch.arange(len(self.vocab))

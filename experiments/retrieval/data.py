@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from experiments.core.atomic import save_torch
+from experiments.core.batching import padded
 from experiments.core.errors import MissingData
 
 PAD, UNK, EOS = 0, 1, 2
@@ -82,14 +83,7 @@ class Captions:
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, B) ids padded with PAD and the (T, B) 0/1 mask of the captions at `index`."""
-        starts, ends = self.offsets[index], self.offsets[index + 1]
-        lengths = ends - starts
-        t = int(lengths.max())
-        pos = torch.arange(t).unsqueeze(1)
-        mask = pos < lengths.unsqueeze(0)
-        gather = (starts.unsqueeze(0) + pos).clamp(max=len(self.ids) - 1)
-        words = torch.where(mask, self.ids[gather].long(), torch.zeros((), dtype=torch.long))
-        return words, mask.float()
+        return padded(self.ids, self.offsets, index)
 
 
 def encode(captions: list[list[str]], vocab: list[str]) -> Captions:
