@@ -166,27 +166,12 @@ class StepBatchNorm(nn.Module):
         return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
 
     def forward_sequence(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (T, B, d), every step with its own statistics; mask (T, B). All steps in a few tensor ops, the
-        same as calling `forward` for each step in order."""
-        steps, last = x.shape[0], self.max_steps - 1
-        if self.training:
-            w = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask
-            w = w.unsqueeze(-1)
-            n = w.sum(1).clamp_min(1.0)  # (T, 1)
-            mean = (x * w).sum(1) / n
-            var = ((x - mean.unsqueeze(1)).pow(2) * w).sum(1) / n
-            with torch.no_grad():
-                unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
-                k = min(steps, last)  # steps with a slot of their own: one update each
-                self.running_mean[:k].lerp_(mean.detach()[:k], self.momentum)
-                self.running_var[:k].lerp_(unbiased[:k], self.momentum)
-                for t in range(k, steps):  # the rest share the last slot, updated in step order
-                    self.running_mean[last].lerp_(mean.detach()[t], self.momentum)
-                    self.running_var[last].lerp_(unbiased[t], self.momentum)
-        else:
-            slot = torch.arange(steps, device=x.device).clamp(max=last)
-            mean, var = self.running_mean[slot], self.running_var[slot]
-        return affine((x - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps), self.weight, self.bias)
+        """x: (T, B, d), every step with its own statistics; mask (T, B).
+
+        Step by step on purpose: one reduction over all steps gives the same values but sums the gain's
+        gradient in another order, and that rounding alone moved the reading demo's bn_everywhere row from
+        50.0% to 41.7% validation error; the loop keeps results as they were."""
+        return torch.stack([self(x[t], t, None if mask is None else mask[t]) for t in range(x.shape[0])])
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, max_steps={self.max_steps}, bias={self.bias is not None}"

@@ -125,3 +125,11 @@ def test_step_batch_norm_over_a_sequence_equals_step_by_step():
                                    torch.stack([steps(x[t], t, mask[t]) for t in range(5)]))
         torch.testing.assert_close(whole.running_mean, steps.running_mean)
         torch.testing.assert_close(whole.running_var, steps.running_var)
+    whole.train()
+    steps.train()
+    xg = x.clone().requires_grad_()
+    g_whole = torch.autograd.grad(whole.forward_sequence(xg, mask).pow(2).sum(), (xg, whole.weight))
+    g_steps = torch.autograd.grad(torch.stack([steps(xg[t], t, mask[t]) for t in range(5)]).pow(2).sum(),
+                                  (xg, steps.weight))
+    for a, b in zip(g_whole, g_steps, strict=True):  # the same gradients, up to float rounding
+        torch.testing.assert_close(a, b)
