@@ -1,8 +1,12 @@
 """Norm-layer benchmark: python scripts/bench.py [--device cpu|cuda] [--dtype float32] [--quick]
 
-Forward, backward and forward+backward of every norm at the shapes the paper's tasks use, medians over
-repeated runs after warm-up (torch.utils.benchmark, CUDA synchronised), ratios to torch's fused LayerNorm
-measured in the same run, achieved GB/s and, on CUDA, the share of the card's peak memory bandwidth.
+Forward, backward and forward+backward of every norm at the shapes the paper's tasks use. Per shape, every
+measurement (each norm's three, and the roofline's copies) runs round-robin over several rounds after warm-up,
+on all of torch's threads, CUDA synchronised; the table gives medians over rounds, ratios to torch's fused
+LayerNorm with a 95% bootstrap interval, achieved GB/s and their share of the roofline measured in the same
+rounds: a copy of the shape's tensor into a preallocated buffer (the memory limit) and into a fresh one (what
+an allocating op pays). On CUDA, also the share of the card's data-sheet peak bandwidth. On CPU, a second,
+short run in a plain process (no malloc settings) shows what a user who imports `rmsnorm` in a script gets.
 Writes results/bench/<device>.md and a plot, with the command and the machine above the table.
 """
 
@@ -10,19 +14,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import re
 import shlex
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 import rmsnorm
 from experiments.core import malloc
+from experiments.core.interleaved import speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
+from experiments.core.timing import synchronize
 from rmsnorm.kernels import dispatch
 
 EPS = 1e-8
@@ -59,6 +68,9 @@ def implementations(d: int):
     }
 
 
+MODES = ("fwd", "bwd", "fwd_bwd")
+
+
 @dataclass
 class Result:
     task: str
@@ -66,38 +78,90 @@ class Result:
     rows: int
     d: int
     impl: str
-    fwd: float
-    bwd: float
-    fwd_bwd: float
+    times: dict[str, list[float]]  # mode -> seconds per call, one entry per round
+
+    def median(self, mode: str) -> float:
+        return float(torch.tensor(self.times[mode]).median())
+
+    @property
+    def fwd(self) -> float:
+        return self.median("fwd")
+
+    @property
+    def bwd(self) -> float:
+        return self.median("bwd")
+
+    @property
+    def fwd_bwd(self) -> float:
+        return self.median("fwd_bwd")
 
 
-def measure(fn, x, w, b, dy, min_run_time: float) -> tuple[float, float, float]:
-    def median(stmt, env):
-        return Timer(stmt, globals=env).blocked_autorange(min_run_time=min_run_time).median
+@dataclass
+class Roofline:
+    copy: list[float]  # seconds to copy the shape's tensor into a preallocated buffer, per round
+    fresh: list[float]  # ... into a newly allocated one
 
-    with torch.no_grad():
-        fwd = median("fn(x, w, b)", {"fn": fn, "x": x, "w": w, "b": b})
-    y = fn(x, w, b)
+    def gbps(self, nbytes: int, fresh: bool = False) -> float:
+        return 2 * nbytes / float(torch.tensor(self.fresh if fresh else self.copy).median()) / 1e9
+
+
+def _steps(fn, x, w, b, dy) -> dict[str, object]:
+    """The three measurements of one norm as zero-argument callables."""
     params = [x, w]
-    bwd = median("torch.autograd.grad(y, params, dy, retain_graph=True)",
-                 {"torch": torch, "y": y, "params": params, "dy": dy})
-    both = median("torch.autograd.grad(fn(x, w, b), params, dy)",
-                  {"torch": torch, "fn": fn, "x": x, "w": w, "b": b, "params": params, "dy": dy})
-    return fwd, bwd, both
+    y = fn(x, w, b)
+
+    def forward():
+        with torch.no_grad():
+            fn(x, w, b)
+
+    return {"fwd": forward,
+            "bwd": lambda: torch.autograd.grad(y, params, dy, retain_graph=True),
+            "fwd_bwd": lambda: torch.autograd.grad(fn(x, w, b), params, dy)}
 
 
-def run(cases, device: torch.device, dtype: torch.dtype, min_run_time: float) -> list[Result]:
-    results = []
+def _calls_per_round(step, device: torch.device, seconds: float) -> int:
+    """How many calls of `step` fill about `seconds` (at least one)."""
+    step()
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return max(1, int(seconds / max(time.perf_counter() - start, 1e-7)))
+
+
+def time_shape(impls: dict, rows: int, d: int, device: torch.device, dtype: torch.dtype, rounds: int,
+               seconds_per_round: float) -> tuple[dict[str, dict[str, list[float]]], Roofline]:
+    """Every implementation's three measurements and the two copies, interleaved over `rounds` rounds."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows, d, device=device, dtype=dtype, generator=g).requires_grad_()
+    w = torch.ones(d, device=device, dtype=dtype, requires_grad=True)
+    b = torch.zeros(d, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(rows, d, device=device, dtype=dtype, generator=g)
+    buffer = torch.empty_like(dy)
+    steps = {"copy": lambda: buffer.copy_(dy), "fresh": lambda: dy.clone()}
+    for name, fn in impls.items():
+        steps.update({f"{name}|{mode}": step for mode, step in _steps(fn, x, w, b, dy).items()})
+    # each variant runs several calls per round so a round's clock reads are well above the timer's resolution
+    calls = {name: _calls_per_round(step, device, seconds_per_round) for name, step in steps.items()}
+    batched = {name: (lambda step=step, n=n: [step() for _ in range(n)]) for (name, step), n
+               in zip(steps.items(), calls.values(), strict=True)}
+    times = time_interleaved(batched, device, rounds=rounds, steps_per_round=1, warmup_steps=1)
+    per_call = {name: [t / calls[name] for t in ts] for name, ts in times.per_round.items()}
+    by_impl = {name: {mode: per_call[f"{name}|{mode}"] for mode in MODES} for name in impls}
+    return by_impl, Roofline(per_call["copy"], per_call["fresh"])
+
+
+def run(cases, device: torch.device, dtype: torch.dtype, rounds: int, seconds_per_round: float,
+        only: tuple[str, ...] | None = None) -> tuple[list[Result], dict[tuple, Roofline]]:
+    results, rooflines = [], {}
     for task, shape, rows, d in cases:
-        g = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(rows, d, device=device, dtype=dtype, generator=g).requires_grad_()
-        w = torch.ones(d, device=device, dtype=dtype, requires_grad=True)
-        b = torch.zeros(d, device=device, dtype=dtype, requires_grad=True)
-        dy = torch.randn(rows, d, device=device, dtype=dtype, generator=g)
-        for name, fn in implementations(d).items():
-            results.append(Result(task, shape, rows, d, name, *measure(fn, x, w, b, dy, min_run_time)))
+        impls = {name: fn for name, fn in implementations(d).items()
+                 if only is None or any(name.startswith(o) for o in only)}
+        by_impl, roofline = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
+        rooflines[(task, shape, rows, d)] = roofline
+        results += [Result(task, shape, rows, d, name, times) for name, times in by_impl.items()]
         print(f"  {task:12s} {rows:6d} x {d:5d} done", flush=True)
-    return results
+    return results, rooflines
 
 
 # (layer kind, hidden, batch, steps, norms): the translation decoder's GRU, the retrieval task's sentence
@@ -119,17 +183,21 @@ def _layer(kind: str, hidden: int, norm: str) -> torch.nn.Module:
     return rmsnorm.NormGRU(hidden, hidden, spec) if kind == "GRU" else rmsnorm.NormLSTM(hidden, hidden, spec)
 
 
-def run_rnn(device: torch.device, dtype: torch.dtype, min_run_time: float, quick: bool) -> list[dict]:
-    """Forward+backward of a recurrent layer over its steps."""
+def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) -> list[dict]:
+    """Forward+backward of a recurrent layer over its steps, the layers of one setting interleaved."""
     rows = []
     for kind, hidden, batch, steps, norms in QUICK_RNN if quick else RNN_SETTINGS:
         x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
+        layers = {}
         for norm in norms:
             torch.manual_seed(0)
-            layer = _layer(kind, hidden, norm).to(device, dtype)
-            t = Timer("layer(x)[0].sum().backward()", globals={"layer": layer, "x": x}).blocked_autorange(
-                min_run_time=min_run_time).median
-            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": norm, "seconds": t})
+            layers[norm] = _layer(kind, hidden, norm).to(device, dtype)
+        times = time_interleaved({norm: (lambda layer=layer, x=x: layer(x)[0].sum().backward())
+                                  for norm, layer in layers.items()}, device, rounds=rounds, steps_per_round=1,
+                                 warmup_steps=1)
+        for norm in norms:
+            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": norm,
+                         "seconds": times.median(norm)})
         print(f"  {kind} hidden {hidden} done", flush=True)
     return rows
 
@@ -169,7 +237,17 @@ def peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
     return None, "unknown for this card"
 
 
-def render(results: list[Result], device: torch.device, dtype: torch.dtype, command: str, machine: str) -> str:
+def _ratio(result: Result, ln: Result, mode: str) -> str:
+    """Time over LayerNorm's, with the 95% interval from a paired bootstrap over rounds."""
+    if result is ln:
+        return "1"
+    est = 1 - speedup(ln.times[mode], result.times[mode])
+    lo, hi = speedup_interval(ln.times[mode], result.times[mode])
+    return f"{est:.2f} [{1 - hi:.2f}, {1 - lo:.2f}]"
+
+
+def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torch.device, dtype: torch.dtype,
+           command: str, machine: str, rounds: int, kernel_note: str) -> str:
     peak, peak_note = peak_bandwidth(device)
     size = torch.finfo(dtype).bits // 8
     lines = [
@@ -177,31 +255,89 @@ def render(results: list[Result], device: torch.device, dtype: torch.dtype, comm
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.date.today()}, torch {torch.__version__}, dtype {str(dtype).replace('torch.', '')}, "
-        f"eps {EPS:g}  ",
-        "Times are medians in microseconds (torch.utils.benchmark, after warm-up); `/LN` is the time over torch's "
-        "fused LayerNorm in the same run; GB/s counts the minimal traffic (forward reads x and writes y, backward "
-        "reads x and dy and writes dx)." + (f" Peak bandwidth: {peak_note}." if peak else ""),
-        f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead of "
-        "page-faulting them in anew on some calls (experiments/core/malloc.py).",
-        "",
+        f"eps {EPS:g}, {torch.get_num_threads()} threads{kernel_note}  ",
+        f"Per shape, every measurement below and the two copies run round-robin over {rounds} rounds after "
+        "warm-up; times are medians over rounds in microseconds, `/LN` is the time over torch's fused LayerNorm "
+        "with a 95% paired-bootstrap interval over rounds. GB/s counts the minimal traffic (forward reads x and "
+        "writes y, backward reads x and dy and writes dx). `% copy` is that rate over the roofline measured in "
+        "the same rounds: a copy of the shape's tensor into a preallocated buffer (reads one, writes one); "
+        "above 100% where part of the traffic is served from cache. The copy into a fresh tensor shows what an "
+        "op that allocates its output pays." + (f" Peak bandwidth: {peak_note}." if peak else ""),
     ]
-    for (task, shape, rows, d) in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
-        group = [r for r in results if (r.task, r.shape, r.rows, r.d) == (task, shape, rows, d)]
+    if device.type == "cpu":
+        lines.append(f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead "
+                     "of page-faulting them in anew on some calls (experiments/core/malloc.py); the last section "
+                     "is a plain process without them.")
+    lines.append("")
+    for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
+        task, shape, rows, d = key
+        group = [r for r in results if (r.task, r.shape, r.rows, r.d) == key]
         ln = next(r for r in group if r.impl.startswith("layernorm"))
-        head = "| norm | fwd us | bwd us | fwd+bwd us | fwd /LN | fwd+bwd /LN | fwd GB/s | bwd GB/s |"
+        roof = rooflines[key]
+        nbytes = rows * d * size
+        copy_gbps = roof.gbps(nbytes)
+        head = ("| norm | fwd us | bwd us | fwd+bwd us | fwd /LN | fwd+bwd /LN | fwd GB/s | fwd % copy | "
+                "bwd GB/s | bwd % copy |")
         if peak:
             head += " fwd % peak | bwd % peak |"
-        lines += [f"## {task}: {rows} x {d}, {shape}", "", head, "|---" * (head.count("|") - 1) + "|"]
+        lines += [f"## {task}: {rows} x {d}, {shape}", "",
+                  f"Roofline: copy into a preallocated tensor {copy_gbps:.1f} GB/s, into a fresh one "
+                  f"{roof.gbps(nbytes, fresh=True):.1f} GB/s.", "",
+                  head, "|---" * (head.count("|") - 1) + "|"]
         for r in group:
-            fwd_gbps = 2 * rows * d * size / r.fwd / 1e9
-            bwd_gbps = 3 * rows * d * size / r.bwd / 1e9
+            fwd_gbps = 2 * nbytes / r.fwd / 1e9
+            bwd_gbps = 3 * nbytes / r.bwd / 1e9
             cells = [r.impl, f"{r.fwd * 1e6:.1f}", f"{r.bwd * 1e6:.1f}", f"{r.fwd_bwd * 1e6:.1f}",
-                     f"{r.fwd / ln.fwd:.2f}", f"{r.fwd_bwd / ln.fwd_bwd:.2f}", f"{fwd_gbps:.1f}", f"{bwd_gbps:.1f}"]
+                     _ratio(r, ln, "fwd"), _ratio(r, ln, "fwd_bwd"), f"{fwd_gbps:.1f}",
+                     f"{100 * fwd_gbps / copy_gbps:.0f}%", f"{bwd_gbps:.1f}", f"{100 * bwd_gbps / copy_gbps:.0f}%"]
             if peak:
                 cells += [f"{100 * fwd_gbps / peak:.0f}%", f"{100 * bwd_gbps / peak:.0f}%"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+# what a user's own script gets: the largest shapes, ours against LayerNorm, no malloc settings
+USER_IMPLS = ("layernorm", "rmsnorm (ours)")
+
+
+def plain_process_section(cases, dtype: str, rounds: int, seconds_per_round: float) -> str:
+    """Runs this script again in a process without the malloc settings and renders what it measured."""
+    env = {k: v for k, v in os.environ.items() if k not in malloc.MALLOC_ENV}
+    env["RMSNORM_KEEP_MALLOC"] = "1"
+    largest = sorted(cases, key=lambda c: c[2] * c[3])[-2:]
+    args = [sys.executable, __file__, "--plain-process-json", json.dumps(largest), "--device", "cpu",
+            "--dtype", dtype, "--rounds", str(rounds), "--seconds-per-round", str(seconds_per_round)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"## A plain process\n\nThe plain-process run failed:\n\n```\n{done.stderr[-2000:]}\n```\n"
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = ["## A plain process: a user's script that imports `rmsnorm`, no malloc settings", "",
+             "| shape | norm | fwd us | fwd+bwd us | fwd /LN | fwd+bwd /LN | copy GB/s | fresh copy GB/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case in measured:
+        results = [Result(*case["key"], impl, times) for impl, times in case["impls"].items()]
+        ln = next(r for r in results if r.impl.startswith("layernorm"))
+        roof = Roofline(case["copy"], case["fresh"])
+        nbytes = case["key"][2] * case["key"][3] * torch.finfo(getattr(torch, dtype)).bits // 8
+        for r in results:
+            lines.append(f"| {r.rows} x {r.d} | {r.impl} | {r.fwd * 1e6:.1f} | {r.fwd_bwd * 1e6:.1f} | "
+                         f"{_ratio(r, ln, 'fwd')} | {_ratio(r, ln, 'fwd_bwd')} | {roof.gbps(nbytes):.1f} | "
+                         f"{roof.gbps(nbytes, fresh=True):.1f} |")
+    lines += ["", "Where `fresh copy` falls far below `copy`, every op that allocates an output of that size "
+              "(LayerNorm's as much as ours) pays page faults: glibc hands blocks above its mmap threshold "
+              f"back to the OS. Running with {malloc.describe()} (or a caching allocator such as jemalloc) "
+              "avoids it; the library does not change a process's allocator behind a user's back.", ""]
+    return "\n".join(lines)
+
+
+def _plain_process_json(cases_json: str, device, dtype, rounds: int, seconds_per_round: float) -> None:
+    out = []
+    for task, shape, rows, d in json.loads(cases_json):
+        impls = {name: fn for name, fn in implementations(d).items() if name.startswith(USER_IMPLS)}
+        by_impl, roof = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
+        out.append({"key": [task, shape, rows, d], "impls": by_impl, "copy": roof.copy, "fresh": roof.fresh})
+    print(json.dumps(out))
 
 
 def plot(results: list[Result], out_png: Path, title: str) -> None:
@@ -239,25 +375,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--quick", action="store_true", help="two small shapes, short timings (a smoke test)")
-    parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape (default 9; quick 2)")
+    parser.add_argument("--seconds-per-round", type=float, default=0.02,
+                        help="about how long each measurement runs in each round")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "bench")
+    parser.add_argument("--plain-process-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    rounds = args.rounds or (2 if args.quick else 9)
+    kernel_note = ""
     if device.type == "cpu":
         from rmsnorm.kernels import cpu
 
-        cpu.load()  # build outside the timings
+        cpu.load()  # build (and measure the parallel grain) outside the timings
+        grain = cpu.parallel_grain()
+        kernel_note = "" if grain is None else f", our kernel parallel from {grain} elements per thread (measured)"
+    if args.plain_process_json:
+        _plain_process_json(args.plain_process_json, device, dtype, rounds, args.seconds_per_round)
+        return 0
     machine = machine_name(device)
     path = "fused kernels" if dispatch.enabled() else "reference (RMSNORM_KERNELS=reference)"
     print(f"benchmarking on {machine}, {args.dtype}, our norms via {path}")
-    results = run(QUICK_CASES if args.quick else CASES, device, dtype, 0.02 if args.quick else args.min_run_time)
+    cases = QUICK_CASES if args.quick else CASES
+    results, rooflines = run(cases, device, dtype, rounds, args.seconds_per_round)
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
-    text = render(results, device, dtype, command.strip(), machine)
-    text += "\n" + render_rnn(run_rnn(device, dtype, 0.2 if args.quick else 3.0, args.quick))
+    text = render(results, rooflines, device, dtype, command.strip(), machine, rounds, kernel_note)
+    text += "\n" + render_rnn(run_rnn(device, dtype, rounds, args.quick))
+    if device.type == "cpu":
+        text += "\n" + plain_process_section(cases, args.dtype, rounds, args.seconds_per_round)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{device.type}-{machine}-{args.dtype}").strip("-").lower()
     if args.quick:
         stem += "-quick"

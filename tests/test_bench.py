@@ -9,8 +9,13 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     (md,) = tmp_path.glob("*.md")
     text = md.read_text()
     assert "Command: `python scripts/bench.py --quick --device cpu" in text
+    main, plain = text.split("## A plain process")
     for impl in ("none (x*g)", "layernorm (torch)", "rms_norm (torch)", "rmsnorm (ours)", "prmsnorm (ours", "l2norm"):
-        assert text.count(f"| {impl}") == 2, impl  # one row per shape
+        assert main.count(f"| {impl}") == 2, impl  # one row per shape
+    assert main.count("Roofline: copy into a preallocated tensor") == 2
+    assert "% copy" in main and "[" in main  # shares of the roofline, ratios with intervals
+    # the plain-process run (no malloc settings) measured ours and LayerNorm at both shapes
+    assert plain.count("| rmsnorm (ours) |") == 2 and plain.count("| layernorm (torch) |") == 2
     assert md.with_suffix(".png").stat().st_size > 1000
 
 

@@ -63,6 +63,37 @@ def test_cpu_l2_norm_matches_reference(dtype):
         torch.testing.assert_close(got, want, atol=1e-4 if dtype == torch.float32 else 1e-12, rtol=1e-4)
 
 
+@pytest.mark.parametrize("grain", [1, 1 << 30])  # every call parallel (partial sums per thread), or none
+@pytest.mark.parametrize("rows, d, p", [(203, 100, 1.0), (203, 64, 0.0625), (37, 1000, 0.0625), (9, 600, 1.0)])
+def test_cpu_backward_paths_match_reference(grain, rows, d, p, monkeypatch):
+    # narrow rows sum the weight gradient per tile of rows (203 rows leave a partial tile in each thread's
+    # share; 100 columns leave a partial 64-column block), wide rows per row in 256-column chunks with the
+    # next row's dot taken in the same sweep
+    module = cpu.load()
+    before = module.parallel_grain()
+    module.set_parallel_grain(grain)
+    try:
+        k = max(1, int(d * p))
+        x, w, b = _inputs(rows, d, torch.float64, "bias")
+        a = _grads(lambda x, w, b: cpu.row_norm(x, w, b, 1e-6, k, 1.0 / k), x, w, b)
+        r = _grads(lambda x, w, b: rms_norm_reference(x, w, b, 1e-6, k), x, w, b)
+    finally:
+        module.set_parallel_grain(before)
+    for got, want in zip(a, r, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_the_parallel_grain_is_measured_or_set(monkeypatch):
+    assert cpu.parallel_grain() >= 1
+    monkeypatch.setenv("RMSNORM_PARALLEL_GRAIN", "12345")
+    module = cpu.load()
+    before = module.parallel_grain()
+    try:
+        assert cpu._tune_parallel_grain(module) == 12345 == module.parallel_grain()
+    finally:
+        module.set_parallel_grain(before)
+
+
 def test_cpu_kernel_gradcheck_float64():
     for k in (12, 3):
         x, w, b = _inputs(4, 12, torch.float64, "bias")

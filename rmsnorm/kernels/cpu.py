@@ -13,6 +13,10 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("csrc") / "rms_norm_cpu.cpp"
+# -fopenmp, not just -fopenmp-simd: at::parallel_for is inlined from torch's headers as an OpenMP region,
+# so without it the kernel runs on one thread whatever torch.get_num_threads() says (same libgomp as torch)
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+_LDFLAGS = ["-fopenmp"]
 _lock = threading.Lock()
 _module = None
 _failed = False
@@ -28,7 +32,8 @@ def _cpu_flags() -> str:
 
 def build_dir() -> Path:
     """One cache per torch version and CPU feature set: the build uses -march=native."""
-    key = hashlib.sha1(f"{torch.__version__}|{_cpu_flags()}|{_SOURCE.read_bytes()!r}".encode()).hexdigest()[:12]
+    identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{_SOURCE.read_bytes()!r}"
+    key = hashlib.sha1(identity.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RMSNORM_KERNEL_CACHE", Path.home() / ".cache" / "rmsnorm-kernels"))
     return root / f"cpu-{platform.machine()}-{key}"
 
@@ -49,9 +54,11 @@ def load(verbose: bool = False):
                     name="rmsnorm_cpu",
                     sources=[str(_SOURCE)],
                     build_directory=str(directory),
-                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast"],
+                    extra_cflags=_CFLAGS,
+                    extra_ldflags=_LDFLAGS,
                     verbose=verbose,
                 )
+                _tune_parallel_grain(_module)
             except Exception as exc:  # no compiler, no ninja, an unusual platform: stay correct, get slower
                 _failed = True
                 warnings.warn(
@@ -62,6 +69,47 @@ def load(verbose: bool = False):
                     stacklevel=3,
                 )
     return _module
+
+
+def _tune_parallel_grain(module) -> int:
+    """Measures, once per process, from how many elements per thread a second thread pays for itself on this
+    machine (forward at 256 features, serial against parallel, interleaved, the best of several runs) and sets
+    it in the kernel. RMSNORM_PARALLEL_GRAIN=<elements> sets it without measuring."""
+    import time
+
+    if os.environ.get("RMSNORM_PARALLEL_GRAIN"):
+        grain = int(os.environ["RMSNORM_PARALLEL_GRAIN"])
+    elif torch.get_num_threads() < 2:
+        grain = 1 << 30
+    else:
+        grain = 1 << 20  # no size tried wins in parallel: only very large inputs go parallel
+        d = 256
+        with torch.no_grad():  # the first parallel region starts the thread pool: not part of any timing
+            module.set_parallel_grain(1)
+            module.row_norm(torch.ones(64, d), None, None, d, 1.0 / d, 1e-8)
+        for elements in (4096, 8192, 16384, 32768, 65536, 131072, 262144):
+            x = torch.randn(elements // d, d)
+            w = torch.ones(d)
+            times = {1: [], 1 << 30: []}
+            with torch.no_grad():
+                for _ in range(15):
+                    for candidate, spent in times.items():
+                        module.set_parallel_grain(candidate)
+                        start = time.perf_counter()
+                        module.row_norm(x, w, None, d, 1.0 / d, 1e-8)
+                        spent.append(time.perf_counter() - start)
+            parallel, serial = (min(t) for t in times.values())
+            if parallel < 0.9 * serial:
+                grain = elements // 2  # per thread: the size at which two threads first win
+                break
+    module.set_parallel_grain(grain)
+    return grain
+
+
+def parallel_grain() -> int | None:
+    """The elements per thread from which the kernel goes parallel in this process (None: not built)."""
+    m = module()
+    return None if m is None else m.parallel_grain()
 
 
 def module():

@@ -25,9 +25,12 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+_environ = os.environ
+
+
 def enabled() -> bool:
     """False when RMSNORM_KERNELS=reference asks for the reference path everywhere."""
-    return os.environ.get("RMSNORM_KERNELS", "auto") != "reference"
+    return _environ.get("RMSNORM_KERNELS") != "reference"
 
 
 @functools.cache
@@ -43,14 +46,26 @@ def _kind(device_type: str, dtype: torch.dtype) -> str | None:
 
 
 def _same_dtype(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    # the kernels take weight and bias in x's dtype; mixed dtypes (autocast, a half model) take the reference
     return all(p is None or p.dtype == x.dtype for p in params)
+
+
+# The hot path's own cache, keyed by what is cheapest to read off a tensor: at small sizes (one recurrent step)
+# the Python around the kernel costs as much as the kernel, so each attribute read counts.
+_cpu_kind: dict[torch.dtype, str | None] = {}
 
 
 def _fused_row_norm(x, weight, bias, eps, k, inv_n):
     """The fused path's result for this tensor, or None where only the reference applies."""
-    kind = _kind(x.device.type, x.dtype)
-    if kind is None or not enabled() or x.numel() == 0 or not _same_dtype(x, weight, bias):
+    dtype = x.dtype
+    if (weight is not None and weight.dtype is not dtype) or (bias is not None and bias.dtype is not dtype):
+        return None  # the kernels take weight and bias in x's dtype; mixed dtypes (autocast) take the reference
+    if x.is_cpu:
+        kind = _cpu_kind.get(dtype)
+        if kind is None:
+            kind = _cpu_kind.setdefault(dtype, _kind("cpu", dtype) or "reference")
+    else:
+        kind = _kind(x.device.type, dtype) or "reference"
+    if kind == "reference" or _environ.get("RMSNORM_KERNELS") == "reference" or x.numel() == 0:
         return None
     if kind == "cpu":
         module = cpu.module()

@@ -9,12 +9,22 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kMinElementsPerThread = 65536;
+// Elements a thread must have before a call goes parallel: waking a thread costs a few microseconds, so small
+// inputs run on one. The right value depends on the machine; rmsnorm.kernels.cpu measures it at first use and
+// sets it here (set_parallel_grain), this is only the starting value.
+std::atomic<int64_t> min_elements_per_thread{32768};
+// columns per chunk of the backward's second pass: its streams stay in L1 whatever the row width
+constexpr int64_t kChunk = 256;
+// rows at most this wide sum the weight gradient per tile of about kTileElements elements (see backward_rows)
+constexpr int64_t kTiledMaxWidth = 512;
+constexpr int64_t kTileElements = 2048;
 
 template <typename T>
 inline T sum_squares(const T* __restrict__ x, int64_t n) {
@@ -29,7 +39,7 @@ template <typename T>
 void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, int64_t y_stride, T* rstd,
                   int64_t rows, int64_t d, int64_t k, double inv_n, double eps) {
   // enough work per thread to pay for waking it: small inputs run on one thread
-  const int64_t grain = std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(d, 1));
+  const int64_t grain = std::max<int64_t>(1, min_elements_per_thread.load(std::memory_order_relaxed) / std::max<int64_t>(d, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const T* xr = x + row * x_stride;
@@ -54,61 +64,135 @@ void forward_rows(const T* x, int64_t x_stride, const T* w, const T* b, T* y, in
 }
 
 template <typename T>
+inline T* aligned_to_line(T* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  return p == nullptr ? p : reinterpret_cast<T*>((address + 63) / 64 * 64);
+}
+
+// sum_{j0 <= j < j1} dy_j w_j x_j (w_j = 1 without a gain)
+template <typename T>
+inline T partial_dot(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w, int64_t j0,
+                     int64_t j1) {
+  T acc = 0;
+  if (w) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = j0; j < j1; ++j) acc += dy[j] * w[j] * x[j];
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = j0; j < j1; ++j) acc += dy[j] * x[j];
+  }
+  return acc;
+}
+
+// dwp_j += sum_{r0 <= r < r1} dy_rj x_rj rstd_r: 64 columns at a time held in a local array (registers) while
+// the tile's rows stream through, so the partial sums are loaded and stored once per tile, not once per row
+template <typename T>
+void accumulate_dw(const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* rstd, int64_t r0,
+                   int64_t r1, int64_t d, T* __restrict__ dwp) {
+  constexpr int64_t width = 64;
+  for (int64_t j0 = 0; j0 < d; j0 += width) {
+    const int64_t n = std::min(width, d - j0);
+    if (n == width) {
+      T acc[width];
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) acc[j] = dwp[j0 + j];
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* dyr = dy + r * dy_stride + j0;
+        const T* xr = x + r * x_stride + j0;
+        const T rs = rstd[r];
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) acc[j] += dyr[j] * xr[j] * rs;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) dwp[j0 + j] = acc[j];
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* dyr = dy + r * dy_stride + j0;
+        const T* xr = x + r * x_stride + j0;
+        const T rs = rstd[r];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dwp[j0 + j] += dyr[j] * xr[j] * rs;
+      }
+    }
+  }
+}
+
+template <typename T>
 void backward_rows(const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* w, const T* rstd, T* dx,
                    int64_t dx_stride, T* dw, T* db, int64_t rows, int64_t d, int64_t k, double inv_n) {
   const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), rows * d / kMinElementsPerThread));
+      1, std::min<int64_t>(at::get_num_threads(), rows * d / min_elements_per_thread.load(std::memory_order_relaxed)));
   const bool want_dw = dw != nullptr, want_db = db != nullptr;
-  std::vector<T> dw_part(want_dw ? blocks * d : 0, T(0)), db_part(want_db ? blocks * d : 0, T(0));
+  // each thread's partial sums start on a cache line of their own: two threads writing the two ends of one
+  // line on every row (false sharing) made the parallel backward slower than the serial one at small d
+  constexpr int64_t line = 64 / sizeof(T);
+  const int64_t stride = (d + line - 1) / line * line;
+  std::vector<T> dw_store(want_dw ? blocks * stride + line : 0, T(0)), db_store(want_db ? blocks * stride + line : 0, T(0));
+  T* dw_part = aligned_to_line(dw_store.data());
+  T* db_part = aligned_to_line(db_store.data());
   const int64_t per_block = (rows + blocks - 1) / blocks;
   at::parallel_for(0, blocks, 1, [&](int64_t bbegin, int64_t bend) {
     for (int64_t blk = bbegin; blk < bend; ++blk) {
-      T* dwp = want_dw ? dw_part.data() + blk * d : nullptr;
-      T* dbp = want_db ? db_part.data() + blk * d : nullptr;
+      T* dwp = want_dw ? dw_part + blk * stride : nullptr;
+      T* dbp = want_db ? db_part + blk * stride : nullptr;
       const int64_t row_end = std::min(rows, (blk + 1) * per_block);
-      for (int64_t row = blk * per_block; row < row_end; ++row) {
+      const int64_t row_begin = blk * per_block;
+      // narrow rows: the weight gradient is summed over a tile of rows just written (still in L1) with the
+      // columns in vector lanes, instead of a read-modify-write of the partial sums on every row
+      const bool tiled_dw = want_dw && d <= kTiledMaxWidth;
+      const int64_t tile = tiled_dw ? std::max<int64_t>(1, kTileElements / d) : 1;
+      // software-pipelined: the dot of row i+1 (read from memory) is taken in the same chunked sweep that writes
+      // row i's dx from cache, so the memory streams never pause for a pure-compute pass
+      T dot = row_begin < row_end ? partial_dot(dy + row_begin * dy_stride, x + row_begin * x_stride, w, 0, d) : T(0);
+      for (int64_t row = row_begin; row < row_end; ++row) {
         const T* xr = x + row * x_stride;
         const T* dyr = dy + row * dy_stride;
         T* dxr = dx + row * dx_stride;
+        const bool has_next = row + 1 < row_end;
+        const T* xn = xr + x_stride;
+        const T* dyn = dyr + dy_stride;
         const T r = rstd[row];
-        T dot = 0;
-        if (w) {
-#pragma omp simd reduction(+ : dot)
-          for (int64_t j = 0; j < d; ++j) dot += dyr[j] * w[j] * xr[j];
-        } else {
-#pragma omp simd reduction(+ : dot)
-          for (int64_t j = 0; j < d; ++j) dot += dyr[j] * xr[j];
-        }
         const T c = T(inv_n) * r * r * r * dot;
-        if (w) {
+        T next_dot = 0;
+        for (int64_t j0 = 0; j0 < d; j0 += kChunk) {
+          const int64_t j1 = std::min(d, j0 + kChunk), jk = std::min(std::max(k, j0), j1);
+          if (w) {
 #pragma omp simd
-          for (int64_t j = 0; j < k; ++j) dxr[j] = r * dyr[j] * w[j] - c * xr[j];
+            for (int64_t j = j0; j < jk; ++j) dxr[j] = r * dyr[j] * w[j] - c * xr[j];
 #pragma omp simd
-          for (int64_t j = k; j < d; ++j) dxr[j] = r * dyr[j] * w[j];
-        } else {
+            for (int64_t j = jk; j < j1; ++j) dxr[j] = r * dyr[j] * w[j];
+          } else {
 #pragma omp simd
-          for (int64_t j = 0; j < k; ++j) dxr[j] = r * dyr[j] - c * xr[j];
+            for (int64_t j = j0; j < jk; ++j) dxr[j] = r * dyr[j] - c * xr[j];
 #pragma omp simd
-          for (int64_t j = k; j < d; ++j) dxr[j] = r * dyr[j];
+            for (int64_t j = jk; j < j1; ++j) dxr[j] = r * dyr[j];
+          }
+          if (want_dw && !tiled_dw) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) dwp[j] += dyr[j] * xr[j] * r;
+          }
+          if (want_db) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) dbp[j] += dyr[j];
+          }
+          if (has_next) next_dot += partial_dot(dyn, xn, w, j0, j1);
         }
-        if (want_dw) {
-#pragma omp simd
-          for (int64_t j = 0; j < d; ++j) dwp[j] += dyr[j] * xr[j] * r;
-        }
-        if (want_db) {
-#pragma omp simd
-          for (int64_t j = 0; j < d; ++j) dbp[j] += dyr[j];
+        dot = next_dot;
+        if (tiled_dw && (row + 1 - row_begin) % tile == 0) {
+          accumulate_dw(dy, dy_stride, x, x_stride, rstd, row + 1 - tile, row + 1, d, dwp);
+        } else if (tiled_dw && row + 1 == row_end) {
+          accumulate_dw(dy, dy_stride, x, x_stride, rstd, row_end - (row_end - row_begin) % tile, row_end, d, dwp);
         }
       }
     }
   });
   for (int64_t blk = 0; blk < blocks; ++blk) {
     if (want_dw) {
-      const T* p = dw_part.data() + blk * d;
+      const T* p = dw_part + blk * stride;
       for (int64_t j = 0; j < d; ++j) dw[j] = (blk == 0 ? T(0) : dw[j]) + p[j];
     }
     if (want_db) {
-      const T* p = db_part.data() + blk * d;
+      const T* p = db_part + blk * stride;
       for (int64_t j = 0; j < d; ++j) db[j] = (blk == 0 ? T(0) : db[j]) + p[j];
     }
   }
@@ -274,6 +358,9 @@ torch::Tensor block_row_norm(const torch::Tensor& x, const std::vector<torch::Te
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_parallel_grain", [](int64_t n) { min_elements_per_thread.store(std::max<int64_t>(1, n)); },
+        "elements per thread below which a call runs on one thread");
+  m.def("parallel_grain", [] { return min_elements_per_thread.load(); });
   m.def("row_norm", &row_norm, "fused RMSNorm over the last dimension, with autograd (CPU)");
   m.def("block_row_norm", &block_row_norm, "fused RMS-family norms over consecutive column blocks of each row (CPU)");
 }
