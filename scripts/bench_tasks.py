@@ -8,7 +8,7 @@ speed-up over LayerNorm, (T_LN - T_norm) / T_LN, with a 95% bootstrap interval o
 that spans 0 reads "within noise".
 
 `--scale` shrinks the batch (and, for translation, the sentence length), never a hidden width: the norm's
-share of a step depends on the width. The default on a CPU is 0.1, so the whole run fits in minutes on 2 cores.
+share of a step depends on the width. The default on a CPU is 0.5, so the whole run fits in minutes on 2 cores.
 Writes results/bench-tasks/<device>.md and .json.
 """
 
@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
 
 
-def task_config(task: str, norm: str, overrides: list[str]):
-    return compose_config([f"task={task}", f"norm={norm}", "preset=paper", *overrides])
+def task_config(task: str, norm: str, overrides: list[str], preset: str = "paper"):
+    return compose_config([f"task={task}", f"norm={norm}", f"preset={preset}", *overrides])
 
 
 def paper_times(task: str) -> dict[str, str]:
@@ -47,12 +47,12 @@ def paper_times(task: str) -> dict[str, str]:
 
 
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
-               norms: list[str] | None, overrides: list[str]) -> dict:
-    first = task_config(task_name, "layernorm", overrides)
+               norms: list[str] | None, overrides: list[str], preset: str = "paper") -> dict:
+    first = task_config(task_name, "layernorm", overrides, preset)
     names = norms or list(first.task.norms)
     tasks, batch_text, unit = {}, "", None
     for name in names:
-        cfg = task_config(task_name, name, overrides)
+        cfg = task_config(task_name, name, overrides, preset)
         torch.manual_seed(0)
         norm = hydra.utils.instantiate(cfg.norm)
         task_class = hydra.utils.instantiate(cfg.task.builder).func
@@ -76,14 +76,15 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
             row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
             row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
         rows.append(row)
-    return {"task": task_name, "batch": batch_text, "unit": unit[0], "unit_steps": unit[1], "rows": rows,
-            "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup}
+    return {"task": task_name, "preset": preset, "batch": batch_text, "unit": unit[0], "unit_steps": unit[1],
+            "rows": rows, "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup}
 
 
-def render(results: list[dict], machine: str, command: str, scale: float) -> str:
+def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper") -> str:
     lines = [f"# Task step timing: {machine}", "", f"Command: `{command}`  ",
-             f"Date: {datetime.date.today()}, torch {torch.__version__}, scale {scale:g}  ",
-             "Each norm's paper-width model runs whole training steps (forward, loss, backward, optimiser) on a "
+             f"Date: {datetime.date.today()}, torch {torch.__version__}, preset {preset}, scale {scale:g}  ",
+             "Each norm's " + ("paper-width" if preset == "paper" else f"preset={preset}")
+             + " model runs whole training steps (forward, loss, backward, optimiser) on a "
              "fixed synthetic batch; norms interleaved round-robin in a shuffled order, after warm-up, CUDA "
              "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
              "(T_LN - T) / T_LN on medians, [95% paired bootstrap interval over rounds]; 'within noise' where the "
@@ -107,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list")
     parser.add_argument("--norms", default=None, help="comma list (default: every norm of the task's config)")
-    parser.add_argument("--scale", type=float, default=None, help="batch/length factor (default 1 on CUDA, 0.1 on CPU)")
+    parser.add_argument("--scale", type=float, default=None, help="batch/length factor (default 1 on CUDA, 0.5 on CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="default 10 on CUDA, 7 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default 5 on CUDA, 2 on CPU)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--preset", default="paper",
+                        help="the models' preset (make demo times its own models with --preset demo --scale 1)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-tasks")
+    parser.add_argument("--stem", help="file name without suffix (default: device, machine and preset)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides applied to every task, e.g. task.model.hidden=256")
     args = parser.parse_args(argv)
@@ -119,23 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     cuda = device.type == "cuda"
-    scale = args.scale if args.scale is not None else (1.0 if cuda else 0.1)
+    scale = args.scale if args.scale is not None else (1.0 if cuda else 0.5)
     rounds = args.rounds or (10 if cuda else 7)
     steps = args.steps or (5 if cuda else 2)
     machine = machine_name(device)
     results = [bench_task(t, device, scale, rounds, steps, args.warmup,
-                          args.norms.split(",") if args.norms else None, args.overrides)
+                          args.norms.split(",") if args.norms else None, args.overrides, args.preset)
                for t in args.tasks.split(",")]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()
-    text = render(results, machine, command, scale)
-    stem = "".join(c if c.isalnum() else "-" for c in f"{device.type}-{machine}".lower()).strip("-")
+    text = render(results, machine, command, scale, args.preset)
+    name = f"{device.type}-{machine}" + ("" if args.preset == "paper" else f"-{args.preset}")
+    stem = args.stem or "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     while "--" in stem:
         stem = stem.replace("--", "-")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, "scale": scale,
-                                                       "results": results}, indent=1) + "\n")
+                                                       "preset": args.preset, "results": results}, indent=1) + "\n")
     print(text)
     print(f"wrote {args.out / stem}.md and .json")
     return 0

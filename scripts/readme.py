@@ -36,10 +36,11 @@ def _md_tables(text: str) -> dict[str, list[list[str]]]:
 
 
 def bench_cpu(source: Path) -> str:
-    """Our RMSNorm against torch's LayerNorm and rms_norm at each shape, and the GRU layer table."""
+    """Our RMSNorm against torch's LayerNorm (with intervals) and rms_norm at each shape, its share of the copy
+    roofline, the GRU and LSTM tables, and the plain-process rows."""
     tables = _md_tables(source.read_text())
-    lines = ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd+bwd / torch `rms_norm` |",
-             "|---|---|---|---|"]
+    lines = ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
+             "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
     for heading, rows in tables.items():
         found = re.match(r"(\w+): (\d+) x (\d+)", heading)
         if not found or len(rows) < 2:
@@ -49,12 +50,19 @@ def bench_cpu(source: Path) -> str:
         if not ours or not torch_rms:
             continue
         both = head.index("fwd+bwd us")
+        share = [ours[head.index(c)] if c in head else "-" for c in ("fwd % copy", "bwd % copy")]
         lines.append(f"| {found.group(2)} x {found.group(3)} ({found.group(1)}) | {ours[head.index('fwd /LN')]} | "
-                     f"{ours[head.index('fwd+bwd /LN')]} | {float(ours[both]) / float(torch_rms[both]):.2f} |")
+                     f"{ours[head.index('fwd+bwd /LN')]} | {share[0]} | {share[1]} | "
+                     f"{float(ours[both]) / float(torch_rms[both]):.2f} |")
     for heading, rows in tables.items():
         if " layer: " in heading and rows:  # the GRU and LSTM tables, as bench.py wrote them
             lines += ["", f"{heading}:", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
             lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    plain = next((rows for heading, rows in tables.items() if heading.startswith("A plain process")), None)
+    if plain:
+        lines += ["", "A plain process (a user's script, no malloc settings):", "",
+                  "| " + " | ".join(plain[0]) + " |", "|---" * len(plain[0]) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in plain[1:]]
     return "\n".join(lines)
 
 

@@ -7,12 +7,20 @@ Reads only summary.json, metrics.jsonl and error.json below the given folders. P
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
-from experiments.core.report import build_tables, find_runs, plot_task, read_paper_table, render_markdown
+from experiments.core.report import (
+    build_tables,
+    find_runs,
+    plot_task,
+    read_interleaved_timing,
+    read_paper_table,
+    render_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write tables.md and plots here")
     parser.add_argument("--paper-dir", type=Path, default=REPO / "results" / "paper")
     parser.add_argument("--command", help="the command to record above the tables (default: this one)")
+    parser.add_argument("--timing", type=Path,
+                        help="a scripts/bench_tasks.py JSON: its interleaved speed-ups (with intervals) fill the "
+                             "speed-up column instead of the runs' own clocks")
     args = parser.parse_args(argv)
 
     summaries, errors = find_runs(args.runs)
@@ -33,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Produced by `{command}`.\n",
              "Time is training steps only, after warm-up; speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
+    interleaved = {}
+    if args.timing:
+        interleaved = read_interleaved_timing(args.timing)
+        parts.append(f"The speed-up column comes from `{json.loads(args.timing.read_text())['command']}` "
+                     f"({args.timing}): every norm's model timed over whole training steps, interleaved "
+                     "round-robin, median over rounds with a 95% bootstrap interval; 'within noise' where it spans "
+                     "0. The sec columns are each run's own clock (norms run one after another).\n")
     for table in tables:
-        parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task)))
+        parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task),
+                                     interleaved.get(table.task) if args.timing else None))
         same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset]
         baselines = same[0].get("baselines") if same else None
         if baselines:  # norm-free references from the data, as fractions (reading's most frequent entity, chance)

@@ -100,16 +100,35 @@ def read_paper_table(paper_dir: Path, task: str) -> dict[str, dict]:
     return {row["norm"]: row for row in csv.DictReader(lines)}
 
 
+def read_interleaved_timing(path: Path) -> dict[str, dict[str, str]]:
+    """From a `scripts/bench_tasks.py` JSON: task -> norm -> 'speed-up vs LayerNorm [95% interval]'."""
+    from experiments.core.interleaved import describe
+
+    data = json.loads(Path(path).read_text())
+    out: dict[str, dict[str, str]] = {}
+    for res in data["results"]:
+        cells = out.setdefault(res["task"], {})
+        for row in res["rows"]:
+            if "speedup_interval95" in row:
+                cells[row["norm"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
+            elif row["norm"] == "layernorm":
+                cells[row["norm"]] = "reference"
+    return out
+
+
 def _fmt_metric(name: str, value: tuple[float, float]) -> str:
     scale = 100.0 if name.endswith("_error") else 1.0
     mean, std = value[0] * scale, value[1] * scale
     return f"{mean:.2f} +- {std:.2f}" if std else f"{mean:.2f}"
 
 
-def render_markdown(table: Table, paper: dict[str, dict]) -> str:
+def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str, str] | None = None) -> str:
+    """The table; with `interleaved` (norm -> speed-up text from the interleaved step timing) its speed-up
+    column replaces the one computed from the runs' own clocks, which ran one after another."""
     unit = table.time_unit
     pct = " (%)" if table.metric.endswith("_error") else ""
-    head = [f"{table.metric}{pct}", "sec/1k steps"] + ([unit] if unit else []) + ["speed-up vs LN", "seeds"]
+    speed_head = "speed-up vs LN, interleaved [95% CI]" if interleaved else "speed-up vs LN"
+    head = [f"{table.metric}{pct}", "sec/1k steps"] + ([unit] if unit else []) + [speed_head, "seeds"]
     if paper:
         head += [f"paper {table.metric}", "paper time", "paper speed-up"]
     lines = [
@@ -124,7 +143,8 @@ def render_markdown(table: Table, paper: dict[str, dict]) -> str:
         cells = [_fmt_metric(table.metric, r.metric), f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}"]
         if unit:
             cells.append(f"{r.paper_unit[0]:.3g} +- {r.paper_unit[1]:.2g}")
-        cells += [f"{r.speedup:+.1f}%" if r.speedup is not None else "-", str(r.seeds)]
+        own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
+        cells += [interleaved.get(r.norm, "-") if interleaved else own, str(r.seeds)]
         if paper:
             p = paper.get(r.norm)
             if p is None:
