@@ -57,3 +57,17 @@ def test_report_script_writes_tables_and_plot(runs, tmp_path):
     assert "Baselines without a model: test_error_most_frequent_class = 90.0%" in r.stdout
     assert "- `task.model.widths: [96, 192] -> [4, 8]`" in r.stdout and "norm.name" not in r.stdout
     assert (out / "tables.md").exists() and (out / "cifar10-paper-loss.png").stat().st_size > 1000
+
+
+def test_interleaved_timing_fills_the_speedup_column_with_intervals(runs, tmp_path):
+    timing = {"command": "python scripts/bench_tasks.py --preset demo", "results": [{"task": "cifar10", "rows": [
+        {"norm": "none", "speedup_vs_layernorm": 0.3, "speedup_interval95": [0.25, 0.35]},
+        {"norm": "layernorm"},
+        {"norm": "rmsnorm", "speedup_vs_layernorm": 0.02, "speedup_interval95": [-0.01, 0.05]}]}]}
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps(timing))
+    r = run_script("scripts/report.py", str(runs), "--timing", str(path))
+    assert "speed-up vs LN, interleaved [95% CI]" in r.stdout
+    assert "| none | 20.00 |" in r.stdout and "+30.0% [+25.0, +35.0] |" in r.stdout
+    assert "+2.0% [-1.0, +5.0] within noise" in r.stdout and "| reference |" in r.stdout
+    assert "python scripts/bench_tasks.py --preset demo" in r.stdout
