@@ -103,6 +103,17 @@ def test_demo_preset_learns_on_generated_images(tmp_path):
     assert (tmp_path / "data" / "cifar10-demo" / "cifar-10-batches-py" / "test_batch").exists()
 
 
+def test_generated_data_is_regenerated_when_the_preset_asks_for_other_sizes(tmp_path):
+    from experiments.cifar10.data import read_split
+
+    base = ["task=cifar10", "norm=rmsnorm", "preset=smoke", f"data_dir={tmp_path}"]
+    root = prepare([*base, "task.synthetic.n_train=200", "task.synthetic.n_test=50"])
+    assert len(read_split(root, True, "")[0]) == 200
+    root = prepare([*base, "task.synthetic.n_train=300", "task.synthetic.n_test=50"])
+    assert len(read_split(root, True, "")[0]) == 300 and len(read_split(root, False, "")[0]) == 50
+    assert len(list(root.glob("zca-*.pt"))) == 1  # the ZCA of the replaced images is gone
+
+
 def test_a_norm_outside_the_papers_rows_runs_and_one_without_a_map_form_is_a_clear_error(cifar_dir, tmp_path):
     summary = run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=l2norm", "train.epochs=1")), tmp_path / "l2")
     assert summary["norm"] == "l2norm"  # not a row of Table 10, but it has a map form

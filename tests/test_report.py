@@ -71,3 +71,14 @@ def test_interleaved_timing_fills_the_speedup_column_with_intervals(runs, tmp_pa
     assert "| none | 20.00 |" in r.stdout and "+30.0% [+25.0, +35.0] |" in r.stdout
     assert "+2.0% [-1.0, +5.0] within noise" in r.stdout and "| reference |" in r.stdout
     assert "python scripts/bench_tasks.py --preset demo" in r.stdout
+
+
+def test_a_metric_the_paper_does_not_report_is_not_compared_with_its_columns(runs):
+    summaries, _ = find_runs([runs])
+    (table,) = build_tables(summaries)
+    paper = {n: {"norm": n, "test14_bleu": "22.4", "test17_bleu": "23.7", "time": "501", "time_std": "11.8"}
+             for n in ("layernorm", "rmsnorm")}
+    text = render_markdown(table, paper)
+    assert "paper test14_bleu | paper test17_bleu | paper time" in text
+    assert "| rmsnorm | 8.50 +- 0.71 |" in text and "| 22.4 | 23.7 | 501 +- 11.8 |" in text
+    assert "`test_error` has no counterpart among the paper's columns (test14_bleu, test17_bleu)" in text

@@ -97,6 +97,12 @@ def prepare_zca(root: Path, eps: float, train_limit: int | None, make_target: st
     path = zca_path(root, train_raw, eps)
     if not path.exists():
         log.info("fitting ZCA on %d training images into %s", len(train_raw), path)
+        dims = int(np.prod(train_raw.shape[1:]))
+        if len(train_raw) <= dims:
+            # the covariance is then rank-deficient: directions the training images never span get the full
+            # 1/sqrt(eps) gain, test images do have them, and their whitened statistics differ from training's
+            log.warning("ZCA fitted on %d images of %d dimensions: test images will be whitened to a larger scale "
+                        "than training images (use more than %d training images)", len(train_raw), dims, dims)
         mean, zca = fit_zca(scale(train_raw), eps)
         save_torch({"mean": torch.from_numpy(mean), "zca": torch.from_numpy(zca)}, path)
     return path

@@ -27,8 +27,10 @@ def _batch(images: np.ndarray, labels: np.ndarray, name: str) -> dict:
     }
 
 
-def write_cifar_folder(root: Path, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray):
-    """Write root/cifar-10-batches-py with five training batches and one test batch; atomic as a folder."""
+def write_cifar_folder(root: Path, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                       replace: bool = False):
+    """Write root/cifar-10-batches-py with five training batches and one test batch; atomic as a folder.
+    With `replace` an existing folder is swapped out (callers hold the data folder's prepare lock)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-tmp-"))
@@ -41,6 +43,10 @@ def write_cifar_folder(root: Path, train_x: np.ndarray, train_y: np.ndarray, tes
             pickle.dump(_batch(test_x, test_y, "testing batch 1 of 1"), f)
         with open(tmp / "batches.meta", "wb") as f:
             pickle.dump({"label_names": CLASSES, "num_vis": 3072, "num_cases_per_batch": len(train_x) // 5}, f)
+        if replace and (root / FOLDER).exists():
+            old = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-old-"))
+            os.replace(root / FOLDER, old / FOLDER)
+            shutil.rmtree(old, ignore_errors=True)
         with contextlib.suppress(OSError):  # another process finished first: keep theirs
             os.replace(tmp, root / FOLDER)
     finally:

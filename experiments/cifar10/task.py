@@ -3,6 +3,7 @@ decay to zero over the second half and beta1 0.9 -> 0.5 at half-way, test error 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from experiments.cifar10.data import FOLDER, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.cifar10.synthetic import make_images
+from experiments.core.atomic import save_json
 from experiments.core.errors import UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -64,11 +66,19 @@ class Cifar10Task(Task):
     @classmethod
     def prepare_data(cls, cfg, root: Path, download: bool) -> None:
         if cfg.synthetic:
-            if not (root / FOLDER / "test_batch").exists():
+            # what was generated is recorded beside it, so a preset that asks for other sizes regenerates
+            # instead of silently training on the old set
+            wanted = {"n_train": cfg.synthetic.n_train, "n_test": cfg.synthetic.n_test, "seeds": [1, 2]}
+            record = root / "generated.json"
+            have = json.loads(record.read_text()) if record.exists() else None
+            if have != wanted or not (root / FOLDER / "test_batch").exists():
                 log.info("writing %d + %d generated images to %s", cfg.synthetic.n_train, cfg.synthetic.n_test, root)
                 train_x, train_y = make_images(cfg.synthetic.n_train, seed=1)
                 test_x, test_y = make_images(cfg.synthetic.n_test, seed=2)
-                write_cifar_folder(root, train_x, train_y, test_x, test_y)
+                write_cifar_folder(root, train_x, train_y, test_x, test_y, replace=True)
+                for stale in root.glob("zca-*.pt"):  # fitted on the images just replaced
+                    stale.unlink()
+                save_json(wanted, record)
         elif download and not (root / FOLDER / "test_batch").exists():
             from torchvision.datasets import CIFAR10
 

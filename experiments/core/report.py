@@ -129,8 +129,12 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     pct = " (%)" if table.metric.endswith("_error") else ""
     speed_head = "speed-up vs LN, interleaved [95% CI]" if interleaved else "speed-up vs LN"
     head = [f"{table.metric}{pct}", "sec/1k steps"] + ([unit] if unit else []) + [speed_head, "seeds"]
+    # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
+    # shown for reference with a note below the table (never matched by position)
+    paper_metrics = _paper_metric_columns(paper)
+    shown = [table.metric] if table.metric in paper_metrics else paper_metrics
     if paper:
-        head += [f"paper {table.metric}", "paper time", "paper speed-up"]
+        head += [f"paper {m}" for m in shown] + ["paper time", "paper speed-up"]
     lines = [
         f"### {table.task}, preset={table.preset}",
         f"device: {table.device}",
@@ -148,13 +152,22 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         if paper:
             p = paper.get(r.norm)
             if p is None:
-                cells += ["-", "-", "-"]
+                cells += ["-"] * (len(shown) + 2)
             else:
                 sp = speedup(float(paper_ln["time"]), float(p["time"])) if paper_ln else None
-                cells += [p.get(table.metric, "-"), f"{p['time']} +- {p['time_std']}",
-                          f"{sp:+.1f}%" if sp is not None else "-"]
+                cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
+                                                              f"{sp:+.1f}%" if sp is not None else "-"]
         lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
+    if paper and table.metric not in paper_metrics:
+        lines += ["", f"The runs' `{table.metric}` has no counterpart among the paper's columns "
+                  f"({', '.join(paper_metrics)}): those are shown for reference, not compared."]
     return "\n".join(lines) + "\n"
+
+
+def _paper_metric_columns(paper: dict[str, dict]) -> list[str]:
+    """The metric columns of a results/paper CSV: everything but the norm and the time columns."""
+    first = next(iter(paper.values()), {})
+    return [c for c in first if c not in ("norm", "time", "time_std", "time_unit")]
 
 
 def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
