@@ -8,6 +8,8 @@ STAMP := .venv/.installed
 TASKS = $(shell $(PY) scripts/tasks.py list)
 SEEDS := 0,1,2
 DATA_DIR ?= data
+# make demo WANDB=1 logs every demo run to W&B (offline; the end of the demo prints the sync command)
+DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean
@@ -31,14 +33,15 @@ demo: demo-data ## every task x every norm on built-in data (CPU, offline, minut
 	rm -rf multirun/demo
 	status=0; \
 	for t in $(TASKS); do \
-	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo logger=none \
+	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo $(DEMO_LOGGER) \
 	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
 	done; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 7 --steps 3 --out results/demo --stem timing \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 5 --steps 2 --out results/demo --stem timing \
 	  || status=1; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \
 	  || status=1; \
 	$(PY) scripts/readme.py || status=1; \
+	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/wandb/offline-run-*"; fi; \
 	exit $$status
 
 test: install ## ruff, then the fast test suite (pytest, no GPU, no network)

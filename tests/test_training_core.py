@@ -70,6 +70,21 @@ def test_wandb_logger_offline(cifar_dir, tmp_path, monkeypatch):
     run_training(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    summary = json.loads(next(runs[0].rglob("wandb-summary.json")).read_text())
+    assert {"train/loss", "test/error", "time/sec_per_1k_steps", "time/sec_per_epoch"} <= set(summary)
+    config = next(runs[0].rglob("config.yaml")).read_text()
+    assert "\nnorm:\n" in config and "value: rmsnorm" in config and "\npreset:\n" in config
+
+
+def test_wandb_metric_names_are_the_same_across_tasks():
+    from experiments.core.loggers import wandb_key
+
+    assert wandb_key("train_loss") == "train/loss"
+    assert wandb_key("eval/valid_error") == "val/error"  # reading
+    assert wandb_key("eval/test_error") == "test/error"  # cifar10, reading
+    assert wandb_key("eval/best_dev_image_rsum") == "val/best_image_rsum"  # retrieval
+    assert wandb_key("eval/dev_bleu") == "val/bleu" and wandb_key("eval/test14_bleu") == "test/test14_bleu"
+    assert wandb_key("timing/sec_per_1k_steps") == "time/sec_per_1k_steps"
 
 
 # ---- the command line --------------------------------------------------------------------------------------

@@ -158,7 +158,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                 cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
                                                               f"{sp:+.1f}%" if sp is not None else "-"]
         lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
-    if paper and table.metric not in paper_metrics:
+    if paper and not paper_metrics:
+        lines += ["", f"The paper gives no `{table.metric}` for this task (only times), so there is no column to "
+                  "compare it with."]
+    elif paper and table.metric not in paper_metrics:
         lines += ["", f"The runs' `{table.metric}` has no counterpart among the paper's columns "
                   f"({', '.join(paper_metrics)}): those are shown for reference, not compared."]
     return "\n".join(lines) + "\n"
