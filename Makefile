@@ -12,7 +12,7 @@ DATA_DIR ?= data
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean
+.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean sweep-p init-0.2
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -61,6 +61,34 @@ bench-tasks: install ## whole training steps of each task's paper model, norms i
 
 lint: install ## ruff
 	.venv/bin/ruff check .
+
+SWEEP_PRESET ?= demo
+P_VALUES := 0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0
+sweep-p: install ## Fig. 3: pRMSNorm on translation, p from 10% to 100%, beside RMSNorm (SWEEP_PRESET=demo|paper)
+	$(PY) scripts/prepare.py task=translation preset=$(SWEEP_PRESET) data_dir=$(DATA_DIR)
+	rm -rf multirun/sweep-p-$(SWEEP_PRESET)
+	status=0; \
+	$(PY) scripts/train.py -m task=translation norm=prmsnorm norm.p=$(P_VALUES) preset=$(SWEEP_PRESET) \
+	  data_dir=$(DATA_DIR) $(DEMO_LOGGER) train.progress=false hydra.sweep.dir=multirun/sweep-p-$(SWEEP_PRESET)/prmsnorm \
+	  || status=1; \
+	$(PY) scripts/train.py -m task=translation norm=rmsnorm preset=$(SWEEP_PRESET) data_dir=$(DATA_DIR) $(DEMO_LOGGER) \
+	  train.progress=false hydra.sweep.dir=multirun/sweep-p-$(SWEEP_PRESET)/rmsnorm || status=1; \
+	$(PY) scripts/plot_sweep.py multirun/sweep-p-$(SWEEP_PRESET) --param norm.p --metric dev_bleu --reference rmsnorm \
+	  --out results/sweep-p --stem translation-$(SWEEP_PRESET) --command "make sweep-p SWEEP_PRESET=$(SWEEP_PRESET)" \
+	  || status=1; \
+	exit $$status
+
+init-0.2: install ## Fig. 4: LayerNorm and RMSNorm on translation, weights drawn around 0.2 (SWEEP_PRESET=demo|paper)
+	$(PY) scripts/prepare.py task=translation preset=$(SWEEP_PRESET) data_dir=$(DATA_DIR)
+	rm -rf multirun/init-0.2-$(SWEEP_PRESET)
+	status=0; \
+	$(PY) scripts/train.py -m task=translation norm=layernorm,rmsnorm task.model.init_mean=0.2 preset=$(SWEEP_PRESET) \
+	  data_dir=$(DATA_DIR) $(DEMO_LOGGER) train.progress=false $(if $(filter demo,$(SWEEP_PRESET)),train.eval_every=50) \
+	  hydra.sweep.dir=multirun/init-0.2-$(SWEEP_PRESET) || status=1; \
+	$(PY) scripts/plot_curves.py multirun/init-0.2-$(SWEEP_PRESET) --metric eval/dev_bleu --out results/init-0.2 \
+	  --stem translation-$(SWEEP_PRESET) --title "translation, weight init centred at 0.2 (Fig. 4)" \
+	  --command "make init-0.2 SWEEP_PRESET=$(SWEEP_PRESET)" || status=1; \
+	exit $$status
 
 report: install ## tables and plots from every run under multirun/ and outputs/ into results/report/
 	$(PY) scripts/report.py multirun outputs --out results/report --command "make report"

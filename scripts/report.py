@@ -18,8 +18,10 @@ from experiments.core.report import (
     find_runs,
     plot_task,
     read_interleaved_timing,
+    read_paper_long,
     read_paper_table,
     render_markdown,
+    render_preactivation,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if shared:
             parts.append("Differs from preset=paper (computed from the runs' configs):\n"
                          + "".join(f"- `{line}`\n" for line in shared))
+        preactivation = render_preactivation(same, read_paper_long(args.paper_dir, "Table 5"))
+        if preactivation:
+            parts.append(preactivation)
     if errors:
         parts.append("Failed runs:\n" + "".join(f"- {e['run_dir']}: {e['error']}\n" for e in errors))
     text = "\n".join(parts)

@@ -82,3 +82,20 @@ def test_a_metric_the_paper_does_not_report_is_not_compared_with_its_columns(run
     assert "paper test14_bleu | paper test17_bleu | paper time" in text
     assert "| rmsnorm | 8.50 +- 0.71 |" in text and "| 22.4 | 23.7 | 501 +- 11.8 |" in text
     assert "`test_error` has no counterpart among the paper's columns (test14_bleu, test17_bleu)" in text
+
+
+def test_sweep_plot_groups_by_the_swept_setting_and_draws_the_reference(tmp_path):
+    for i, (norm, p, bleu) in enumerate([("prmsnorm", 0.1, 20.0), ("prmsnorm", 0.1, 22.0), ("prmsnorm", 0.5, 23.0),
+                                         ("rmsnorm", 0.0625, 24.0)]):
+        save_json({"task": "translation", "norm": norm, "preset": "demo", "metrics": {"dev_bleu": bleu},
+                   "config": {"norm": {"name": norm, "p": p}}}, tmp_path / "runs" / str(i) / "summary.json")
+    r = run_script("scripts/plot_sweep.py", str(tmp_path / "runs"), "--param", "norm.p", "--metric", "dev_bleu",
+                   "--reference", "rmsnorm", "--out", str(tmp_path / "out"), "--stem", "s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "out" / "s.md").read_text()
+    assert "| 0.1 | 21.00 +- 1.41 | 2 |" in text and "| 0.5 | 23.00 +- 0.00 | 1 |" in text
+    assert "| rmsnorm | 24.00 +- 0.00 | 1 |" in text  # the reference is a line, not a point at its own p
+    assert (tmp_path / "out" / "s.png").stat().st_size > 1000
+    r = run_script("scripts/plot_sweep.py", str(tmp_path / "runs"), "--param", "norm.p", "--metric", "test_bleu",
+                   "--out", str(tmp_path / "out"))
+    assert r.returncode != 0 and "it has: dev_bleu" in r.stderr

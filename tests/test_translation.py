@@ -3,6 +3,7 @@ and end-to-end runs for every norm."""
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -242,6 +243,36 @@ def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
     assert all(0.0 <= v <= 100.0 for v in summary["metrics"].values())
     assert summary["bleu_signature"].startswith("nrefs:1|case:mixed")
     assert summary["timing"]["timed_steps"] == 5 and summary["timing"]["sec_per_1k_steps"] > 0
+    pre = summary["preactivation"]  # Table 5's probe
+    assert pre["set"] == "dev" and set(pre) == {"set", "1", "2", "3", "4", "all"}
+    assert all(math.isfinite(pre[k][0]) and pre[k][1] >= 0 for k in ("1", "2", "3", "4", "all"))
+
+
+def test_preactivation_probe_reads_the_normalised_hidden_side(smoke_data):
+    # with unit gains every RMSNorm'd row has mean square 1, so pooled over rows mean^2 + std^2 = 1 exactly;
+    from experiments.core.run import build_task
+    from experiments.translation.probe import preactivation_stats
+
+    stats = {}
+    for norm in ("rmsnorm", "none"):
+        task = build_task(compose_cfg(tiny_translation(smoke_data, f"norm={norm}")), torch.device("cpu"))
+        stats[norm] = preactivation_stats(task.model, task.eval_sets["dev"], torch.device("cpu"))
+    for key in ("1", "2", "all"):
+        mean, std = stats["rmsnorm"][key]
+        assert mean**2 + std**2 == pytest.approx(1.0, rel=1e-4)
+    # untrained, the states are small (N(0, 0.01) weights), and so is U h without a norm
+    assert 0 < stats["none"]["all"][1] < 0.1
+
+
+def test_init_mean_moves_the_centre_of_the_normal_init_only():
+    from experiments.translation.model import RNNSearch
+    from rmsnorm import NormSpec
+
+    model = RNNSearch(50, 50, 16, 32, NormSpec("rmsnorm"), init_mean=0.2)
+    assert model.out_proj.weight.mean().item() == pytest.approx(0.2, abs=0.01)
+    assert model.cell1.weight_ih.mean().item() == pytest.approx(0.2, abs=0.01)
+    block = model.cell1.weight_hh.data[:32]  # orthogonal, untouched
+    torch.testing.assert_close(block @ block.T, torch.eye(32), atol=1e-5, rtol=0)
 
 
 def test_paper_preset_is_the_papers_setting():

@@ -13,7 +13,7 @@ from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from rmsnorm import norm_names
 
 
-def _norm_rank(name: str) -> int:
+def norm_rank(name: str) -> int:
     """The registry's report order; a norm no longer registered goes last."""
     order = norm_names()
     return order.index(name) if name in order else len(order)
@@ -72,7 +72,7 @@ def build_tables(summaries: list[dict]) -> list[Table]:
         for r in runs:
             by_norm.setdefault(r["norm"], []).append(r)
         rows = []
-        for norm in sorted(by_norm, key=_norm_rank):
+        for norm in sorted(by_norm, key=norm_rank):
             rs = [r for r in by_norm[norm] if r["timing"]["sec_per_1k_steps"] is not None]
             if not rs:
                 continue
@@ -114,6 +114,43 @@ def read_interleaved_timing(path: Path) -> dict[str, dict[str, str]]:
             elif row["norm"] == "layernorm":
                 cells[row["norm"]] = "reference"
     return out
+
+
+def read_paper_long(paper_dir: Path, table: str) -> dict[tuple[str, str], str]:
+    """(row, metric) -> value of one table of results/paper/tables.csv (every table of the paper, long form)."""
+    path = Path(paper_dir) / "tables.csv"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {(r["row"], r["metric"]): r["value"] for r in csv.DictReader(lines) if r["table"] == table}
+
+
+def render_preactivation(summaries: list[dict], paper: dict[tuple[str, str], str]) -> str:
+    """Table 5: mean / std of the decoder GRU's hidden-to-hidden pre-activation per norm (mean over seeds),
+    from the runs' summaries, beside the paper's ALL column."""
+    by_norm: dict[str, list[dict]] = {}
+    for s in summaries:
+        if "preactivation" in s:
+            by_norm.setdefault(s["norm"], []).append(s["preactivation"])
+    if not by_norm:
+        return ""
+    keys = ["1", "2", "3", "4", "all"]
+    sets = sorted({p["set"] for runs in by_norm.values() for p in runs})
+    lines = [f"Table 5: decoder GRU hidden-to-hidden pre-activation, mean / std on the {', '.join(sets)} set "
+             "(teacher-forced; position = target token)", "",
+             "| norm | " + " | ".join(f"pos {k}" if k != "all" else "ALL" for k in keys) + " | paper ALL |",
+             "|---" * (len(keys) + 2) + "|"]
+    for norm in sorted(by_norm, key=norm_rank):
+        runs = by_norm[norm]
+        cells = []
+        for k in keys:
+            means = [r[k][0] for r in runs if k in r]
+            stds = [r[k][1] for r in runs if k in r]
+            cells.append(f"{statistics.fmean(means):.2f} / {statistics.fmean(stds):.2f}" if means else "-")
+        m, sd = paper.get((norm, "preact_mean_all")), paper.get((norm, "preact_std_all"))
+        cells.append(f"{m} / {sd}" if m is not None else "-")
+        lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt_metric(name: str, value: tuple[float, float]) -> str:

@@ -20,6 +20,7 @@ from experiments.translation import data as D
 from experiments.translation.beam import beam_search
 from experiments.translation.model import RNNSearch
 from experiments.translation.prepare import prepare
+from experiments.translation.probe import preactivation_stats
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class TranslationModel:
     emb: int = MISSING
     hidden: int = MISSING
     dropout: float = MISSING
+    init_mean: float = 0.0  # centre of the N(., 0.01) weight init; Fig. 4's robustness test sets 0.2
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TranslationConfig(TaskConfig):
     max_len: int = MISSING  # longer training pairs (in BPE tokens) are dropped, with a count in the log
     bucket_pool: int = MISSING  # batches sorted by length within pools of this many
     eval_limit: int | None = None  # evaluate on the first N sentences of each set
+    probe_limit: int | None = None  # Table 5's pre-activation statistics over the first N dev sentences (null: all)
     model: TranslationModel = MISSING
     optim: TranslationOptim = MISSING
     decode: Decoding = MISSING
@@ -111,7 +114,8 @@ class TranslationTask(Task):
 
     def build_model(self) -> None:
         m = self.cfg.model
-        self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout).to(self.device)
+        self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout,
+                               init_mean=m.init_mean).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.signature = None
 
@@ -173,5 +177,9 @@ class TranslationTask(Task):
         return metrics
 
     def summary_extras(self) -> dict:
-        return {"bleu_signature": self.signature}
+        # Table 5: the decoder GRU's hidden-to-hidden pre-activation on the dev set (newstest2013 in the paper)
+        name = "dev" if "dev" in self.eval_sets else next(iter(self.eval_sets))
+        stats = preactivation_stats(self.model, self.eval_sets[name], self.device, limit=self.cfg.probe_limit)
+        return {"bleu_signature": self.signature,
+                "preactivation": {"set": name, **{k: list(v) for k, v in stats.items()}}}
 
