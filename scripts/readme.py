@@ -90,7 +90,13 @@ def bench_tasks(source: Path) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks}
+def table(source: Path) -> str:
+    """The first markdown table of a results file, as it is."""
+    rows = [line for line in source.read_text().splitlines() if line.startswith("|")]
+    return "\n".join(rows)
+
+
+KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table}
 
 
 def render(readme: str) -> str:

@@ -131,6 +131,23 @@ def test_invariant_to_weight_matrix_and_dataset_rescaling(name):
     torch.testing.assert_close(norm((scales * x) @ W.T), out)  # single-case re-scaling
 
 
+def test_table_1_measured_is_the_papers():
+    # PAPER.md for LayerNorm, RMSNorm and pRMSNorm; the BatchNorm and WeightNorm rows as in Ba et al.'s Table 1,
+    # which the paper's extends
+    from experiments.core.invariance import TRANSFORMS, table
+
+    yes = {"batchnorm": {"weight matrix re-scaling", "weight vector re-scaling", "dataset re-scaling",
+                         "dataset re-centering"},
+           "weightnorm": {"weight matrix re-scaling", "weight vector re-scaling"},
+           "layernorm": {"weight matrix re-scaling", "weight matrix re-centering", "dataset re-scaling",
+                         "single case re-scaling"},
+           "rmsnorm": {"weight matrix re-scaling", "dataset re-scaling", "single case re-scaling"}}
+    yes["prmsnorm"] = yes["rmsnorm"]
+    measured = table()
+    for norm, invariant_to in yes.items():
+        assert {t for t in TRANSFORMS if measured[norm][t]} == invariant_to, norm
+
+
 def test_rmsnorm_is_not_recentering_invariant_but_layernorm_is():
     torch.manual_seed(0)
     W, x = torch.randn(32, 16, dtype=torch.float64), torch.randn(10, 16, dtype=torch.float64)
