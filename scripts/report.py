@@ -16,6 +16,7 @@ from experiments.core.atomic import save_text
 from experiments.core.report import (
     build_tables,
     find_runs,
+    plot_speed,
     plot_task,
     read_interleaved_timing,
     read_paper_long,
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         save_text(text, args.out / "tables.md")
         for table in tables:
             plot_task(table, summaries, args.out / f"{table.task}-{table.preset}-loss.png")
+        if args.timing:
+            for result in json.loads(args.timing.read_text())["results"]:
+                plot_speed(result["task"], result, args.out / f"{result['task']}-speed.png")
         print(f"wrote {args.out / 'tables.md'} and plots")
     return 1 if errors else 0
 

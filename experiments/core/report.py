@@ -211,13 +211,14 @@ def _paper_metric_columns(paper: dict[str, dict]) -> list[str]:
 
 
 def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
-    """The paper's Fig. 1 for one task: training loss against steps and against training wall-clock time."""
+    """The paper's Fig. 1 for one task, training loss against steps and against training wall-clock time, and
+    beside it the evaluation curve of the task's metric (Fig. 5's validation curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_steps, ax_time, ax_eval) = plt.subplots(1, 3, figsize=(16, 4))
     for row in table.rows:
         run = min((s for s in summaries if s["task"] == table.task and s["preset"] == table.preset
                    and s["norm"] == row.norm), key=lambda s: s["seed"])
@@ -227,6 +228,12 @@ def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
         steps = [m["step"] for m in curve]
         ax_steps.plot(steps, [m["train_loss"] for m in curve], label=row.norm)
         ax_time.plot([m["train_seconds"] for m in curve], [m["train_loss"] for m in curve], label=row.norm)
+        evals = [m for m in read_metrics(Path(run["run_dir"])) if f"eval/{table.metric}" in m]
+        ax_eval.plot([m["step"] for m in evals], [m[f"eval/{table.metric}"] for m in evals], marker="o",
+                     label=row.norm)
+    ax_eval.set_xlabel("training steps")
+    ax_eval.set_ylabel(table.metric)
+    ax_eval.grid(alpha=0.3)
     ax_steps.set_xlabel("training steps")
     ax_time.set_xlabel("training wall-clock (s)")
     for ax in (ax_steps, ax_time):
@@ -234,6 +241,37 @@ def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
         ax.grid(alpha=0.3)
     ax_steps.legend()
     fig.suptitle(f"{table.task}, preset={table.preset} (seed {min(s['seed'] for s in summaries)})")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def plot_speed(task: str, result: dict, out_png: Path) -> None:
+    """Seconds per step of each norm with the speed-up's 95% interval as error bars, from one task's entry
+    of a `scripts/bench_tasks.py` JSON (interleaved timing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    ln = next((r for r in rows if r["norm"] == "layernorm"), None)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, r in enumerate(rows):
+        ms = 1e3 * r["sec_per_step"]
+        err = None
+        if ln is not None and "speedup_interval95" in r:
+            t_ln = 1e3 * ln["sec_per_step"]
+            lo, hi = r["speedup_interval95"]  # speed-up bounds -> time bounds: T = T_LN (1 - s)
+            err = [[max(ms - t_ln * (1 - hi), 0.0)], [max(t_ln * (1 - lo) - ms, 0.0)]]
+        ax.bar(i, ms, yerr=err, capsize=4, color="tab:gray" if r["norm"] == "layernorm" else "tab:blue")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["norm"] for r in rows], rotation=20)
+    ax.set_ylabel("ms per training step (median over rounds)")
+    ax.set_title(f"{task}: whole training steps, norms interleaved (bars: 95% interval of the speed-up vs LN)",
+                 fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
