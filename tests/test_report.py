@@ -46,6 +46,15 @@ def test_tables_average_over_seeds_and_compare_with_layernorm(runs):
     assert "| rmsnorm | 8.50 +- 0.71 |" in text and "+20.5%" in text
 
 
+def test_a_declared_norm_without_a_finished_run_is_marked_missing(runs):
+    summaries, _ = find_runs([runs])
+    for s in summaries:
+        s["config"] = {"task": {"norms": ["none", "batchnorm", "layernorm", "rmsnorm"]}}
+    (table,) = build_tables(summaries)
+    assert table.missing == ["batchnorm"]
+    assert "| batchnorm | missing: no finished run |" in render_markdown(table, {})
+
+
 def test_report_script_writes_tables_and_plot(runs, tmp_path):
     for i in range(5):
         record = {"step": 1, "train_seconds": 0.1, "train_loss": 2.0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
@@ -58,6 +58,7 @@ class Table:
     metric: str
     time_unit: str | None
     rows: list[Row]
+    missing: list[str] = field(default_factory=list)  # norms the task declares with no finished run here
 
 
 def build_tables(summaries: list[dict]) -> list[Table]:
@@ -88,7 +89,9 @@ def build_tables(summaries: list[dict]) -> list[Table]:
             if ln is not None:
                 r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
         devices = sorted({r["device"] for r in runs})
-        tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows))
+        declared = [n for r in runs for n in r.get("config", {}).get("task", {}).get("norms", [])]
+        missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows}]
+        tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank)))
     return tables
 
 
@@ -195,6 +198,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                 cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
                                                               f"{sp:+.1f}%" if sp is not None else "-"]
         lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
+    for norm in table.missing:  # failed or never run: marked, not dropped
+        lines.append(f"| {norm} | missing: no finished run |" + " |" * (len(head) - 1))
     if paper and not paper_metrics:
         lines += ["", f"The paper gives no `{table.metric}` for this task (only times), so there is no column to "
                   "compare it with."]
