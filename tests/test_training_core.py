@@ -70,10 +70,31 @@ def test_wandb_logger_offline(cifar_dir, tmp_path, monkeypatch):
     run_training(cfg, tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
-    summary = json.loads(next(runs[0].rglob("wandb-summary.json")).read_text())
-    assert {"train/loss", "test/error", "time/sec_per_1k_steps", "time/sec_per_epoch"} <= set(summary)
-    config = next(runs[0].rglob("config.yaml")).read_text()
-    assert "\nnorm:\n" in config and "value: rmsnorm" in config and "\npreset:\n" in config
+
+
+def test_wandb_logger_names_configs_and_tags(cifar_dir, tmp_path, monkeypatch):
+    # what reaches W&B, captured at wandb.init (an offline run keeps it only in its binary log)
+    import wandb
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.init, self.logged, self.summary = kwargs, {}, {}
+
+        def log(self, metrics, step):
+            self.logged.update(metrics)
+
+        def finish(self, exit_code=0):
+            pass
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(FakeRun(**kw)) or runs[-1])
+    run_training(compose_cfg([*tiny_cifar(cifar_dir, "norm=rmsnorm"), "logger=wandb"]), tmp_path)
+    (run,) = runs
+    assert {"train/loss", "test/error"} <= set(run.logged)
+    assert {"test/error", "time/sec_per_1k_steps", "time/sec_per_epoch"} <= set(run.summary)
+    assert run.init["config"]["norm"] == "rmsnorm" and run.init["config"]["task"] == "cifar10"
+    assert run.init["config"]["seed"] == 0 and "preset" in run.init["config"]
+    assert {"cifar10", "rmsnorm", "seed0"} <= set(run.init["tags"])
 
 
 def test_wandb_metric_names_are_the_same_across_tasks():
