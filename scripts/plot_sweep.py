@@ -53,7 +53,8 @@ def render(swept, ref, param: str, metric: str, reference: str | None, command: 
     return "\n".join(lines) + "\n"
 
 
-def plot(swept, ref, param: str, metric: str, reference: str | None, title: str, out_png: Path) -> None:
+def plot(swept, ref, param: str, metric: str, reference: str | None, title: str, out_png: Path,
+         label: str = "swept") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +63,7 @@ def plot(swept, ref, param: str, metric: str, reference: str | None, title: str,
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = list(swept)
     stats = [_mean_std(v) for v in swept.values()]
-    ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label="swept")
+    ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
     if ref:
         mean, std = _mean_std(ref)
         ax.axhline(mean, color="black", lw=1, label=reference)
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     task = summaries[0]["task"]
     save_text(text, args.out / f"{stem}.md")
     plot(swept, ref, args.param, args.metric, args.reference,
-         f"{task}, preset={summaries[0]['preset']}: {args.metric} vs {args.param}", args.out / f"{stem}.png")
+         f"{task}, preset={summaries[0]['preset']}: {args.metric} vs {args.param}", args.out / f"{stem}.png",
+         label=", ".join(norms))
     print(text)
     print(f"wrote {args.out / stem}.md and .png")
     return 1 if errors else 0
