@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
+from experiments.core.plots import finish, single_axes
 from experiments.core.records import read_metrics
 from experiments.core.report import find_runs, norm_rank
 
@@ -41,24 +42,12 @@ def render(by_norm: dict[str, dict[int, list[float]]], metric: str, command: str
 
 
 def plot(by_norm: dict[str, dict[int, list[float]]], metric: str, title: str, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = single_axes((6.5, 4))
     for norm, curve in by_norm.items():
         steps = list(curve)
         ax.plot(steps, [statistics.fmean(v) for v in curve.values()], marker="o", label=norm)
         ax.fill_between(steps, [min(v) for v in curve.values()], [max(v) for v in curve.values()], alpha=0.15)
-    ax.set_xlabel("training steps")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, "training steps", metric, title, out_png)
 
 
 def main(argv: list[str] | None = None) -> int:

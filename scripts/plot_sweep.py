@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
+from experiments.core.plots import finish, single_axes
 from experiments.core.report import find_runs
 
 
@@ -55,12 +56,7 @@ def render(swept, ref, param: str, metric: str, reference: str | None, command: 
 
 def plot(swept, ref, param: str, metric: str, reference: str | None, title: str, out_png: Path,
          label: str = "swept") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = single_axes((6, 4))
     xs = list(swept)
     stats = [_mean_std(v) for v in swept.values()]
     ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
@@ -69,14 +65,7 @@ def plot(swept, ref, param: str, metric: str, reference: str | None, title: str,
         ax.axhline(mean, color="black", lw=1, label=reference)
         if std:
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.1)
-    ax.set_xlabel(param)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, param, metric, title, out_png)
 
 
 def main(argv: list[str] | None = None) -> int:

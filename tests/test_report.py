@@ -108,3 +108,20 @@ def test_sweep_plot_groups_by_the_swept_setting_and_draws_the_reference(tmp_path
     r = run_script("scripts/plot_sweep.py", str(tmp_path / "runs"), "--param", "norm.p", "--metric", "test_bleu",
                    "--out", str(tmp_path / "out"))
     assert r.returncode != 0 and "it has: dev_bleu" in r.stderr
+
+
+def test_curves_plot_averages_each_norms_evaluations_over_seeds(tmp_path):
+    for i, (norm, seed, values) in enumerate([("layernorm", 0, [1.0, 3.0]), ("layernorm", 1, [3.0, 5.0]),
+                                              ("rmsnorm", 0, [2.0, 6.0])]):
+        run = tmp_path / "runs" / str(i)
+        save_json({"task": "translation", "norm": norm, "seed": seed, "preset": "demo", "metrics": {}},
+                  run / "summary.json")
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 50 * (k + 1), "train_loss": 1.0, "eval/dev_bleu": v}) + "\n"
+            for k, v in enumerate(values)))
+    r = run_script("scripts/plot_curves.py", str(tmp_path / "runs"), "--metric", "eval/dev_bleu",
+                   "--out", str(tmp_path / "out"), "--stem", "c")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (tmp_path / "out" / "c.md").read_text()
+    assert "| layernorm | 2.00 | 4.00 |" in text and "| rmsnorm | 2.00 | 6.00 |" in text
+    assert (tmp_path / "out" / "c.png").stat().st_size > 1000
