@@ -36,7 +36,7 @@ demo: demo-data ## every task x every norm on built-in data (CPU, offline, minut
 	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo $(DEMO_LOGGER) \
 	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
 	done; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 5 --steps 2 --out results/demo --stem timing \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing \
 	  || status=1; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \
 	  || status=1; \
