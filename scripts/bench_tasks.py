@@ -15,7 +15,6 @@ Writes results/bench-tasks/<device>.md and .json.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import shlex
@@ -29,6 +28,7 @@ from experiments.core import malloc
 from experiments.core.config import compose_config, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
+from experiments.core.report import read_paper_table
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
@@ -39,11 +39,9 @@ def task_config(task: str, norm: str, overrides: list[str], preset: str = "paper
 
 
 def paper_times(task: str) -> dict[str, str]:
-    path = REPO / "results" / "paper" / f"{task}.csv"
-    if not path.exists():
-        return {}
-    rows = csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))
-    return {r["norm"]: f"{r['time']} +- {r['time_std']}" for r in rows}
+    """norm -> the paper's time for this task, as the report reads it (results/paper/<task>.csv)."""
+    return {norm: f"{r['time']} +- {r['time_std']}" for norm, r in read_paper_table(REPO / "results" / "paper",
+                                                                                      task).items()}
 
 
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,

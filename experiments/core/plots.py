@@ -15,14 +15,16 @@ def single_axes(figsize: tuple[float, float]):
     return plt.subplots(figsize=figsize)
 
 
-def finish(fig, ax, xlabel: str, ylabel: str, title: str, out_png: Path) -> None:
+def finish(fig, ax, xlabel: str, ylabel: str, title: str, out_png: Path, legend: bool = True,
+           title_size: float | None = None) -> None:
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=title_size)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if legend:
+        ax.legend()
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)

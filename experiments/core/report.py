@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.core.plots import finish, single_axes
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from rmsnorm import norm_names
 
@@ -255,14 +256,9 @@ def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
 def plot_speed(task: str, result: dict, out_png: Path) -> None:
     """Seconds per step of each norm with the speed-up's 95% interval as error bars, from one task's entry
     of a `scripts/bench_tasks.py` JSON (interleaved timing)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["rows"]
     ln = next((r for r in rows if r["norm"] == "layernorm"), None)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = single_axes((7, 4))
     for i, r in enumerate(rows):
         ms = 1e3 * r["sec_per_step"]
         err = None
@@ -273,11 +269,6 @@ def plot_speed(task: str, result: dict, out_png: Path) -> None:
         ax.bar(i, ms, yerr=err, capsize=4, color="tab:gray" if r["norm"] == "layernorm" else "tab:blue")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["norm"] for r in rows], rotation=20)
-    ax.set_ylabel("ms per training step (median over rounds)")
-    ax.set_title(f"{task}: whole training steps, norms interleaved (bars: 95% interval of the speed-up vs LN)",
-                 fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, "", "ms per training step (median over rounds)",
+           f"{task}: whole training steps, norms interleaved (bars: 95% interval of the speed-up vs LN)", out_png,
+           legend=False, title_size=9)

@@ -49,23 +49,15 @@ def _same_dtype(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     return all(p is None or p.dtype == x.dtype for p in params)
 
 
-# The hot path's own cache, keyed by what is cheapest to read off a tensor: at small sizes (one recurrent step)
-# the Python around the kernel costs as much as the kernel, so each attribute read counts.
-_cpu_kind: dict[torch.dtype, str | None] = {}
-
-
 def _fused_row_norm(x, weight, bias, eps, k, inv_n):
     """The fused path's result for this tensor, or None where only the reference applies."""
     dtype = x.dtype
     if (weight is not None and weight.dtype is not dtype) or (bias is not None and bias.dtype is not dtype):
         return None  # the kernels take weight and bias in x's dtype; mixed dtypes (autocast) take the reference
-    if x.is_cpu:
-        kind = _cpu_kind.get(dtype)
-        if kind is None:
-            kind = _cpu_kind.setdefault(dtype, _kind("cpu", dtype) or "reference")
-    else:
-        kind = _kind(x.device.type, dtype) or "reference"
-    if kind == "reference" or _environ.get("RMSNORM_KERNELS") == "reference" or x.numel() == 0:
+    # x.is_cpu, not x.device.type: at one recurrent step's size the Python around the kernel costs as much as
+    # the kernel, and building a device object is the dearest read here
+    kind = _kind("cpu" if x.is_cpu else x.device.type, dtype)
+    if kind is None or _environ.get("RMSNORM_KERNELS") == "reference" or x.numel() == 0:
         return None
     if kind == "cpu":
         module = cpu.module()
@@ -91,7 +83,7 @@ def block_row_norm(x: torch.Tensor, weights: list[torch.Tensor], ks: list[int], 
     """Gain-only RMS-family norms over consecutive column blocks of x's rows (block i as wide as weights[i],
     its statistic inv_ns[i] * sum of its first ks[i] squares) in one fused call, or None where this path
     does not apply (then the caller runs each block's own norm)."""
-    if x.dim() != 2 or _kind(x.device.type, x.dtype) != "cpu" or not enabled() or not _same_dtype(x, *weights):
+    if x.dim() != 2 or not x.is_cpu or _kind("cpu", x.dtype) != "cpu" or not enabled() or not _same_dtype(x, *weights):
         return None
     module = cpu.module()
     return None if module is None else module.block_row_norm(x, weights, ks, inv_ns, eps)
