@@ -5,16 +5,18 @@
 - Anything else (CPU half precision, mixed dtypes, a kernel that could not build): the reference in
   `rmsnorm.reference`, which the kernels are tested against.
 
-`RMSNORM_KERNELS=reference` forces the reference everywhere (for debugging, and for benchmarks that compare).
-Takes tensors and numbers only. The choice per (device type, dtype) is made once and cached; what a call
-still checks is what can differ between calls with the same dtype: the environment switch, the weights'
-dtype, an empty tensor.
+`RMSNORM_KERNELS=reference` in the environment at import, or `reference_only()` in code, forces the reference
+everywhere (for debugging, and for benchmarks and tests that compare). Takes tensors and numbers only. The
+choice per (device type, dtype) is made once and cached; what a call still checks is what can differ between
+calls with the same dtype: the switch, the weights' dtype, an empty tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -25,12 +27,25 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-_environ = os.environ
+# read once: at one recurrent step's size, reading the environment on every call cost 2 us, a third of the
+# kernel's own time
+_enabled = os.environ.get("RMSNORM_KERNELS") != "reference"
 
 
 def enabled() -> bool:
-    """False when RMSNORM_KERNELS=reference asks for the reference path everywhere."""
-    return _environ.get("RMSNORM_KERNELS") != "reference"
+    """False when the reference path is forced everywhere (RMSNORM_KERNELS=reference, `reference_only()`)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def reference_only(active: bool = True) -> Iterator[None]:
+    """Within the block every norm takes the reference path (with `active=False`, the kernels again)."""
+    global _enabled
+    before, _enabled = _enabled, not active
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 @functools.cache
@@ -57,7 +72,7 @@ def _fused_row_norm(x, weight, bias, eps, k, inv_n):
     # x.is_cpu, not x.device.type: at one recurrent step's size the Python around the kernel costs as much as
     # the kernel, and building a device object is the dearest read here
     kind = _kind("cpu" if x.is_cpu else x.device.type, dtype)
-    if kind is None or _environ.get("RMSNORM_KERNELS") == "reference" or x.numel() == 0:
+    if kind is None or not _enabled or x.numel() == 0:
         return None
     if kind == "cpu":
         module = cpu.module()
@@ -83,7 +98,7 @@ def block_row_norm(x: torch.Tensor, weights: list[torch.Tensor], ks: list[int], 
     """Gain-only RMS-family norms over consecutive column blocks of x's rows (block i as wide as weights[i],
     its statistic inv_ns[i] * sum of its first ks[i] squares) in one fused call, or None where this path
     does not apply (then the caller runs each block's own norm)."""
-    if x.dim() != 2 or not x.is_cpu or _kind("cpu", x.dtype) != "cpu" or not enabled() or not _same_dtype(x, *weights):
+    if x.dim() != 2 or not x.is_cpu or _kind("cpu", x.dtype) != "cpu" or not _enabled or not _same_dtype(x, *weights):
         return None
     module = cpu.module()
     return None if module is None else module.block_row_norm(x, weights, ks, inv_ns, eps)

@@ -117,21 +117,31 @@ void accumulate_dw(const T* dy, int64_t dy_stride, const T* x, int64_t x_stride,
   }
 }
 
+// The weight gradient's partial sums are kept per block of rows, and the blocks depend on the shape alone
+// (never on the thread count or the measured parallel grain), then summed in block order: the same input gives
+// the same bits in every process on every machine with the same build.
+inline int64_t backward_blocks(int64_t rows, int64_t d) {
+  constexpr int64_t kBlockElements = 16384, kMaxBlocks = 64;
+  return std::max<int64_t>(1, std::min<int64_t>({rows, kMaxBlocks, rows * d / kBlockElements}));
+}
+
 template <typename T>
 void backward_rows(const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* w, const T* rstd, T* dx,
                    int64_t dx_stride, T* dw, T* db, int64_t rows, int64_t d, int64_t k, double inv_n) {
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), rows * d / min_elements_per_thread.load(std::memory_order_relaxed)));
+  const int64_t blocks = backward_blocks(rows, d);
+  const int64_t per_block = (rows + blocks - 1) / blocks;
+  // a thread takes enough blocks to pay for waking it (the measured grain); the blocks themselves stay fixed
+  const int64_t grain_blocks = std::max<int64_t>(
+      1, min_elements_per_thread.load(std::memory_order_relaxed) / std::max<int64_t>(1, per_block * d));
   const bool want_dw = dw != nullptr, want_db = db != nullptr;
-  // each thread's partial sums start on a cache line of their own: two threads writing the two ends of one
+  // each block's partial sums start on a cache line of their own: two threads writing the two ends of one
   // line on every row (false sharing) made the parallel backward slower than the serial one at small d
   constexpr int64_t line = 64 / sizeof(T);
   const int64_t stride = (d + line - 1) / line * line;
   std::vector<T> dw_store(want_dw ? blocks * stride + line : 0, T(0)), db_store(want_db ? blocks * stride + line : 0, T(0));
   T* dw_part = aligned_to_line(dw_store.data());
   T* db_part = aligned_to_line(db_store.data());
-  const int64_t per_block = (rows + blocks - 1) / blocks;
-  at::parallel_for(0, blocks, 1, [&](int64_t bbegin, int64_t bend) {
+  at::parallel_for(0, blocks, grain_blocks, [&](int64_t bbegin, int64_t bend) {
     for (int64_t blk = bbegin; blk < bend; ++blk) {
       T* dwp = want_dw ? dw_part + blk * stride : nullptr;
       T* dbp = want_db ? db_part + blk * stride : nullptr;
