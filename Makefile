@@ -8,6 +8,9 @@ STAMP := .venv/.installed
 TASKS = $(shell $(PY) scripts/tasks.py list)
 SEEDS := 0,1,2
 DATA_DIR ?= data
+# make replicate-<task> LAUNCHER=slurm SLURM="hydra.launcher.partition=gpu ...": the sweep through submitit
+# (configs/hydra/launcher/); LAUNCHER=local runs it as local processes, the same code path without a cluster
+LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
 # make demo WANDB=1 logs every demo run to W&B (offline; the end of the demo prints the sync command)
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
@@ -96,9 +99,9 @@ report: install ## tables and plots from every run under multirun/ and outputs/ 
 data-%: install ## data-<task>: the real data set into $(DATA_DIR) (needs internet, once) and what training derives from it
 	$(PY) scripts/prepare.py task=$* preset=paper data_dir=$(DATA_DIR)
 
-replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun
+replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun (LAUNCHER=slurm|local)
 	$(PY) scripts/train.py -m task=$* norm=$$($(PY) scripts/tasks.py norms $*) preset=paper seed=$(SEEDS) \
-	  data_dir=$(DATA_DIR)
+	  data_dir=$(DATA_DIR) $(LAUNCH_ARGS)
 
 replicate-all: install ## every task's replication, one after the other
 	status=0; for t in $(TASKS); do $(MAKE) replicate-$$t || status=1; done; exit $$status

@@ -1,7 +1,8 @@
 """Train one task with one norm: python scripts/train.py task=cifar10 norm=rmsnorm preset=demo seed=0
 
 `-m` with comma lists runs a sweep (Hydra multirun); one failed run does not stop the others, and the
-command exits non-zero at the end naming the runs that failed.
+command exits non-zero at the end naming the runs that failed, read from the runs' own files
+(experiments/core/sweep.py), so the same holds under `hydra/launcher=local|slurm` (submitit).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments.core import malloc
+from experiments.core import malloc, sweep
 from experiments.core.errors import user_message
 from experiments.core.records import write_error
 from experiments.core.run import run_training
 
 log = logging.getLogger("train")
-FAILED: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -30,9 +30,9 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    sweep = Path(hc.sweep.dir).name if multirun else "single"
+    sweep_name = Path(hc.sweep.dir).name if multirun else "single"
     try:
-        run_training(cfg, run_dir, sweep)
+        run_training(cfg, run_dir, sweep_name)
     except Exception as exc:
         message = user_message(exc)
         write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
@@ -45,12 +45,12 @@ def main(cfg: DictConfig) -> None:
             log.error("%s", message)
         if not multirun:
             sys.exit(1)
-        FAILED.append(str(run_dir))
 
 
 if __name__ == "__main__":
     malloc.reexec_with_stable_malloc()  # steady step timings on CPU (experiments/core/malloc.py)
     main()
-    if FAILED:
-        print(f"{len(FAILED)} run(s) failed; each folder holds error.json:", *FAILED, sep="\n  ", file=sys.stderr)
+    if sweep.failed_runs:
+        print(f"{len(sweep.failed_runs)} run(s) failed; each folder holds error.json (or was killed), "
+              f"the sweep folder sweep_status.json:", *sweep.failed_runs, sep="\n  ", file=sys.stderr)
         sys.exit(1)

@@ -47,10 +47,13 @@ def tiny_cifar(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_script(*args: str, cwd: Path = REPO, timeout: int = 300):
+def run_script(*args: str, cwd: Path = REPO, timeout: int = 300, env: dict | None = None):
+    import os
     import subprocess
 
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    environment = None if env is None else {**os.environ, **env}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=environment)
 
 
 @pytest.fixture

@@ -114,6 +114,21 @@ def test_the_parallel_grain_is_measured_or_set(monkeypatch):
         module.set_parallel_grain(before)
 
 
+def test_measuring_the_grain_leaves_the_global_random_stream_alone(monkeypatch):
+    # the kernel is first used inside a seeded run: its measurement must not move that run's random numbers
+    monkeypatch.delenv("RMSNORM_PARALLEL_GRAIN", raising=False)
+    module = cpu.load()
+    before = module.parallel_grain()
+    try:
+        torch.manual_seed(3)
+        cpu._tune_parallel_grain(module)
+        after_tuning = torch.rand(4)
+    finally:
+        module.set_parallel_grain(before)
+    torch.manual_seed(3)
+    assert torch.equal(after_tuning, torch.rand(4))
+
+
 def test_cpu_kernel_gradcheck_float64():
     for k in (12, 3):
         x, w, b = _inputs(4, 12, torch.float64, "bias")

@@ -12,6 +12,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ERROR_FILE = "error.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+PREEMPTED_FILE = "preempted.json"  # a signal stopped the run after a checkpoint: the next start resumes
 
 
 class MetricsFile:

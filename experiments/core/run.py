@@ -14,7 +14,7 @@ from experiments.core import seeding
 from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.machine import machine_name
-from experiments.core.records import SUMMARY_FILE, read_summary, write_summary
+from experiments.core.records import ERROR_FILE, PREEMPTED_FILE, SUMMARY_FILE, read_summary, write_summary
 from experiments.core.task import Task
 from experiments.core.trainer import Trainer, TrainSettings
 
@@ -59,11 +59,15 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
     summary = None
     try:
         trainer = Trainer(task, TrainSettings(**cfg.train), run_dir, device, logger)
-        if cfg.resume:
+        # a run stopped by a scheduler's signal resumes when it is started again (a requeued SLURM job keeps
+        # its overrides, resume=false among them)
+        if cfg.resume or (run_dir / PREEMPTED_FILE).exists():
             trainer.try_resume()
         final = trainer.fit()
         summary = make_summary(info, task, trainer, final, device, resolved, differences)
         write_summary(run_dir, summary)
+        for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
+            (run_dir / stale).unlink(missing_ok=True)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
     finally:
         logger.finish(summary, exit_code=0 if summary is not None else 1)

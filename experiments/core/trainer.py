@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ import torch
 from tqdm import tqdm
 
 from experiments.core import seeding
-from experiments.core.atomic import save_torch
+from experiments.core.atomic import save_json, save_torch
 from experiments.core.errors import NonFiniteLoss, Preempted
 from experiments.core.loggers import NullLogger
-from experiments.core.records import CHECKPOINT_FILE, MetricsFile
+from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, MetricsFile
 from experiments.core.task import Task
 from experiments.core.timing import StepTimer
 
@@ -52,6 +53,16 @@ class Progress:
     batch_in_epoch: int = 0
 
 
+def _injected_fault() -> tuple[int, int] | None:
+    """RMSNORM_FAULT=<SIGNAL>@<step> (e.g. SIGKILL@7): the process sends itself that signal after that step.
+    For the tests of pre-emption and resume, where the job runs in a process of its own (submitit)."""
+    spec = os.environ.get("RMSNORM_FAULT")
+    if not spec:
+        return None
+    name, _, step = spec.partition("@")
+    return int(step), getattr(signal, name)
+
+
 class Trainer:
     def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None):
         self.task = task
@@ -67,15 +78,18 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=device)
         self._loss_count = 0
         self._stop_signal: int | None = None
+        self._fault = _injected_fault()
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
-        """SIGTERM / SIGUSR1 (SLURM's pre-emption warnings) end the run at the next step with a checkpoint."""
+        """SIGTERM, SIGUSR1 and SIGUSR2 (a scheduler's warnings: SLURM's, submitit's) end the run at the next
+        step with a checkpoint; a handler that was there before (submitit's requeue) is then called."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        wanted = [signal.SIGTERM] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+        wanted = [signal.SIGTERM] + [getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n)]
         previous = {sig: signal.getsignal(sig) for sig in wanted}
+        self._previous_handlers = previous
 
         def handler(signum, frame):
             self._stop_signal = signum
@@ -177,6 +191,14 @@ class Trainer:
         if loss_value is not None:
             self._record({"train_loss": loss_value})
         self.save_checkpoint()
+        # a requeued job starts with the same overrides (resume=false): this marker makes it resume
+        save_json({"signal": signal.Signals(self._stop_signal).name, "step": self.progress.step},
+                  self.run_dir / PREEMPTED_FILE)
+        before = getattr(self, "_previous_handlers", {}).get(self._stop_signal)
+        if callable(before):
+            # submitit's handler pickles the job for requeueing and exits the process; where it returns (SIGTERM
+            # is only logged by submitit), the run stops below as it would without it
+            before(self._stop_signal, None)
         raise Preempted(
             f"stopped by signal {signal.Signals(self._stop_signal).name} at step {self.progress.step}; the "
             f"checkpoint {self.checkpoint_path} holds it: rerun with resume=true and the same output dir to continue"
@@ -205,6 +227,8 @@ class Trainer:
                 bar.update(1)
                 if p.batch_in_epoch == task.steps_per_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                if self._fault is not None and self._fault[0] == p.step:
+                    os.kill(os.getpid(), self._fault[1])
                 self._boundary_work(total, bar)
                 if self._stop_signal is not None and p.step < total:
                     bar.close()
