@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments.core import malloc, sweep
+from experiments.core import distributed, malloc, sweep
 from experiments.core.errors import user_message
 from experiments.core.records import write_error
 from experiments.core.run import run_training
@@ -28,6 +28,8 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
+    if not distributed.from_environment().is_main:  # under torchrun, rank 0 speaks for the job
+        logging.getLogger().setLevel(logging.WARNING)
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_name = Path(hc.sweep.dir).name if multirun else "single"
@@ -35,8 +37,9 @@ def main(cfg: DictConfig) -> None:
         run_training(cfg, run_dir, sweep_name)
     except Exception as exc:
         message = user_message(exc)
-        write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
-                              "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task)})
+        if distributed.from_environment().is_main:  # under torchrun, one error.json for the job
+            write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
+                                  "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task)})
         if message is None:
             if not multirun:
                 raise

@@ -24,6 +24,19 @@ def prepare(overrides: list[str]) -> Path:
     return prepare_task_data(compose_cfg(overrides))
 
 
+TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """A data_dir with every task's smoke data set, as `scripts/prepare.py ... preset=smoke` writes it."""
+    data_dir = tmp_path_factory.mktemp("smoke-data")
+    for task in TASKS:
+        r = run_script("scripts/prepare.py", f"task={task}", "preset=smoke", f"data_dir={data_dir}")
+        assert r.returncode == 0, r.stderr[-2000:]
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     """A data_dir holding a tiny CIFAR-10 in the real cifar-10-batches-py pickle format."""

@@ -9,18 +9,7 @@ import torch
 from experiments.core.config import register_norm_configs
 from experiments.core.run import run_training
 from rmsnorm import NormInfo, register_norm, unregister_norm
-from tests.conftest import CONFIGS, compose_cfg, prepare, run_script
-
-TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("smoke-data")
-    for task in TASKS:
-        r = run_script("scripts/prepare.py", f"task={task}", "preset=smoke", f"data_dir={data_dir}")
-        assert r.returncode == 0, r.stderr[-2000:]
-    return data_dir
+from tests.conftest import TASKS, compose_cfg, prepare, run_script
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -10,9 +10,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core import seeding
+from experiments.core import distributed, seeding
 from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
+from experiments.core.loggers import NullLogger
 from experiments.core.machine import machine_name
 from experiments.core.records import ERROR_FILE, PREEMPTED_FILE, SUMMARY_FILE, read_summary, write_summary
 from experiments.core.task import Task
@@ -21,11 +22,14 @@ from experiments.core.trainer import Trainer, TrainSettings
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, group: distributed.Group = distributed.SINGLE) -> torch.device:
+    """The device of this process; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name} was asked for but torch sees no CUDA device; use device=auto or device=cpu")
+    if name == "cuda" and group.enabled:
+        return torch.device("cuda", group.local_rank)
     return torch.device(name)
 
 
@@ -45,29 +49,42 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
         log.info("%s already finished: resume=true leaves it as it is", run_dir)
         return read_summary(run_dir)
 
-    device = pick_device(cfg.device)
+    group = distributed.from_environment()
+    device = pick_device(cfg.device, group)
+    distributed.init(group, device)
+    try:
+        return _train(cfg, run_dir, sweep, group, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group, device: torch.device) -> dict:
     seeding.seed_everything(int(cfg.seed))
-    task = build_task(cfg, device)
+    task = build_task(cfg, device)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    distributed.check_batch_size(group, task.batch_size)
+    if group.enabled:  # dropout and noise draws of their own per rank
+        seeding.seed_everything(int(cfg.seed) * 1_000_003 + group.rank)
     differences = differences_from_paper(cfg)
     for line in differences:
         log.info("differs from preset=paper: %s", line)
 
     info = run_info(cfg, sweep)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger = hydra.utils.instantiate(cfg.logger)
+    logger = hydra.utils.instantiate(cfg.logger) if group.is_main else NullLogger()
     logger.start(info, resolved, run_dir)
     summary = None
     try:
-        trainer = Trainer(task, TrainSettings(**cfg.train), run_dir, device, logger)
+        trainer = Trainer(task, TrainSettings(**cfg.train), run_dir, device, logger, group)
         # a run stopped by a scheduler's signal resumes when it is started again (a requeued SLURM job keeps
         # its overrides, resume=false among them)
         if cfg.resume or (run_dir / PREEMPTED_FILE).exists():
             trainer.try_resume()
         final = trainer.fit()
         summary = make_summary(info, task, trainer, final, device, resolved, differences)
-        write_summary(run_dir, summary)
-        for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
-            (run_dir / stale).unlink(missing_ok=True)
+        if group.is_main:
+            write_summary(run_dir, summary)
+            for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
+                (run_dir / stale).unlink(missing_ok=True)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
     finally:
         logger.finish(summary, exit_code=0 if summary is not None else 1)
@@ -98,6 +115,8 @@ def prepare_task_data(cfg: DictConfig) -> Path:
 def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict,
                  differences: list[str]) -> dict:
     timing = {
+        # steps of the whole job: under torchrun every rank steps together, each on its slice of the batch
+        "processes": trainer.group.world,
         "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
         "timed_steps": trainer.timer.timed_steps,
         "warmup_steps": trainer.settings.timing_warmup,

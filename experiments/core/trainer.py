@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from experiments.core import seeding
+from experiments.core import distributed, seeding
 from experiments.core.atomic import save_json, save_torch
 from experiments.core.errors import NonFiniteLoss, Preempted
 from experiments.core.loggers import NullLogger
@@ -64,12 +64,22 @@ def _injected_fault() -> tuple[int, int] | None:
 
 
 class Trainer:
-    def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None):
+    def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None,
+                 group: distributed.Group = distributed.SINGLE):
         self.task = task
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.device = device
+        self.group = group
         self.logger = logger or NullLogger()
+        self._model = task.model
+        # under torchrun the steps go through DistributedDataParallel (which broadcasts rank 0's weights now);
+        # evaluation, checkpoints and the task's own code between steps see the plain module
+        self._ddp = None
+        if group.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = DistributedDataParallel(task.model, device_ids=[device] if device.type == "cuda" else None)
         self.metrics = MetricsFile(self.run_dir)
         self.timer = StepTimer(device, settings.timing_warmup)
         self.progress = Progress()
@@ -104,16 +114,21 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        save_torch(
-            {
-                "progress": vars(self.progress).copy(),
-                "task": self.task.state_dict(),
-                "timer": self.timer.state_dict(),
-                "rng": seeding.rng_state(),
-                "last_eval": self.last_eval,
-            },
-            self.checkpoint_path,
-        )
+        # every rank's random state (dropout draws differ between ranks), written by rank 0 alone
+        rng = distributed.gather_objects(seeding.rng_state(), self.group)
+        if self.group.is_main:
+            save_torch(
+                {
+                    "progress": vars(self.progress).copy(),
+                    "task": self.task.state_dict(),
+                    "timer": self.timer.state_dict(),
+                    "rng": rng[0] if len(rng) == 1 else rng,
+                    "last_eval": self.last_eval,
+                    "world_size": self.group.world,
+                },
+                self.checkpoint_path,
+            )
+        distributed.barrier(self.group)
 
     def try_resume(self) -> bool:
         if not self.checkpoint_path.exists():
@@ -122,10 +137,14 @@ class Trainer:
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         self.task.load_state_dict(state["task"])
         self.timer.load_state_dict(state["timer"])
-        seeding.set_rng_state(state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one per rank; a resume on another number of processes reuses them in turn
+            rng = rng[self.group.rank % len(rng)]
+        seeding.set_rng_state(rng)
         self.progress = Progress(**state["progress"])
         self.last_eval = state["last_eval"]
-        self.metrics.truncate_after(self.progress.step)
+        if self.group.is_main:
+            self.metrics.truncate_after(self.progress.step)
         log.info("resumed from %s at step %d", self.checkpoint_path, self.progress.step)
         return True
 
@@ -133,7 +152,8 @@ class Trainer:
     def _flush_loss(self) -> float | None:
         if not self._loss_count:
             return None
-        loss = (self._loss_sum / self._loss_count).item()
+        # the mean over ranks: every rank sees the same value, so a NaN on one stops all of them together
+        loss = distributed.mean_over_ranks(self._loss_sum / self._loss_count, self.group).item()
         self._loss_sum.zero_()
         self._loss_count = 0
         if not math.isfinite(loss):
@@ -155,6 +175,8 @@ class Trainer:
             "train_seconds": round(self.timer.train_seconds, 4),
             **values,
         }
+        if not self.group.is_main:
+            return
         self.metrics.append(record)
         self.logger.log({k: v for k, v in record.items() if k != "step"}, step=self.progress.step)
 
@@ -192,8 +214,9 @@ class Trainer:
             self._record({"train_loss": loss_value})
         self.save_checkpoint()
         # a requeued job starts with the same overrides (resume=false): this marker makes it resume
-        save_json({"signal": signal.Signals(self._stop_signal).name, "step": self.progress.step},
-                  self.run_dir / PREEMPTED_FILE)
+        if self.group.is_main:
+            save_json({"signal": signal.Signals(self._stop_signal).name, "step": self.progress.step},
+                      self.run_dir / PREEMPTED_FILE)
         before = getattr(self, "_previous_handlers", {}).get(self._stop_signal)
         if callable(before):
             # submitit's handler pickles the job for requeueing and exits the process; where it returns (SIGTERM
@@ -205,6 +228,25 @@ class Trainer:
         )
 
     # ---- the loop ----------------------------------------------------------------------------------------
+    def _step(self, batch) -> torch.Tensor:
+        if self._ddp is None:
+            return self.task.train_step(batch)
+        batch = distributed.shard(batch, self.task.batch_dims, self.group)
+        self.task.model = self._ddp  # the task's step calls self.model: through DDP, gradients are averaged
+        try:
+            return self.task.train_step(batch)
+        finally:
+            self.task.model = self._model
+
+    def _stop_requested(self) -> bool:
+        """A signal seen by this process or, under torchrun, by any rank (all stop at the same step)."""
+        if not self.group.enabled:
+            return self._stop_signal is not None
+        if distributed.any_rank(self._stop_signal is not None, self.group, self.device):
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+            return True
+        return False
+
     def fit(self) -> dict[str, float]:
         with self._stop_on_signals():
             return self._fit()
@@ -213,12 +255,13 @@ class Trainer:
         s, task, p = self.settings, self.task, self.progress
         total = s.total_steps(task.steps_per_epoch)
         task.model.train()
-        bar = tqdm(total=total, initial=p.step, disable=not s.progress, desc="train", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=total, initial=p.step, disable=not (s.progress and self.group.is_main), desc="train",
+                   dynamic_ncols=True, leave=False)
         while p.step < total:
             task.on_epoch_start(p.epoch)
             for batch in task.batches(p.epoch, p.batch_in_epoch):
                 self.timer.begin_step()
-                loss = task.train_step(batch)
+                loss = self._step(batch)
                 self.timer.end_step()
                 self._loss_sum += loss
                 self._loss_count += 1
@@ -230,7 +273,7 @@ class Trainer:
                 if self._fault is not None and self._fault[0] == p.step:
                     os.kill(os.getpid(), self._fault[1])
                 self._boundary_work(total, bar)
-                if self._stop_signal is not None and p.step < total:
+                if self._stop_requested() and p.step < total:
                     bar.close()
                     self._stop_for_signal()
                 if p.step >= total or p.batch_in_epoch == 0:

@@ -67,6 +67,7 @@ class ReadingConfig(TaskConfig):
 
 class ReadingTask(Task):
     Config = ReadingConfig
+    batch_dims = (1, 1, 1, 1, 0)  # passage, its mask, question, its mask (time-major), answers
     lower_is_better = True
 
     # ---- data ----------------------------------------------------------------------------------------------

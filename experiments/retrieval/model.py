@@ -53,3 +53,7 @@ class OrderEmbedding(nn.Module):
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image(features), dim=-1).abs()
+
+    def forward(self, words: torch.Tensor, mask: torch.Tensor, features: torch.Tensor):
+        """(captions, images) embeddings of a training batch: one call, so DistributedDataParallel sees it."""
+        return self.encode_captions(words, mask), self.encode_images(features)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
+from experiments.core import distributed
 from experiments.core.errors import MissingData
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -59,6 +60,7 @@ class RetrievalConfig(TaskConfig):
 
 class RetrievalTask(Task):
     Config = RetrievalConfig
+    batch_dims = (1, 1, 0)  # caption words, their mask (time-major), image features
     lower_is_better = False
 
     @classmethod
@@ -148,8 +150,11 @@ class RetrievalTask(Task):
 
     def train_step(self, batch) -> torch.Tensor:
         words, mask, features = batch
-        loss = contrastive_loss(self.model.encode_captions(words, mask), self.model.encode_images(features),
-                                self.cfg.optim.margin)
+        captions, images = self.model(words, mask, features)
+        # under torchrun every caption meets every image of the global batch, as in one process
+        group = distributed.current()
+        captions, images = distributed.gather_with_grad(captions, group), distributed.gather_with_grad(images, group)
+        loss = contrastive_loss(captions, images, self.cfg.optim.margin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for p in self.model.parameters():  # upstream clips each tensor's gradient norm on its own

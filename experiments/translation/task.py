@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
+from experiments.core import distributed
 from experiments.core.batching import bucketed_batches, count_batches
 from experiments.core.errors import UserError
 from experiments.core.seeding import epoch_generator
@@ -78,6 +79,7 @@ class TranslationConfig(TaskConfig):
 
 class TranslationTask(Task):
     Config = TranslationConfig
+    batch_dims = (1, 1, 1, 1)  # src, src_mask, tgt_in, tgt_out: time-major
     lower_is_better = False
     #: tokens per sentence in a timing batch: about the mean WMT14 sentence in 32k BPE
     TIMING_LENGTH = 30
@@ -151,6 +153,10 @@ class TranslationTask(Task):
         logits = self.model(src, src_mask, tgt_in)
         loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD,
                                label_smoothing=self.cfg.optim.label_smoothing)
+        group = distributed.current()
+        if group.enabled:  # the mean over the global batch's tokens, not the mean of the ranks' means
+            tokens = (tgt_out != D.PAD).sum()
+            loss = loss * tokens * group.world / distributed.sum_over_ranks(tokens, group).clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.clip_norm:

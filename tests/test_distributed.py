@@ -1,0 +1,82 @@
+"""Data-parallel training under torchrun on CPU (gloo): two processes with the global batch split between them
+follow the loss curve of one process, for every task; a pre-empted two-process job resumes; each task's
+batch_dims split its real batches consistently."""
+
+import json
+
+import pytest
+import torch
+
+from experiments.core import distributed
+from experiments.core.run import build_task
+from tests.conftest import TASKS, compose_cfg, run_script
+
+# what draws random numbers inside a step differs between one and two processes (dropout masks of other
+# shapes), so the comparison turns it off; everything else is the smoke preset
+NO_NOISE = {"cifar10": ["task.model.dropout=0", "task.model.noise_std=0"], "reading": ["task.model.dropout=0"],
+            "translation": [], "retrieval": []}
+
+
+def _train(task, data_dir, run_dir, processes, *extra, env=None):
+    args = ["scripts/train.py", f"task={task}", "norm=rmsnorm", "preset=smoke", f"data_dir={data_dir}",
+            "logger=none", "train.progress=false", "train.log_every=1", f"hydra.run.dir={run_dir}",
+            *NO_NOISE[task], *extra]
+    if processes > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
+    # one thread per process: two processes on two cores, and the single one on the same arithmetic
+    return run_script(*args, env={"OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _curve(run_dir):
+    return [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_processes_follow_the_one_process_loss_curve(task, smoke_data, tmp_path):
+    one = _train(task, smoke_data, tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _train(task, smoke_data, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert _curve(tmp_path / "two") == pytest.approx(_curve(tmp_path / "one"), rel=1e-4)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["timing"]["processes"] == 2
+    # rank 0 alone writes: one record per step, no second summary or error file
+    assert len(_curve(tmp_path / "two")) == summary["steps"]
+    assert not (tmp_path / "two" / "error.json").exists()
+
+
+def test_a_preempted_two_process_job_resumes_to_the_uninterrupted_curve(smoke_data, tmp_path):
+    whole = _train("cifar10", smoke_data, tmp_path / "whole", 2, "train.epochs=3")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    # the scheduler's warning reaches both ranks after step 5: both checkpoint (one file, every rank's random
+    # state), stop, and the next start resumes by itself (preempted.json) with the same overrides
+    stopped = _train("cifar10", smoke_data, tmp_path / "run", 2, "train.epochs=3", env={"RMSNORM_FAULT": "SIGUSR2@5"})
+    assert stopped.returncode != 0 and (tmp_path / "run" / "preempted.json").exists()
+    assert len(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["rng"]) == 2
+    again = _train("cifar10", smoke_data, tmp_path / "run", 2, "train.epochs=3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _curve(tmp_path / "run") == pytest.approx(_curve(tmp_path / "whole"), rel=1e-5)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_batch_dims_split_every_tasks_batch_into_consistent_halves(task, smoke_data):
+    cfg = compose_cfg([f"task={task}", "norm=rmsnorm", "preset=smoke", f"data_dir={smoke_data}", "logger=none"])
+    built = build_task(cfg, torch.device("cpu"))
+    batch = next(iter(built.batches(0, 0)))
+    # batch_dims names each element's batch dimension: on the whole batch they all hold the same examples
+    sizes = {t.shape[d] for t, d in zip(batch, built.batch_dims, strict=True)}
+    assert len(sizes) == 1 and sizes.pop() > 1
+    n = batch[0].shape[built.batch_dims[0]]
+    halves = [distributed.shard(batch, built.batch_dims, distributed.Group(rank, 2)) for rank in (0, 1)]
+    per_rank = []
+    for half in halves:
+        sizes = {t.shape[d] for t, d in zip(half, built.batch_dims, strict=True)}
+        assert len(sizes) == 1
+        per_rank.append(sizes.pop())
+    assert sum(per_rank) == n and min(per_rank) >= n // 2
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused_at_start_up():
+    with pytest.raises(Exception, match="task.batch_size=1 is the global batch, split over 2 processes"):
+        distributed.check_batch_size(distributed.Group(0, 2), 1)
+
