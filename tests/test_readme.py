@@ -18,3 +18,16 @@ def test_readme_blocks_name_existing_files_and_the_check_catches_a_drift(tmp_pat
     drifted.write_text(text.replace("| 4000 x 1024 (translation) |", "| 4000 x 1024 (translation) | 0.01 |", 1))
     r = run_script("scripts/readme.py", "--check", "--readme", str(drifted))
     assert r.returncode == 1 and "differ" in r.stderr
+
+
+def test_every_row_of_the_bad_input_table_names_tests_that_exist():
+    text = (REPO / "README.md").read_text()
+    table = text.split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| input")]
+    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py")),
+                             re.MULTILINE))
+    assert len(rows) >= 15
+    for row in rows:
+        names = re.findall(r"`(test_\w+)`", row.rsplit("|", 2)[-2])
+        assert names, f"a row without a test: {row[:80]}"
+        assert set(names) <= defined, f"no such test: {set(names) - defined}"

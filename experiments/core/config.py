@@ -50,11 +50,31 @@ def typed_task_config(schema: type, task_cfg: DictConfig) -> DictConfig:
     if missing:
         raise UserError(f"task={name}: its config leaves {', '.join(missing)} unset; set them in "
                         f"configs/task/{name}.yaml or the preset")
+    bad = [f"{key}={value}" for key, value in _sizes_and_rates(OmegaConf.to_container(typed), "task")
+           if not (isinstance(value, (int, float)) and value > 0)]
+    if bad:
+        raise UserError(f"task={name}: {', '.join(bad)}: batch sizes and learning rates must be positive numbers")
     unknown = [n for n in typed.norms if n not in norm_names()]
     if unknown:
         raise UserError(f"task={name}: task.norms lists {', '.join(unknown)}, which no norm is registered as; "
                         f"registered: {', '.join(norm_names())}")
     return typed
+
+
+def _sizes_and_rates(node, prefix: str):
+    """(key, value) of every batch size and learning rate in a task config: keys ending in batch_size, keys
+    named lr and the values of lr_by_* tables."""
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            if key.startswith("lr_by_"):
+                yield from ((f"{path}.{k}", v) for k, v in value.items())
+            else:
+                yield from _sizes_and_rates(value, path)
+        elif (key.endswith("batch_size") or key == "lr") and value is not None:
+            yield path, value
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "task") -> list[str]:

@@ -27,15 +27,28 @@ class MetricsFile:
         """Drop records past `step`: a resumed run rewrites what the crashed one logged after its checkpoint."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        save_text("".join(line + "\n" for line in kept), self.path)
+        kept = [record for record in _records(self.path) if record["step"] <= step]
+        save_text("".join(json.dumps(record) + "\n" for record in kept), self.path)
+
+
+def _records(path: Path) -> list[dict]:
+    """The file's records; a last line cut short (the process killed, or the disk full, mid-append) is left out."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return _records(path)
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -59,6 +59,7 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group, device: torch.device) -> dict:
+    settings = TrainSettings(**cfg.train)  # its mistakes fail here, before any data is read
     seeding.seed_everything(int(cfg.seed))
     task = build_task(cfg, device)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     distributed.check_batch_size(group, task.batch_size)
@@ -74,7 +75,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
     logger.start(info, resolved, run_dir)
     summary = None
     try:
-        trainer = Trainer(task, TrainSettings(**cfg.train), run_dir, device, logger, group)
+        trainer = Trainer(task, settings, run_dir, device, logger, group)
         # a run stopped by a scheduler's signal resumes when it is started again (a requeued SLURM job keeps
         # its overrides, resume=false among them)
         if cfg.resume or (run_dir / PREEMPTED_FILE).exists():
@@ -82,7 +83,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
         final = trainer.fit()
         summary = make_summary(info, task, trainer, final, device, resolved, differences)
         if group.is_main:
-            write_summary(run_dir, summary)
+            trainer.write_or_explain(lambda: write_summary(run_dir, summary), run_dir / SUMMARY_FILE)
             for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
                 (run_dir / stale).unlink(missing_ok=True)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))

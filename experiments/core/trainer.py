@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from experiments.core import distributed, seeding
 from experiments.core.atomic import save_json, save_torch
-from experiments.core.errors import NonFiniteLoss, Preempted
+from experiments.core.errors import NonFiniteLoss, Preempted, UserError
 from experiments.core.loggers import NullLogger
 from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, MetricsFile
 from experiments.core.task import Task
@@ -34,6 +34,21 @@ class TrainSettings:
     ckpt_every: int = 1000
     timing_warmup: int = 20
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Settings that would train nothing, or divide by zero at a boundary, fail before any data is read."""
+        for key in ("epochs", "max_steps"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise UserError(f"train.{key}={value}: must be positive (or null, with the other of train.epochs "
+                                "and train.max_steps set)")
+        if self.epochs is None and self.max_steps is None:
+            raise UserError("train.epochs and train.max_steps are both null: set one (the preset normally does)")
+        for key in ("log_every", "eval_every", "ckpt_every"):
+            if not getattr(self, key) >= 1:
+                raise UserError(f"train.{key}={getattr(self, key)}: must be a whole number of steps >= 1")
+        if self.timing_warmup < 0:
+            raise UserError(f"train.timing_warmup={self.timing_warmup}: must be >= 0")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         limits = []
@@ -117,7 +132,7 @@ class Trainer:
         # every rank's random state (dropout draws differ between ranks), written by rank 0 alone
         rng = distributed.gather_objects(seeding.rng_state(), self.group)
         if self.group.is_main:
-            save_torch(
+            self.write_or_explain(lambda: save_torch(
                 {
                     "progress": vars(self.progress).copy(),
                     "task": self.task.state_dict(),
@@ -127,8 +142,18 @@ class Trainer:
                     "world_size": self.group.world,
                 },
                 self.checkpoint_path,
-            )
+            ), self.checkpoint_path)
         distributed.barrier(self.group)
+
+    def write_or_explain(self, save, path: Path) -> None:
+        """A failed write (a full disk) leaves the previous file as it was (experiments/core/atomic.py): say so."""
+        try:
+            save()
+        except OSError as exc:
+            raise UserError(
+                f"could not write {path} at step {self.progress.step} ({exc.strerror or exc}); the previous "
+                f"version of it and every finished result are intact. Free space, then rerun with resume=true."
+            ) from exc
 
     def try_resume(self) -> bool:
         if not self.checkpoint_path.exists():

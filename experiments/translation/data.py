@@ -32,17 +32,7 @@ def read_pairs(path: Path, src: str, tgt: str, make_target: str = MAKE_TARGET) -
     if not path.is_file():
         raise MissingData(f"no translation data at {path}; run `{make_target}`, or point "
                           "data_dir at a folder holding the files the task config names")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        records = pq.read_table(path).to_pylist()
-    else:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            loaded = json.loads(text) if text.strip() else []
-            records = loaded.get("data", []) if isinstance(loaded, dict) else loaded
+    records = _read_records(path, make_target)
     if not records:
         raise MissingData(f"{path} holds no sentence pairs; re-run `{make_target}` or check the file")
     pairs = []
@@ -54,6 +44,38 @@ def read_pairs(path: Path, src: str, tgt: str, make_target: str = MAKE_TARGET) -
                               f"with both sides non-empty, got {str(record)[:200]}")
         pairs.append((s.strip(), t.strip()))
     return pairs
+
+
+def _read_records(path: Path, make_target: str) -> list:
+    """The file's records; a MissingData naming the file (and for .jsonl the line) where it does not parse."""
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise MissingData(f"{path} is not a readable parquet file ({exc}); re-run `{make_target}`") from exc
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MissingData(f"{path} is not UTF-8 text ({exc}); re-run `{make_target}`") from exc
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise MissingData(f"{path}, line {number}: not a JSON record ({exc.msg}): {line[:120]!r}; fix or "
+                                  f"delete the line, or re-run `{make_target}`") from exc
+        return records
+    try:
+        loaded = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as exc:
+        raise MissingData(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg}); re-run `{make_target}`") from exc
+    return loaded.get("data", []) if isinstance(loaded, dict) else loaded
 
 
 def load_bpe(path: Path, make_target: str = MAKE_TARGET):
