@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import tarfile
+import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from experiments.core.batching import bucketed_batches, count_batches, padded
+from experiments.core.download import Offline, offline_message
 from experiments.core.errors import MissingData, UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -84,7 +86,7 @@ class ReadingTask(Task):
         elif not questions.exists():
             archive = root / f"{cfg.corpus}.tgz"
             if not archive.exists() and download:
-                cls._download(cfg.corpus, archive)
+                cls._download(cfg.corpus, archive, cfg.make_target)
             if not archive.exists():
                 raise MissingData(f"no {cfg.corpus} questions in {questions}: download the `{cfg.corpus}` questions "
                                   f"archive from {DMQA_PAGE} (the DeepMind Q&A data) into {archive}, then run "
@@ -114,14 +116,19 @@ class ReadingTask(Task):
             D.save_split(corpus, split, cfg.top_sentences, vocab, enc, facts)
 
     @staticmethod
-    def _download(corpus: str, archive: Path) -> None:
-        """The questions archive from Google Drive (needs internet); a warning, not a crash, when it fails."""
+    def _download(corpus: str, archive: Path, make_target: str) -> None:
+        """The questions archive from Google Drive, through torchvision's Drive client (Drive's confirmation
+        page for large files is its business; it does not resume, and no checksum is published). No network:
+        one line naming the command; a changed host page: a warning, then the manual route below."""
         from torchvision.datasets.utils import download_file_from_google_drive
 
         log.info("downloading the %s questions archive into %s", corpus, archive)
         try:
             download_file_from_google_drive(DRIVE_IDS[corpus], str(archive.parent), archive.name)
-        except Exception as exc:  # no network, a changed host page: say how to do it by hand
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            archive.unlink(missing_ok=True)
+            raise Offline(offline_message(f"the {corpus} questions", "drive.google.com", make_target, exc)) from exc
+        except Exception as exc:  # a changed host page: say how to do it by hand
             archive.unlink(missing_ok=True)
             log.warning("the download failed (%s: %s)", type(exc).__name__, exc)
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import MISSING
 
 from experiments.core import distributed
+from experiments.core.download import fetch
 from experiments.core.errors import MissingData
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -70,7 +71,7 @@ class RetrievalTask(Task):
                 log.info("writing the generated paired set to %s", root)
                 write_paired_folder(root, dict(cfg.synthetic.sizes), cfg.model.image_dim)
         elif download and not D.caption_path(root, "train").exists():
-            cls._download(root)
+            cls._download(root, cfg.make_target)
         captions = {s: D.read_captions(root, s, cfg.make_target) for s in D.SPLITS}
         for split, caps in captions.items():  # features and captions must agree before anything is cached
             D.read_features(root, split, len(caps) // D.CAPTIONS_PER_IMAGE, cfg.model.image_dim, cfg.make_target)
@@ -85,17 +86,17 @@ class RetrievalTask(Task):
             D.save_ids(root, split, D.encode(caps, vocab))
 
     @staticmethod
-    def _download(root: Path) -> None:
-        from torchvision.datasets.utils import download_url
-
-        log.info("downloading %s", ARCHIVE_URL)
+    def _download(root: Path, make_target: str) -> None:
+        # no checksum is published for this archive; a damaged one fails to unzip, which says so
+        path = fetch(ARCHIVE_URL, root.parent / "coco.zip", make_target, what="the order-embedding COCO archive")
         try:
-            download_url(ARCHIVE_URL, str(root.parent), "coco.zip")
-        except Exception as exc:  # no network, a moved file: say how to do it by hand
-            raise MissingData(f"could not download {ARCHIVE_URL} ({type(exc).__name__}: {exc}); put the order-"
-                              f"embedding data (train/val/test .txt, images/10crop/*.npy) into {root}") from exc
-        with zipfile.ZipFile(root.parent / "coco.zip") as archive:
-            archive.extractall(root.parent)
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(root.parent)
+        except zipfile.BadZipFile as exc:
+            path.unlink()
+            raise MissingData(f"{path} is not a complete zip archive ({exc}); it was removed, rerun `{make_target}`, "
+                              f"or put the order-embedding data (train/val/test .txt, images/10crop/*.npy) into "
+                              f"{root}") from exc
 
     def load_data(self) -> None:
         cfg = self.cfg

@@ -3,33 +3,73 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import random
 from pathlib import Path
 
 from experiments.core.atomic import save_text
+from experiments.core.download import Offline, check_digest, is_network_error, offline_message
 from experiments.translation import data as D
 from experiments.translation.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
 
-# split name in the paper preset -> (hub data set, configuration, split)
-WMT_SOURCES = {
-    "train": ("wmt14", "de-en", "train"),
-    "dev": ("wmt14", "de-en", "validation"),
-    "test14": ("wmt14", "de-en", "test"),
-    "test17": ("wmt17", "de-en", "test"),
+# split name in the paper preset -> (hub data set, files in it). The `wmt/wmt14` and `wmt/wmt17` repositories
+# serve their data as parquet files since the `datasets` library stopped running loading scripts (the old
+# `load_dataset("wmt14", "de-en")` fails with current releases); their de-en validation split is newstest2013,
+# test newstest2014 (wmt14) and newstest2017 (wmt17). Each file is fetched on its own, so newstest2017 does not
+# pull wmt17's 1 GB of training data.
+HUB_SOURCES = {
+    "train": ("wmt/wmt14", "de-en/train-*.parquet"),
+    "dev": ("wmt/wmt14", "de-en/validation-*.parquet"),
+    "test14": ("wmt/wmt14", "de-en/test-*.parquet"),
+    "test17": ("wmt/wmt17", "de-en/test-*.parquet"),
 }
 BPE_SAMPLE = 2_000_000  # sentence pairs the BPE is learned from
 
 
-def download_split(out: Path, dataset: str, config: str, split: str) -> None:
-    from datasets import load_dataset
+def hub_files(repo: str, pattern: str, make_target: str) -> list:
+    """The repository's files matching pattern, with their published sha256 (the hub's LFS metadata)."""
+    from huggingface_hub import HfApi
 
-    rows = load_dataset(dataset, config, split=split)
-    save_text("".join(json.dumps({"translation": r["translation"]}, ensure_ascii=False) + "\n" for r in rows), out)
-    log.info("%s: %d pairs", out, len(rows))
+    folder = pattern.rsplit("/", 1)[0]
+    try:
+        entries = list(HfApi().list_repo_tree(repo, folder, repo_type="dataset"))
+    except Exception as exc:
+        if is_network_error(exc):
+            raise Offline(offline_message(f"{repo} {pattern}", "huggingface.co", make_target, exc)) from exc
+        raise D.MissingData(f"cannot list {repo}/{folder} on the Hugging Face hub ({type(exc).__name__}: {exc}); "
+                            f"check the repository still serves it, then rerun `{make_target}`") from exc
+    files = sorted((e for e in entries if fnmatch.fnmatch(e.path, pattern)), key=lambda e: e.path)
+    if not files:
+        raise D.MissingData(f"{repo} has no files matching {pattern} any more; rerun `{make_target}` after "
+                            f"updating HUB_SOURCES in experiments/translation/prepare.py")
+    return files
+
+
+def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None:
+    """The split's parquet files through the hub client (it resumes an interrupted file and caches finished
+    ones), each checked against its published sha256, converted to one .jsonl written atomically."""
+    import pyarrow.parquet as pq
+    from huggingface_hub import hf_hub_download
+
+    records = []
+    for entry in hub_files(repo, pattern, make_target):
+        try:
+            local = Path(hf_hub_download(repo, entry.path, repo_type="dataset"))
+        except Exception as exc:
+            if is_network_error(exc):
+                raise Offline(offline_message(f"{repo}/{entry.path}", "huggingface.co", make_target, exc)) from exc
+            raise
+        lfs = getattr(entry, "lfs", None)
+        if lfs is not None:
+            check_digest(local, {"sha256": lfs.sha256}, f"{repo}/{entry.path}", make_target)
+        records += pq.read_table(local, columns=["translation"]).to_pylist()
+    save_text("".join(json.dumps({"translation": r["translation"]}, ensure_ascii=False) + "\n" for r in records),
+              out)
+    log.info("%s: %d pairs from %s", out, len(records), repo)
 
 
 def prepare(cfg, root: Path, download: bool) -> None:
@@ -41,9 +81,9 @@ def prepare(cfg, root: Path, download: bool) -> None:
     elif download:
         for split, file in files.items():
             if not (root / file).exists():
-                if split not in WMT_SOURCES:
+                if split not in HUB_SOURCES:
                     raise D.MissingData(f"no download is known for split '{split}'; put {root / file} there yourself")
-                download_split(root / file, *WMT_SOURCES[split])
+                download_split(root / file, *HUB_SOURCES[split], cfg.make_target)
     bpe_path = root / cfg.bpe_model
     if not bpe_path.exists():
         pairs = D.read_pairs(root / files["train"], cfg.src_lang, cfg.tgt_lang, cfg.make_target)

@@ -1,0 +1,139 @@
+"""Downloads: resumed where they stopped, checked against published checksums, one line when offline; the
+translation data from the hub's parquet files (no network here: a local HTTP server and a stand-in hub)."""
+
+import hashlib
+import http.server
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from experiments.core.download import Offline, fetch, is_network_error
+from experiments.core.errors import MissingData
+
+CONTENT = bytes(range(256)) * 400  # 100 kB
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    ranges: list = []
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        start = 0
+        header = self.headers.get("Range")
+        RangeHandler.ranges.append(header)
+        if header:
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(CONTENT) - 1}/{len(CONTENT)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(CONTENT) - start))
+        self.end_headers()
+        self.wfile.write(CONTENT[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    RangeHandler.ranges = []
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_an_interrupted_download_resumes_where_it_stopped_and_is_checked(server, tmp_path):
+    dest = tmp_path / "data.tar.gz"
+    (tmp_path / "data.tar.gz.part").write_bytes(CONTENT[:30000])  # what an interrupted run left
+    md5 = hashlib.md5(CONTENT).hexdigest()
+    assert fetch(f"{server}/data.tar.gz", dest, "make data-x", {"md5": md5}) == dest
+    assert dest.read_bytes() == CONTENT and not (tmp_path / "data.tar.gz.part").exists()
+    assert RangeHandler.ranges == ["bytes=30000-"]  # only the missing part was asked for
+    fetch(f"{server}/data.tar.gz", dest, "make data-x", {"md5": md5})  # there already: no request
+    assert len(RangeHandler.ranges) == 1
+
+
+def test_a_checksum_mismatch_removes_the_download_and_says_to_rerun(server, tmp_path):
+    with pytest.raises(MissingData, match=r"md5 of the download is .*, the published one 0+; the file was removed, "
+                                          r"rerun `make data-x`"):
+        fetch(f"{server}/data.tar.gz", tmp_path / "data.tar.gz", "make data-x", {"md5": "0" * 32})
+    assert not list(tmp_path.iterdir())
+
+
+def test_offline_is_one_line_naming_the_target(tmp_path):
+    with pytest.raises(Offline) as caught:
+        fetch("http://127.0.0.1:9/nothing-listens-here.zip", tmp_path / "a.zip", "make data-retrieval", what="COCO")
+    message = str(caught.value)
+    assert "\n" not in message and "cannot download COCO" in message and "rerun `make data-retrieval`" in message
+
+
+def _hub(monkeypatch, tmp_path, files: dict, sha=None, fail=None):
+    """A stand-in for the Hugging Face hub: {path in repo: rows} served as parquet files."""
+    import huggingface_hub
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    local, entries = {}, []
+    for path, rows in files.items():
+        out = tmp_path / "hub" / path.replace("/", "_")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([{"translation": r} for r in rows]), out)
+        local[path] = out
+        digest = sha or hashlib.sha256(out.read_bytes()).hexdigest()
+        entries.append(SimpleNamespace(path=path, lfs=SimpleNamespace(sha256=digest)))
+    asked = []
+
+    def list_repo_tree(self, repo, folder, repo_type=None):
+        if fail:
+            raise fail
+        asked.append((repo, folder, repo_type))
+        return [e for e in entries if e.path.startswith(folder)]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", list_repo_tree)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, path, repo_type=None: str(local[path]))
+    return asked
+
+
+def test_translation_splits_come_from_the_hubs_parquet_files(monkeypatch, tmp_path):
+    from experiments.translation.prepare import HUB_SOURCES, download_split
+
+    assert {repo for repo, _ in HUB_SOURCES.values()} == {"wmt/wmt14", "wmt/wmt17"}  # no script-era names
+    rows = [{"de": "ein haus.", "en": "a house."}, {"de": "ja.", "en": "yes."}]
+    asked = _hub(monkeypatch, tmp_path, {"de-en/test-00000-of-00001.parquet": rows[:1],
+                                         "de-en/train-00000-of-00002.parquet": rows,
+                                         "de-en/train-00001-of-00002.parquet": rows[1:]})
+    download_split(tmp_path / "train.jsonl", "wmt/wmt14", "de-en/train-*.parquet", "make data-translation")
+    got = [json.loads(line)["translation"] for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert got == rows + rows[1:]  # every shard, in order; the test file left alone
+    assert asked == [("wmt/wmt14", "de-en", "dataset")]
+
+
+def test_translation_download_checks_the_published_sha256(monkeypatch, tmp_path):
+    from experiments.translation.prepare import download_split
+
+    _hub(monkeypatch, tmp_path, {"de-en/test-00000-of-00001.parquet": [{"de": "a", "en": "b"}]}, sha="f" * 64)
+    with pytest.raises(MissingData, match="sha256 of the download is .*rerun `make data-translation`"):
+        download_split(tmp_path / "test17.jsonl", "wmt/wmt17", "de-en/test-*.parquet", "make data-translation")
+    assert not (tmp_path / "test17.jsonl").exists()
+
+
+def test_translation_download_offline_is_one_line(monkeypatch, tmp_path):
+    from experiments.translation.prepare import download_split
+
+    _hub(monkeypatch, tmp_path, {}, fail=ConnectionError("[Errno -2] Name or service not known"))
+    with pytest.raises(Offline, match=r"cannot download wmt/wmt14 de-en/train-\*.parquet: huggingface.co is not "
+                                      r"reachable .*rerun `make data-translation`"):
+        download_split(tmp_path / "train.jsonl", "wmt/wmt14", "de-en/train-*.parquet", "make data-translation")
+
+
+def test_network_errors_are_told_apart_from_other_errors():
+    class ConnectError(Exception):
+        pass
+
+    ConnectError.__module__ = "httpx"
+    assert is_network_error(ConnectError("no route")) and is_network_error(TimeoutError())
+    assert not is_network_error(ValueError("bad parquet"))
