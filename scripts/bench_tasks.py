@@ -19,6 +19,7 @@ import datetime
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -44,8 +45,32 @@ def paper_times(task: str) -> dict[str, str]:
                                                                                       task).items()}
 
 
+def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: str = "demo",
+                  seconds: float = 3.0) -> dict:
+    """Batches per second of the task's own batch building (`Task.batches`, on the CPU, in this process) on
+    its demo data at the timed batch size: what one loader worker, or the training process, can feed."""
+    from experiments.core.errors import UserError
+    from experiments.core.run import build_task
+
+    cfg = task_config(task_name, "layernorm", [f"data_dir={data_dir}", f"task.batch_size={batch_size}",
+                                               "logger=none"], data_preset)
+    try:
+        task = build_task(cfg, torch.device("cpu"))
+    except UserError as exc:
+        return {"batches_per_sec": None, "note": f"not measured: {str(exc).splitlines()[0][:160]}"}
+    count, start = 0, time.perf_counter()
+    for epoch in range(1000):
+        for _ in task.batches(epoch, 0):
+            count += 1
+        if time.perf_counter() - start > seconds:
+            break
+    rate = count / (time.perf_counter() - start)
+    return {"batches_per_sec": rate, "note": f"{data_preset} data, batch {batch_size}, {count} batches"}
+
+
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
-               norms: list[str] | None, overrides: list[str], preset: str = "paper") -> dict:
+               norms: list[str] | None, overrides: list[str], preset: str = "paper",
+               data_dir: Path | None = None, data_preset: str = "demo") -> dict:
     first = task_config(task_name, "layernorm", overrides, preset)
     names = norms or list(first.task.norms)
     tasks, batch_text, unit = {}, "", None
@@ -74,8 +99,10 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
             row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
             row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
         rows.append(row)
+    batch_size = max(1, round(first.task.batch_size * scale))
+    pipeline = pipeline_rate(task_name, batch_size, data_dir, data_preset) if data_dir is not None else None
     return {"task": task_name, "preset": preset, "batch": batch_text, "unit": unit[0], "unit_steps": unit[1],
-            "rows": rows, "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup}
+            "rows": rows, "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup, "pipeline": pipeline}
 
 
 def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper") -> str:
@@ -98,6 +125,16 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
             lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
                          f"{paper.get(row['norm'], '-')} |")
         lines.append("")
+        pipe = res.get("pipeline")
+        if pipe:
+            fastest = 1.0 / min(row["sec_per_step"] for row in res["rows"])
+            if pipe["batches_per_sec"] is None:
+                lines += [f"Data pipeline: {pipe['note']}.", ""]
+            else:
+                verdict = ("keeps ahead of the fastest step" if pipe["batches_per_sec"] > fastest else
+                           "slower than the fastest step: set task.loader_workers=1 so a worker builds them beside it")
+                lines += [f"Data pipeline: {pipe['batches_per_sec']:.0f} batches/s built by `Task.batches` on the CPU "
+                          f"({pipe['note']}) against {fastest:.1f} steps/s for the fastest norm here: {verdict}.", ""]
     return "\n".join(lines)
 
 
@@ -113,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="paper",
                         help="the models' preset (make demo times its own models with --preset demo --scale 1)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-tasks")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data",
+                        help="where `make demo-data` wrote the demo data sets: the data pipeline is timed on them")
+    parser.add_argument("--data-preset", default="demo", help="whose data sets under --data-dir (demo, smoke)")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip timing the data pipeline")
     parser.add_argument("--stem", help="file name without suffix (default: device, machine and preset)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides applied to every task, e.g. task.model.hidden=256")
@@ -126,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (5 if cuda else 2)
     machine = machine_name(device)
     results = [bench_task(t, device, scale, rounds, steps, args.warmup,
-                          args.norms.split(",") if args.norms else None, args.overrides, args.preset)
+                          args.norms.split(",") if args.norms else None, args.overrides, args.preset,
+                          None if args.no_pipeline else args.data_dir, args.data_preset)
                for t in args.tasks.split(",")]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()

@@ -22,7 +22,7 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
 def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     # the paper models at a tiny batch; widths stay the paper's, so only a few steps
     r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.02", "--rounds", "2", "--steps", "1",
-                   "--warmup", "1", "--tasks", "cifar10", "--out", str(tmp_path))
+                   "--warmup", "1", "--tasks", "cifar10", "--out", str(tmp_path), "--data-dir", str(tmp_path / "none"))
     assert r.returncode == 0, r.stderr[-2000:]
     (md,) = tmp_path.glob("*.md")
     text = md.read_text()
@@ -31,6 +31,21 @@ def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     assert "| layernorm | " in text and "reference" in text
     assert text.count("% [") == 5  # every norm but LayerNorm has a speed-up with its interval
     assert "| 39 +- 0.4 |" in text  # the paper's LayerNorm time beside ours
+    # no demo data in this data_dir: the pipeline line says so instead of a number
+    assert "Data pipeline: not measured" in text
+
+
+def test_bench_tasks_times_the_data_pipeline_on_the_demo_data(smoke_data, tmp_path):
+    import json
+
+    r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.02", "--rounds", "2", "--steps", "1",
+                   "--warmup", "1", "--tasks", "retrieval", "--norms", "layernorm,rmsnorm", "--data-dir",
+                   str(smoke_data), "--data-preset", "smoke", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (js,) = (tmp_path / "out").glob("*.json")
+    pipeline = json.loads(js.read_text())["results"][0]["pipeline"]
+    assert pipeline["batches_per_sec"] > 0 and "smoke data" in pipeline["note"]
+    assert "batches/s built by `Task.batches`" in next((tmp_path / "out").glob("*.md")).read_text()
 
 
 def test_speedup_interval_separates_a_real_difference_from_noise():

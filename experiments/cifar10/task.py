@@ -93,6 +93,9 @@ class Cifar10Task(Task):
 
     def load_data(self) -> None:
         cfg = self.cfg
+        if cfg.loader_workers:
+            raise UserError(f"task.loader_workers={cfg.loader_workers}: CIFAR-10's batches are cut from images "
+                            "already on the device, with nothing to build beside the model; keep 0")
         data = load_cifar10(self.root, cfg.zca_eps, cfg.train_limit, cfg.test_limit, cfg.make_target)
         self.train_x, self.train_y = data.train_x.to(self.device), data.train_y.to(self.device)
         self.test_x, self.test_y = data.test_x.to(self.device), data.test_y.to(self.device)

@@ -23,7 +23,8 @@ from rmsnorm import DEFAULT_P, norm_info, norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: settings that change what is logged or saved, not what is trained
-BOOKKEEPING = {"train.progress", "train.log_every", "train.ckpt_every", "train.eval_every", "task.make_target"}
+BOOKKEEPING = {"train.progress", "train.log_every", "train.ckpt_every", "train.eval_every", "task.make_target",
+               "task.loader_workers"}
 
 
 def register_norm_configs() -> None:

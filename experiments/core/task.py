@@ -35,6 +35,9 @@ class TaskConfig:
     make_target: str = MISSING  # what prepares the real data, named in errors
     primary_metric: str = MISSING  # the metric the report tables lead with
     batch_size: int = MISSING
+    # 1: a DataLoader worker builds the training batches beside the model, pinned for the copy to the GPU
+    # (the paper presets of the tasks that build batches in Python); 0: in the training process (CPU runs)
+    loader_workers: int = 0
 
 
 class Task(abc.ABC):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from experiments.core import distributed, seeding
+from experiments.core import distributed, loading, seeding
 from experiments.core.atomic import save_json, save_torch
 from experiments.core.errors import NonFiniteLoss, Preempted, UserError
 from experiments.core.loggers import NullLogger
@@ -284,7 +285,10 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         while p.step < total:
             task.on_epoch_start(p.epoch)
-            for batch in task.batches(p.epoch, p.batch_in_epoch):
+            batches = loading.background(functools.partial(task.batches, p.epoch, p.batch_in_epoch),
+                                         int(getattr(task.cfg, "loader_workers", 0)), self.device.type == "cuda")
+            for batch in batches:
+                batch = loading.to_device(batch, self.device)
                 self.timer.begin_step()
                 loss = self._step(batch)
                 self.timer.end_step()

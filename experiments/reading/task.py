@@ -183,15 +183,14 @@ class ReadingTask(Task):
     def paper_time_unit(self) -> tuple[str, float]:
         return ("sec_per_100_steps", 100)
 
-    def _batch(self, enc: D.Encoded, ids: list[int], mapping: torch.Tensor | None):
+    def _batch(self, enc: D.Encoded, ids: list[int], mapping: torch.Tensor | None, device: torch.device):
         index = torch.as_tensor(ids, dtype=torch.int64)
         passage, passage_mask = padded(enc.passages, enc.passage_offsets, index)
         question, question_mask = padded(enc.questions, enc.question_offsets, index)
         answers = enc.answers[index]
         if mapping is not None:  # one entity permutation for the whole minibatch, as upstream
             passage, question, answers = mapping[passage], mapping[question], mapping[answers]
-        dev = self.device
-        return passage.to(dev), passage_mask.to(dev), question.to(dev), question_mask.to(dev), answers.to(dev)
+        return tuple(t.to(device) for t in (passage, passage_mask, question, question_mask, answers))
 
     def _permutation(self, generator: torch.Generator) -> torch.Tensor:
         mapping = torch.arange(len(self.vocab))
@@ -207,7 +206,8 @@ class ReadingTask(Task):
             if self.cfg.permute_entities:
                 key = (self.seed * 1_000_003 + epoch) * 1_000_003 + i
                 mapping = self._permutation(torch.Generator().manual_seed(key))
-            yield self._batch(self.splits["train"], order[i], mapping)
+            # on the CPU (the trainer moves batches to the device; a loader worker may build them)
+            yield self._batch(self.splits["train"], order[i], mapping, torch.device("cpu"))
 
     def synthetic_batch(self, scale: float, generator: torch.Generator):
         """Random ids at the paper's shape: batch 64, top4 passages of about 100 tokens, 15-token questions."""
@@ -236,7 +236,7 @@ class ReadingTask(Task):
         enc = self._eval_subset(split)
         wrong, loss, size = 0, 0.0, self.cfg.eval_batch_size
         for start in range(0, len(enc), size):
-            *inputs, answers = self._batch(enc, list(range(start, min(start + size, len(enc)))), None)
+            *inputs, answers = self._batch(enc, list(range(start, min(start + size, len(enc)))), None, self.device)
             logits = self.model(*inputs)
             wrong += int((logits.argmax(-1) != answers).sum())
             loss += float(F.cross_entropy(logits, answers, reduction="sum"))

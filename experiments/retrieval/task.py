@@ -105,6 +105,8 @@ class RetrievalTask(Task):
         for split in D.SPLITS:
             caps, feats = D.load_split(self.root, split, cfg.model.image_dim, cfg.make_target)
             self.captions[split], self.features[split] = caps, feats.to(self.device)
+            if split == "train":
+                self.train_features = feats  # on the CPU, where training batches are built
         self.n_train = len(self.features["train"])
         if self.n_train < self.batch_size:
             raise MissingData(f"{self.n_train} training images is less than one batch of {self.batch_size}")
@@ -137,7 +139,8 @@ class RetrievalTask(Task):
         for i in range(start, self.steps_per_epoch):
             images = order[i * self.batch_size : (i + 1) * self.batch_size]
             words, mask = self.captions["train"].batch(images * D.CAPTIONS_PER_IMAGE + choice[images])
-            yield words.to(self.device), mask.to(self.device), self.features["train"][images.to(self.device)]
+            # on the CPU (the trainer moves batches to the device; a loader worker may build them)
+            yield words, mask, self.train_features[images]
 
     def synthetic_batch(self, scale: float, generator: torch.Generator):
         """Random ids and features at the paper's shape: batch 128, 12-word captions; `scale` shrinks both."""

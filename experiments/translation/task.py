@@ -144,8 +144,9 @@ class TranslationTask(Task):
                                    self.cfg.bucket_pool)
         for ids in order[start:]:
             pairs = [self.train.pair(i) for i in ids]
-            src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True).to(self.device)
-            tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True).to(self.device)
+            # on the CPU (the trainer moves batches to the device; a loader worker may build them)
+            src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True)
+            tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
             yield src, (src != D.PAD).float(), tgt[:-1], tgt[1:]
 
     def train_step(self, batch) -> torch.Tensor:
