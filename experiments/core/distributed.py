@@ -38,7 +38,15 @@ SINGLE = Group()
 
 
 def from_environment() -> Group:
-    """The process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), or SINGLE."""
+    """The process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), or SINGLE.
+    A submitit job of several tasks (SLURM `hydra.launcher.tasks_per_node=4 gpus_per_node=4`, or the local
+    executor's) is described in submitit's terms first; its own helper turns them into torchrun's."""
+    if "WORLD_SIZE" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; the GPUs stay visible: we pick cuda:LOCAL_RANK
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
