@@ -137,3 +137,20 @@ def test_network_errors_are_told_apart_from_other_errors():
     ConnectError.__module__ = "httpx"
     assert is_network_error(ConnectError("no route")) and is_network_error(TimeoutError())
     assert not is_network_error(ValueError("bad parquet"))
+
+
+def test_reading_download_offline_is_one_line(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torchvision.datasets.utils as tv
+
+    from experiments.reading.task import ReadingTask
+
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv, "download_file_from_google_drive", unreachable)
+    with pytest.raises(Offline, match=r"cannot download the cnn questions: drive.google.com is not reachable .*"
+                                      r"rerun `make data-reading`"):
+        ReadingTask._download("cnn", tmp_path / "cnn.tgz", "make data-reading")
+    assert not (tmp_path / "cnn.tgz").exists()

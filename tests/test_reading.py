@@ -92,7 +92,8 @@ def test_entities_are_permuted_per_minibatch_consistently_and_reproducibly(readi
     others = torch.ones(len(mapping), dtype=torch.bool)
     others[ents] = False
     assert torch.equal(mapping[others], torch.arange(len(mapping))[others])  # words other than entities stay
-    plain, permuted = (task._batch(task.splits["train"], list(range(8)), m) for m in (None, mapping))
+    plain, permuted = (task._batch(task.splits["train"], list(range(8)), m, torch.device("cpu"))
+                       for m in (None, mapping))
     assert torch.equal(permuted[0], mapping[plain[0]]) and torch.equal(permuted[4], mapping[plain[4]])
     for passage, _, _, _, answers in first:
         for j in range(len(answers)):  # the answer is still an entity of its (permuted) passage
@@ -130,7 +131,7 @@ def test_missing_real_data_names_the_make_target(tmp_path, monkeypatch):
     from experiments.reading.task import ReadingTask
 
     tried = []
-    monkeypatch.setattr(ReadingTask, "_download", staticmethod(lambda corpus, archive: tried.append(corpus)))
+    monkeypatch.setattr(ReadingTask, "_download", staticmethod(lambda corpus, archive, target: tried.append(corpus)))
     with pytest.raises(MissingData, match="make data-reading"):
         run_training(compose_cfg(["task=reading", "preset=paper", f"data_dir={tmp_path}", "logger=none"]),
                      tmp_path / "run")
