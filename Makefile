@@ -25,7 +25,7 @@ install: $(STAMP) ## create .venv with the suite and its dev tools (idempotent)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -e '.[dev,translation]'
+	$(PIP) install -q -e '.[dev,translation,reading]'
 	$(PY) -m rmsnorm.kernels.build  # compile the fused CPU kernel now rather than on first use (cached)
 	touch $@
 

@@ -131,3 +131,16 @@ def test_a_truncated_cifar_batch_is_a_clear_error(tmp_path, rng):
     batch.write_bytes(batch.read_bytes()[: len(batch.read_bytes()) // 2])
     with pytest.raises(MissingData, match="corrupt.*make data-cifar10"):
         load_cifar10(tmp_path, 1e-5, None, None, "make data-cifar10")
+
+
+def test_a_fresh_start_does_not_append_to_an_earlier_attempts_curve(cifar_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    # what a run killed before its first checkpoint leaves: records and a line cut short
+    (run / "metrics.jsonl").write_text('{"step": 1, "train_loss": 9.0}\n{"step": 2, "train_lo')
+    for resume in ("false", "true"):  # resume=true finds no checkpoint: a fresh start as well
+        summary = run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=rmsnorm", f"resume={resume}")), run)
+        steps = [r["step"] for r in read_metrics(run)]
+        assert steps == list(range(1, summary["steps"] + 1))
+        (run / "summary.json").unlink()
+        (run / "checkpoint.pt").unlink()

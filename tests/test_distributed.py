@@ -76,7 +76,19 @@ def test_batch_dims_split_every_tasks_batch_into_consistent_halves(task, smoke_d
     assert sum(per_rank) == n and min(per_rank) >= n // 2
 
 
-def test_a_global_batch_smaller_than_the_processes_is_refused_at_start_up():
-    with pytest.raises(Exception, match="task.batch_size=1 is the global batch, split over 2 processes"):
-        distributed.check_batch_size(distributed.Group(0, 2), 1)
+def test_a_global_batch_that_does_not_divide_is_refused_at_start_up():
+    with pytest.raises(Exception, match="task.batch_size=9 is the global batch, split over 2 processes: it must be "
+                                        "a multiple of 2"):
+        distributed.check_batch_size(distributed.Group(0, 2), 9)
+    distributed.check_batch_size(distributed.Group(0, 2), 8)
+
+
+def test_a_short_last_batch_gives_every_rank_an_equal_non_empty_slice():
+    x = torch.arange(10).reshape(5, 2)  # 5 examples in dimension 0
+    t = torch.arange(15).reshape(3, 5)  # the same 5 examples, time-major
+    halves = [distributed.shard((x, t), (0, 1), distributed.Group(rank, 2)) for rank in (0, 1)]
+    assert [h[0][:, 0].tolist() for h in halves] == [[0, 2], [4, 6]]  # equal slices; the fifth left out
+    assert [h[1][0].tolist() for h in halves] == [[0, 1], [2, 3]]
+    single = [distributed.shard((x[:1], t[:, :1]), (0, 1), distributed.Group(rank, 3)) for rank in range(3)]
+    assert all(s[0].tolist() == [[0, 1]] and s[1].shape == (3, 1) for s in single)  # no rank left empty
 

@@ -142,14 +142,20 @@ def test_network_errors_are_told_apart_from_other_errors():
 def test_reading_download_offline_is_one_line(monkeypatch, tmp_path):
     import urllib.error
 
-    import torchvision.datasets.utils as tv
+    import gdown
 
     from experiments.reading.task import ReadingTask
 
-    def unreachable(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    class ConnectionError(Exception):  # noqa: A001 - as requests names it
+        pass
 
-    monkeypatch.setattr(tv, "download_file_from_google_drive", unreachable)
+    ConnectionError.__module__ = "requests.exceptions"
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("HTTPSConnectionPool(host='drive.google.com'): Max retries exceeded") from \
+            urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(gdown, "download", unreachable)
     with pytest.raises(Offline, match=r"cannot download the cnn questions: drive.google.com is not reachable .*"
                                       r"rerun `make data-reading`"):
         ReadingTask._download("cnn", tmp_path / "cnn.tgz", "make data-reading")

@@ -34,3 +34,18 @@ def test_cifar10_refuses_a_loader_worker_at_start_up(smoke_data, tmp_path):
 def test_more_than_one_loader_worker_is_refused(smoke_data, tmp_path):
     with pytest.raises(UserError, match="task.loader_workers=2: the batches come from one generator"):
         _run("retrieval", smoke_data, tmp_path, 2)
+
+
+def test_a_user_error_in_the_worker_keeps_its_one_line():
+    from experiments.core import loading
+    from experiments.core.errors import MissingData
+
+    def batches():
+        yield 1
+        raise MissingData("the ids file is cut short; rerun `make data-x`")
+
+    it = loading.background(batches, 1, pin=False)
+    assert next(it) == 1
+    with pytest.raises(MissingData) as caught:
+        next(it)
+    assert str(caught.value) == "the ids file is cut short; rerun `make data-x`"

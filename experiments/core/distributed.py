@@ -60,30 +60,42 @@ def current() -> Group:
     return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+_control = None  # a gloo group for the small per-step agreements: a CPU tensor, no GPU sync
+
+
 def init(group: Group, device: torch.device) -> None:
     """Joins the process group (once per process)."""
+    global _control
     if not group.enabled or dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=group.rank, world_size=group.world,
                             device_id=device if device.type == "cuda" else None)
+    _control = dist.new_group(backend="gloo") if device.type == "cuda" else None
 
 
 def check_batch_size(group: Group, batch_size: int) -> None:
-    if group.enabled and batch_size < group.world:
+    if group.enabled and batch_size % group.world:
         raise UserError(f"task.batch_size={batch_size} is the global batch, split over {group.world} processes: "
-                        f"it must be at least {group.world}; raise it or start fewer processes")
+                        f"it must be a multiple of {group.world}; change it or the number of processes")
 
 
 def shard(batch: Sequence[Any], dims: Sequence[int], group: Group) -> tuple[Any, ...]:
     """This rank's slice of a global batch: element i split along its batch dimension dims[i] (time-major
-    sequence tensors carry the batch in dimension 1), in contiguous, as-equal-as-possible parts."""
+    sequence tensors carry the batch in dimension 1) into equal contiguous parts, so that the mean of the
+    ranks' means is the batch mean and gathered slices line up. A batch that does not divide (an epoch's
+    short last batch; full batches divide, `check_batch_size`) loses its last n % W rows; one with fewer
+    rows than processes gives each rank one row, some twice, rather than an empty slice."""
     if not group.enabled:
         return tuple(batch)
     if len(dims) != len(batch):
         raise ValueError(f"the task's batch_dims {tuple(dims)} name {len(dims)} elements, its batch has {len(batch)}")
-    return tuple(t.tensor_split(group.world, dim=d)[group.rank] for t, d in zip(batch, dims, strict=True))
+    n = batch[0].shape[dims[0]]
+    if n >= group.world:
+        per = n // group.world
+        return tuple(t.narrow(d, group.rank * per, per) for t, d in zip(batch, dims, strict=True))
+    return tuple(t.narrow(d, group.rank % n, 1) for t, d in zip(batch, dims, strict=True))
 
 
 def sum_over_ranks(value: torch.Tensor, group: Group) -> torch.Tensor:
@@ -104,13 +116,19 @@ def mean_over_ranks(value: torch.Tensor, group: Group) -> torch.Tensor:
     return value / group.world
 
 
-def any_rank(flag: bool, group: Group, device: torch.device) -> bool:
-    """True on every rank when it is true on one (a stop signal that reached some ranks only)."""
+def max_over_ranks(value: int, group: Group) -> int:
+    """The largest of the ranks' values, on every rank (a stop signal's number, 0 where none arrived), through
+    a CPU group: a per-step agreement must not wait for the GPU."""
     if not group.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return int(t.item())
+
+
+def any_rank(flag: bool, group: Group) -> bool:
+    """True on every rank when it is true on one."""
+    return bool(max_over_ranks(int(flag), group))
 
 
 def gather_objects(obj: Any, group: Group) -> list[Any]:
@@ -140,5 +158,7 @@ def barrier(group: Group) -> None:
 
 
 def shutdown() -> None:
+    global _control
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _control = None

@@ -33,6 +33,8 @@ def is_network_error(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, urllib.error.HTTPError):  # the server answered: not a network problem
+            return False
         if isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)):
             return True
         library = type(exc).__module__.split(".")[0]

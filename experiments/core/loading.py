@@ -36,7 +36,16 @@ def background(make: Callable[[], Iterator[Any]], workers: int, pin: bool, prefe
     # would move the model's dropout draws
     loader = DataLoader(_Batches(make), batch_size=None, num_workers=1, pin_memory=pin, prefetch_factor=prefetch,
                         multiprocessing_context=context, generator=torch.Generator().manual_seed(0))
-    return iter(loader)
+    return _user_errors_told_plainly(iter(loader))
+
+
+def _user_errors_told_plainly(batches: Iterator[Any]) -> Iterator[Any]:
+    """A UserError raised in the worker arrives with the worker's traceback as its message; keep its own line."""
+    try:
+        yield from batches
+    except UserError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise type(exc)(lines[-1].split(": ", 1)[-1] if lines else str(exc)) from None
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -132,8 +132,10 @@ class Trainer:
     def save_checkpoint(self) -> None:
         # every rank's random state (dropout draws differ between ranks), written by rank 0 alone
         rng = distributed.gather_objects(seeding.rng_state(), self.group)
+        failure = None
         if self.group.is_main:
-            self.write_or_explain(lambda: save_torch(
+            try:
+                self.write_or_explain(lambda: save_torch(
                 {
                     "progress": vars(self.progress).copy(),
                     "task": self.task.state_dict(),
@@ -143,8 +145,12 @@ class Trainer:
                     "world_size": self.group.world,
                 },
                 self.checkpoint_path,
-            ), self.checkpoint_path)
-        distributed.barrier(self.group)
+                ), self.checkpoint_path)
+            except UserError as exc:
+                failure = exc
+        # every rank learns whether rank 0's write failed (and waits for it): all stop together, none hangs
+        if distributed.any_rank(failure is not None, self.group):
+            raise failure or UserError(f"rank 0 could not write {self.checkpoint_path}; its log says why")
 
     def write_or_explain(self, save, path: Path) -> None:
         """A failed write (a full disk) leaves the previous file as it was (experiments/core/atomic.py): say so."""
@@ -159,8 +165,9 @@ class Trainer:
     def try_resume(self) -> bool:
         if not self.checkpoint_path.exists():
             log.info("resume=true but no checkpoint in %s: starting from step 0", self.run_dir)
-            return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+            return False  # _fit starts the curve afresh
+        # on the CPU: the random states must stay CPU tensors; the model and optimiser copy to their devices
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         self.task.load_state_dict(state["task"])
         self.timer.load_state_dict(state["timer"])
         rng = state["rng"]
@@ -257,7 +264,6 @@ class Trainer:
     def _step(self, batch) -> torch.Tensor:
         if self._ddp is None:
             return self.task.train_step(batch)
-        batch = distributed.shard(batch, self.task.batch_dims, self.group)
         self.task.model = self._ddp  # the task's step calls self.model: through DDP, gradients are averaged
         try:
             return self.task.train_step(batch)
@@ -265,13 +271,14 @@ class Trainer:
             self.task.model = self._model
 
     def _stop_requested(self) -> bool:
-        """A signal seen by this process or, under torchrun, by any rank (all stop at the same step)."""
+        """A signal seen by this process or, under torchrun, by any rank: all stop at the same step, and all
+        act on the same signal (the largest number seen), so rank 0 hands the right one to submitit."""
         if not self.group.enabled:
             return self._stop_signal is not None
-        if distributed.any_rank(self._stop_signal is not None, self.group, self.device):
-            self._stop_signal = self._stop_signal or signal.SIGTERM
-            return True
-        return False
+        agreed = distributed.max_over_ranks(int(self._stop_signal or 0), self.group)
+        if agreed:
+            self._stop_signal = agreed
+        return bool(agreed)
 
     def fit(self) -> dict[str, float]:
         with self._stop_on_signals():
@@ -280,6 +287,10 @@ class Trainer:
     def _fit(self) -> dict[str, float]:
         s, task, p = self.settings, self.task, self.progress
         total = s.total_steps(task.steps_per_epoch)
+        if p.step == 0 and self.group.is_main:
+            # a fresh start: whatever an earlier attempt in this folder logged (killed before its first
+            # checkpoint, or rerun without resume=true) is not this run's curve
+            self.metrics.path.unlink(missing_ok=True)
         task.model.train()
         bar = tqdm(total=total, initial=p.step, disable=not (s.progress and self.group.is_main), desc="train",
                    dynamic_ncols=True, leave=False)
@@ -288,7 +299,8 @@ class Trainer:
             batches = loading.background(functools.partial(task.batches, p.epoch, p.batch_in_epoch),
                                          int(getattr(task.cfg, "loader_workers", 0)), self.device.type == "cuda")
             for batch in batches:
-                batch = loading.to_device(batch, self.device)
+                # this rank's slice first, then the copy: a rank moves only what it trains on
+                batch = loading.to_device(distributed.shard(batch, task.batch_dims, self.group), self.device)
                 self.timer.begin_step()
                 loss = self._step(batch)
                 self.timer.end_step()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import logging
 import tarfile
-import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from experiments.core.batching import bucketed_batches, count_batches, padded
-from experiments.core.download import Offline, offline_message
+from experiments.core.download import Offline, is_network_error, offline_message
 from experiments.core.errors import MissingData, UserError
 from experiments.core.seeding import epoch_generator
 from experiments.core.task import Task, TaskConfig
@@ -117,20 +116,21 @@ class ReadingTask(Task):
 
     @staticmethod
     def _download(corpus: str, archive: Path, make_target: str) -> None:
-        """The questions archive from Google Drive, through torchvision's Drive client (Drive's confirmation
-        page for large files is its business; it does not resume, and no checksum is published). No network:
-        one line naming the command; a changed host page: a warning, then the manual route below."""
-        from torchvision.datasets.utils import download_file_from_google_drive
+        """The questions archive from Google Drive through gdown (Drive's confirmation page for large files is
+        its business, and it resumes an interrupted download; no checksum is published). No network: one line
+        naming the command; a changed host page: a warning, then the manual route below."""
+        import gdown
 
         log.info("downloading the %s questions archive into %s", corpus, archive)
         try:
-            download_file_from_google_drive(DRIVE_IDS[corpus], str(archive.parent), archive.name)
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            if not gdown.download(id=DRIVE_IDS[corpus], output=str(archive), quiet=False, resume=True):
+                raise RuntimeError("gdown returned no file")
+        except Exception as exc:
             archive.unlink(missing_ok=True)
-            raise Offline(offline_message(f"the {corpus} questions", "drive.google.com", make_target, exc)) from exc
-        except Exception as exc:  # a changed host page: say how to do it by hand
-            archive.unlink(missing_ok=True)
-            log.warning("the download failed (%s: %s)", type(exc).__name__, exc)
+            if is_network_error(exc):
+                raise Offline(offline_message(f"the {corpus} questions", "drive.google.com", make_target,
+                                              exc)) from exc
+            log.warning("the download failed (%s: %s)", type(exc).__name__, exc)  # a changed host page: by hand
 
     def load_data(self) -> None:
         cfg = self.cfg

@@ -65,7 +65,8 @@ def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None
             raise
         lfs = getattr(entry, "lfs", None)
         if lfs is not None:
-            check_digest(local, {"sha256": lfs.sha256}, f"{repo}/{entry.path}", make_target)
+            # the cache's blob behind its link: a bad one removed, so the rerun downloads it again
+            check_digest(local.resolve(), {"sha256": lfs.sha256}, f"{repo}/{entry.path}", make_target)
         records += pq.read_table(local, columns=["translation"]).to_pylist()
     save_text("".join(json.dumps({"translation": r["translation"]}, ensure_ascii=False) + "\n" for r in records),
               out)
