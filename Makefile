@@ -99,9 +99,9 @@ report: install ## tables and plots from every run under multirun/ and outputs/ 
 data-%: install ## data-<task>: the real data set into $(DATA_DIR) (needs internet, once) and what training derives from it
 	$(PY) scripts/prepare.py task=$* preset=paper data_dir=$(DATA_DIR)
 
-replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun (LAUNCHER=slurm|local)
+replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun (LAUNCHER=slurm|local; transformer: NORM_POSITION=pre)
 	$(PY) scripts/train.py -m task=$* norm=$$($(PY) scripts/tasks.py norms $*) preset=paper seed=$(SEEDS) \
-	  data_dir=$(DATA_DIR) $(LAUNCH_ARGS)
+	  data_dir=$(DATA_DIR) $(if $(NORM_POSITION),task.model.norm_position=$(NORM_POSITION)) $(LAUNCH_ARGS)
 
 replicate-all: install ## every task's replication, one after the other
 	status=0; for t in $(TASKS); do $(MAKE) replicate-$$t || status=1; done; exit $$status

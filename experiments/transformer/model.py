@@ -1,0 +1,156 @@
+"""Transformer base for translation (the paper's Table 4, after bzhangGo/zero), with any norm of the registry
+in either place: post-norm as the paper ran it, x = N(x + F(x)), no final norm; or pre-norm, as current models
+place it, x = x + F(N(x)), with a final norm on each stack. Attention through torch's
+scaled_dot_product_attention. Inputs and logits are time-major (T, B), like the RNN translation task's batches,
+so the data, beam search and BLEU of `experiments.translation` serve both."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.translation.data import PAD
+from rmsnorm import NormSpec
+
+
+def sinusoids(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) sinusoidal positions: sin on even features, cos on odd (Vaswani et al.)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: dim // 2])
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head attention; q from x, k and v from `memory` (x itself for self-attention)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model width {dim} does not divide into {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, H, T, D/H)
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, x, memory, key_ok: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        q = self._split(self.q(x))
+        k, v = (self._split(t) for t in self.kv(memory).chunk(2, dim=-1))
+        mask = None if key_ok is None else key_ok[:, None, None, :]  # (B, 1, 1, S): True = may attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.inner, self.outer, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(self.drop(F.relu(self.inner(x))))
+
+
+class Residual(nn.Module):
+    """One sublayer with its norm: post x -> N(x + drop(F(x))), pre x -> x + drop(F(N(x)))."""
+
+    def __init__(self, dim: int, norm: NormSpec, pre: bool, dropout: float):
+        super().__init__()
+        self.norm, self.pre, self.drop = norm.build(dim), pre, nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, sublayer) -> torch.Tensor:
+        if self.pre:
+            return x + self.drop(sublayer(self.norm(x)))
+        return self.norm(x + self.drop(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim, heads, hidden, dropout, norm: NormSpec, pre: bool):
+        super().__init__()
+        self.attn, self.ff = Attention(dim, heads, dropout), FeedForward(dim, hidden, dropout)
+        self.res_attn, self.res_ff = Residual(dim, norm, pre, dropout), Residual(dim, norm, pre, dropout)
+
+    def forward(self, x, key_ok):
+        x = self.res_attn(x, lambda h: self.attn(h, h, key_ok))
+        return self.res_ff(x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim, heads, hidden, dropout, norm: NormSpec, pre: bool):
+        super().__init__()
+        self.self_attn, self.cross = Attention(dim, heads, dropout), Attention(dim, heads, dropout)
+        self.ff = FeedForward(dim, hidden, dropout)
+        self.res_self, self.res_cross, self.res_ff = (Residual(dim, norm, pre, dropout) for _ in range(3))
+
+    def forward(self, x, memory, key_ok):
+        x = self.res_self(x, lambda h: self.self_attn(h, h, causal=True))
+        x = self.res_cross(x, lambda h: self.cross(h, memory, key_ok))
+        return self.res_ff(x, self.ff)
+
+
+class Transformer(nn.Module):
+    def __init__(self, vocab: int, dim: int, heads: int, hidden: int, enc_layers: int, dec_layers: int,
+                 dropout: float, norm: NormSpec, position: str = "post", max_len: int = 1024):
+        super().__init__()
+        if position not in ("post", "pre"):
+            raise ValueError(f"task.model.norm_position={position}: use post (the paper) or pre")
+        pre = position == "pre"
+        self.dim = dim
+        self.src_emb = nn.Embedding(vocab, dim, padding_idx=PAD)
+        self.tgt_emb = nn.Embedding(vocab, dim, padding_idx=PAD)  # also the output projection
+        for emb in (self.src_emb, self.tgt_emb):
+            nn.init.normal_(emb.weight, 0.0, dim ** -0.5)
+            with torch.no_grad():
+                emb.weight[PAD].zero_()
+        self.register_buffer("positions", sinusoids(max_len, dim), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(dim, heads, hidden, dropout, norm, pre) for _ in range(enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(dim, heads, hidden, dropout, norm, pre) for _ in range(dec_layers))
+        # pre-norm leaves each stack's output unnormalised: a final norm, as pre-norm models have
+        self.enc_norm = norm.build(dim) if pre else nn.Identity()
+        self.dec_norm = norm.build(dim) if pre else nn.Identity()
+
+    def _embed(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """(T, B) ids -> (B, T, D): scaled by sqrt(D), plus positions."""
+        ids = ids.t()
+        return self.drop(emb(ids) * math.sqrt(self.dim) + self.positions[: ids.shape[1]])
+
+    def encode_memory(self, src: torch.Tensor, src_mask: torch.Tensor):
+        key_ok = src_mask.t().bool()
+        x = self._embed(self.src_emb, src)
+        for layer in self.encoder:
+            x = layer(x, key_ok)
+        return self.enc_norm(x), key_ok
+
+    def decode_logits(self, tgt_in: torch.Tensor, memory: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) logits for (T, B) target prefixes."""
+        x = self._embed(self.tgt_emb, tgt_in)
+        for layer in self.decoder:
+            x = layer(x, memory, key_ok)
+        return self.dec_norm(x) @ self.tgt_emb.weight.t()
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Logits (T, B, V) for every target position given the previous gold token (tgt_in starts with BOS)."""
+        memory, key_ok = self.encode_memory(src, src_mask)
+        return self.decode_logits(tgt_in, memory, key_ok).transpose(0, 1)
+
+    # ---- the interface of experiments.translation.beam: the state is the prefix decoded so far ------------
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor):
+        memory, _ = self.encode_memory(src, src_mask)
+        prefix = torch.zeros(src.shape[1], 0, dtype=torch.long, device=src.device)
+        return prefix, memory.transpose(0, 1), memory.new_zeros(src.shape[0], src.shape[1], 0)
+
+    def step_log_probs(self, last: torch.Tensor, prefix: torch.Tensor, ctx: torch.Tensor, _unused, src_mask):
+        """Log-probabilities of the next token after prefix + last (the whole prefix is decoded again: no
+        cache, simple and exact; decoding is not what the paper times)."""
+        prefix = torch.cat([prefix, last.unsqueeze(1)], dim=1)
+        logits = self.decode_logits(prefix.t(), ctx.transpose(0, 1), src_mask.t().bool())
+        return F.log_softmax(logits[:, -1], dim=-1), prefix
