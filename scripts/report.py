@@ -23,6 +23,7 @@ from experiments.core.report import (
     read_paper_table,
     render_markdown,
     render_preactivation,
+    variant,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +56,15 @@ def main(argv: list[str] | None = None) -> int:
                      "round-robin, median over rounds with a 95% bootstrap interval; 'within noise' where it spans "
                      "0. The sec columns are each run's own clock (norms run one after another).\n")
     for table in tables:
+        # the interleaved timing is of the task's plain model (a variant's own runs have only their clocks)
+        timed = args.timing and table.variant is None
         parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task),
-                                     interleaved.get(table.task) if args.timing else None))
-        same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset]
+                                     interleaved.get(table.task) if timed else None))
+        if table.variant:
+            parts.append(f"The paper's columns are its own runs ({table.task}'s paper placement), beside ours for "
+                         "reference.\n")
+        same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset
+                and variant(s) == table.variant]
         baselines = same[0].get("baselines") if same else None
         if baselines:  # norm-free references from the data, as fractions (reading's most frequent entity, chance)
             parts.append("Baselines without a model: " + ", ".join(
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         save_text(text, args.out / "tables.md")
         for table in tables:
-            plot_task(table, summaries, args.out / f"{table.task}-{table.preset}-loss.png")
+            plot_task(table, summaries, args.out / f"{table.stem}-{table.preset}-loss.png")
         if args.timing:
             for result in json.loads(args.timing.read_text())["results"]:
                 plot_speed(result["task"], result, args.out / f"{result['task']}-speed.png")

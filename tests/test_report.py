@@ -125,3 +125,17 @@ def test_curves_plot_averages_each_norms_evaluations_over_seeds(tmp_path):
     text = (tmp_path / "out" / "c.md").read_text()
     assert "| layernorm | 2.00 | 4.00 |" in text and "| rmsnorm | 2.00 | 6.00 |" in text
     assert (tmp_path / "out" / "c.png").stat().st_size > 1000
+
+
+def test_the_transformers_pre_norm_runs_get_a_table_of_their_own():
+    runs = []
+    for position, sec in (("post", 40.0), ("pre", 50.0)):
+        for norm in ("layernorm", "rmsnorm"):
+            s = _summary(norm, 0, 0.1, sec if norm == "layernorm" else sec - 4)
+            s.update(task="transformer", norm_position=position)
+            runs.append(s)
+    post, pre = build_tables(runs)
+    assert (post.title, pre.title) == ("transformer", "transformer (pre-norm)")
+    assert pre.stem == "transformer-pre-norm"
+    assert [r.sec_per_1k[0] for r in pre.rows] == [50.0, 46.0]  # never averaged with the post-norm runs
+    assert "### transformer (pre-norm), preset=paper" in render_markdown(pre, {})

@@ -60,14 +60,29 @@ class Table:
     time_unit: str | None
     rows: list[Row]
     missing: list[str] = field(default_factory=list)  # norms the task declares with no finished run here
+    variant: str | None = None  # a model variant the task reports apart (the Transformer's norm placement)
+
+    @property
+    def title(self) -> str:
+        return self.task + (f" ({self.variant})" if self.variant else "")
+
+    @property
+    def stem(self) -> str:
+        return self.task + (f"-{self.variant}" if self.variant else "")
+
+
+def variant(summary: dict) -> str | None:
+    """What sets a run apart within its task and preset: the Transformer's pre-norm runs get a table of their
+    own (post-norm, the paper's placement, is the task's plain table)."""
+    return "pre-norm" if summary.get("norm_position") == "pre" else None
 
 
 def build_tables(summaries: list[dict]) -> list[Table]:
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for s in summaries:
-        groups.setdefault((s["task"], s["preset"]), []).append(s)
+        groups.setdefault((s["task"], s["preset"], variant(s) or ""), []).append(s)
     tables = []
-    for (task, preset), runs in sorted(groups.items()):
+    for (task, preset, kind), runs in sorted(groups.items()):
         metric = runs[0]["primary_metric"]
         unit = next((k for k in runs[0]["timing"] if k.startswith("sec_per_") and k != "sec_per_1k_steps"), None)
         by_norm: dict[str, list[dict]] = {}
@@ -92,7 +107,8 @@ def build_tables(summaries: list[dict]) -> list[Table]:
         devices = sorted({r["device"] for r in runs})
         declared = [n for r in runs for n in r.get("config", {}).get("task", {}).get("norms", [])]
         missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows}]
-        tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank)))
+        tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
+                            kind or None))
     return tables
 
 
@@ -177,7 +193,7 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     if paper:
         head += [f"paper {m}" for m in shown] + ["paper time", "paper speed-up"]
     lines = [
-        f"### {table.task}, preset={table.preset}",
+        f"### {table.title}, preset={table.preset}",
         f"device: {table.device}",
         "",
         "| norm | " + " | ".join(head) + " |",
@@ -227,7 +243,7 @@ def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
     fig, (ax_steps, ax_time, ax_eval) = plt.subplots(1, 3, figsize=(16, 4))
     for row in table.rows:
         run = min((s for s in summaries if s["task"] == table.task and s["preset"] == table.preset
-                   and s["norm"] == row.norm), key=lambda s: s["seed"])
+                   and variant(s) == table.variant and s["norm"] == row.norm), key=lambda s: s["seed"])
         curve = [m for m in read_metrics(Path(run["run_dir"])) if "train_loss" in m]
         if not curve:
             continue
@@ -246,7 +262,7 @@ def plot_task(table: Table, summaries: list[dict], out_png: Path) -> None:
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
     ax_steps.legend()
-    fig.suptitle(f"{table.task}, preset={table.preset} (seed {min(s['seed'] for s in summaries)})")
+    fig.suptitle(f"{table.title}, preset={table.preset} (seed {min(s['seed'] for s in summaries)})")
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
