@@ -60,6 +60,11 @@ def tiny_cifar(data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def tiny_cifar_cli(data_dir: Path, *extra: str) -> list[str]:
+    """tiny_cifar's overrides for scripts/train.py, which takes task= first."""
+    return [a for a in tiny_cifar(data_dir, *extra) if not a.startswith("task=")]
+
+
 def run_script(*args: str, cwd: Path = REPO, timeout: int = 300, env: dict | None = None):
     import os
     import subprocess

@@ -8,18 +8,14 @@ import pytest
 from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from experiments.core.sweep import sweep_outcome
-from tests.conftest import compose_cfg, run_script, tiny_cifar
-
-
-def _cli(data_dir, *extra):
-    return [a for a in tiny_cifar(data_dir, *extra) if not a.startswith("task=")]
+from tests.conftest import compose_cfg, run_script, tiny_cifar, tiny_cifar_cli
 
 
 def test_local_launcher_sweep_exits_non_zero_naming_the_failed_run(cifar_dir, tmp_path):
     sweep = tmp_path / "sweep"
     # prmsnorm with p=0.0001 keeps k=0 positions of the maps: that job fails inside its own process
     r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.0001",
-                   "hydra/launcher=local", *_cli(cifar_dir), f"hydra.sweep.dir={sweep}")
+                   "hydra/launcher=local", *tiny_cifar_cli(cifar_dir), f"hydra.sweep.dir={sweep}")
     assert r.returncode == 1, r.stderr
     assert "1 run(s) failed" in r.stderr and "1-cifar10-prmsnorm-s0" in r.stderr
     status = json.loads((sweep / "sweep_status.json").read_text())
@@ -47,7 +43,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_r
     # submitit's pre-emption warning (SIGUSR2) after step 4: the trainer checkpoints, submitit requeues the job,
     # the new process starts with the same overrides (resume=false) and resumes from the checkpoint
     r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm", "hydra/launcher=local",
-                   *_cli(cifar_dir, "train.epochs=3", "train.ckpt_every=100", "train.eval_every=9"),
+                   *tiny_cifar_cli(cifar_dir, "train.epochs=3", "train.ckpt_every=100", "train.eval_every=9"),
                    f"hydra.sweep.dir={sweep}", env={"RMSNORM_FAULT": "SIGUSR2@4"})
     assert r.returncode == 0, r.stderr
     run = sweep / "0-cifar10-rmsnorm-s0"
@@ -64,7 +60,8 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_result(cifar_dir,
     extra = ("train.epochs=4", "train.ckpt_every=4", "train.eval_every=6")
     whole = run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=layernorm", *extra)), tmp_path / "whole")
     run = tmp_path / "run"
-    args = ["scripts/train.py", "task=cifar10", "norm=layernorm", *_cli(cifar_dir, *extra), f"hydra.run.dir={run}"]
+    args = ["scripts/train.py", "task=cifar10", "norm=layernorm", *tiny_cifar_cli(cifar_dir, *extra),
+            f"hydra.run.dir={run}"]
     killed = run_script(*args, env={"RMSNORM_FAULT": "SIGKILL@7"})
     assert killed.returncode == -9 and not (run / "summary.json").exists()
     resumed = run_script(*args, "resume=true")
@@ -115,7 +112,7 @@ def test_a_submitit_job_of_two_tasks_trains_data_parallel(cifar_dir, tmp_path):
     single = run_training(compose_cfg(tiny_cifar(cifar_dir, "norm=rmsnorm", *extra)), tmp_path / "single")
     sweep = tmp_path / "sweep"
     r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm", "hydra/launcher=local",
-                   "hydra.launcher.tasks_per_node=2", *_cli(cifar_dir, *extra), f"hydra.sweep.dir={sweep}",
+                   "hydra.launcher.tasks_per_node=2", *tiny_cifar_cli(cifar_dir, *extra), f"hydra.sweep.dir={sweep}",
                    env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     run = sweep / "0-cifar10-rmsnorm-s0"

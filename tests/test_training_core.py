@@ -11,7 +11,7 @@ from experiments.core.errors import NonFiniteLoss
 from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from experiments.core.timing import StepTimer
-from tests.conftest import Crash, compose_cfg, patch_train_step, run_script, tiny_cifar
+from tests.conftest import Crash, compose_cfg, patch_train_step, run_script, tiny_cifar, tiny_cifar_cli
 
 
 def patch_step(monkeypatch, at_call, before=None, after=None):
@@ -111,13 +111,10 @@ def test_wandb_metric_names_are_the_same_across_tasks():
 # ---- the command line --------------------------------------------------------------------------------------
 
 
-def _cli_tiny(data_dir):
-    return [a for a in tiny_cifar(data_dir) if not a.startswith("task=")]
-
-
 def test_cli_single_run_writes_summary(cifar_dir, tmp_path):
     out = tmp_path / "D"
-    r = run_script("scripts/train.py", "task=cifar10", "norm=prmsnorm", *_cli_tiny(cifar_dir), f"hydra.run.dir={out}")
+    r = run_script("scripts/train.py", "task=cifar10", "norm=prmsnorm", *tiny_cifar_cli(cifar_dir),
+                   f"hydra.run.dir={out}")
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["norm"] == "prmsnorm" and summary["config"]["norm"]["p"] == 0.125
@@ -126,7 +123,7 @@ def test_cli_single_run_writes_summary(cifar_dir, tmp_path):
 def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifar_dir, tmp_path):
     sweep = tmp_path / "sweep"
     r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.125,0.0001",
-                   *_cli_tiny(cifar_dir), f"hydra.sweep.dir={sweep}")
+                   *tiny_cifar_cli(cifar_dir), f"hydra.sweep.dir={sweep}")
     # prmsnorm with p=0.0001 leaves k=0 positions of the 32x32 maps: that job fails, the other three finish
     assert r.returncode == 1
     assert "1 run(s) failed" in r.stderr
@@ -148,7 +145,7 @@ def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifa
     ],
 )
 def test_cli_user_errors_are_short(cifar_dir, tmp_path, args, expected):
-    overrides = {a.split("=", 1)[0]: a for a in [*_cli_tiny(cifar_dir), *args]}  # a later key=value replaces
+    overrides = {a.split("=", 1)[0]: a for a in [*tiny_cifar_cli(cifar_dir), *args]}  # a later key=value replaces
     r = run_script("scripts/train.py", "task=cifar10", *overrides.values(), f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode != 0
     text = r.stdout + r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,22 @@ def save_json(obj: Any, path: Path) -> None:
 
 def save_text(text: str, path: Path) -> None:
     _replace_atomically(Path(path), lambda f: f.write(text.encode()))
+
+
+def save_lines(lines: Iterable[str], path: Path) -> None:
+    """Lines streamed into the file (a data set of millions of records is never one string in memory)."""
+    _replace_atomically(Path(path), lambda f: f.writelines(line.encode() for line in lines))
+
+
+def write_or_explain(save: Callable[[], None], path: Path, when: str) -> None:
+    """save(); where it fails (a full disk), the UserError says the previous file is intact, as _replace_atomically
+    leaves it."""
+    from experiments.core.errors import UserError
+
+    try:
+        save()
+    except OSError as exc:
+        raise UserError(
+            f"could not write {path} {when} ({exc.strerror or exc}); the previous version of it and every finished "
+            f"result are intact. Free space, then rerun with resume=true."
+        ) from exc

@@ -152,11 +152,6 @@ def gather_with_grad(t: torch.Tensor, group: Group) -> torch.Tensor:
     return torch.cat(all_gather(t), 0)
 
 
-def barrier(group: Group) -> None:
-    if group.enabled:
-        dist.barrier()
-
-
 def shutdown() -> None:
     global _control
     if dist.is_available() and dist.is_initialized():

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import distributed, seeding
+from experiments.core.atomic import write_or_explain
 from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.loggers import NullLogger
@@ -83,7 +84,8 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
         final = trainer.fit()
         summary = make_summary(info, task, trainer, final, device, resolved, differences)
         if group.is_main:
-            trainer.write_or_explain(lambda: write_summary(run_dir, summary), run_dir / SUMMARY_FILE)
+            write_or_explain(lambda: write_summary(run_dir, summary), run_dir / SUMMARY_FILE,
+                             f"at step {trainer.progress.step}")
             for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
                 (run_dir / stale).unlink(missing_ok=True)
         log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.core import distributed, loading, seeding
-from experiments.core.atomic import save_json, save_torch
+from experiments.core.atomic import save_json, save_torch, write_or_explain
 from experiments.core.errors import NonFiniteLoss, Preempted, UserError
 from experiments.core.loggers import NullLogger
 from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, MetricsFile
@@ -135,7 +135,7 @@ class Trainer:
         failure = None
         if self.group.is_main:
             try:
-                self.write_or_explain(lambda: save_torch(
+                write_or_explain(lambda: save_torch(
                 {
                     "progress": vars(self.progress).copy(),
                     "task": self.task.state_dict(),
@@ -145,22 +145,12 @@ class Trainer:
                     "world_size": self.group.world,
                 },
                 self.checkpoint_path,
-                ), self.checkpoint_path)
+                ), self.checkpoint_path, f"at step {self.progress.step}")
             except UserError as exc:
                 failure = exc
         # every rank learns whether rank 0's write failed (and waits for it): all stop together, none hangs
         if distributed.any_rank(failure is not None, self.group):
             raise failure or UserError(f"rank 0 could not write {self.checkpoint_path}; its log says why")
-
-    def write_or_explain(self, save, path: Path) -> None:
-        """A failed write (a full disk) leaves the previous file as it was (experiments/core/atomic.py): say so."""
-        try:
-            save()
-        except OSError as exc:
-            raise UserError(
-                f"could not write {path} at step {self.progress.step} ({exc.strerror or exc}); the previous "
-                f"version of it and every finished result are intact. Free space, then rerun with resume=true."
-            ) from exc
 
     def try_resume(self) -> bool:
         if not self.checkpoint_path.exists():

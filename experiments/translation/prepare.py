@@ -9,7 +9,7 @@ import logging
 import random
 from pathlib import Path
 
-from experiments.core.atomic import save_text
+from experiments.core.atomic import save_lines
 from experiments.core.download import Offline, check_digest, is_network_error, offline_message
 from experiments.translation import data as D
 from experiments.translation.synthetic import write_synthetic
@@ -55,7 +55,7 @@ def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None
     import pyarrow.parquet as pq
     from huggingface_hub import hf_hub_download
 
-    records = []
+    local_files = []
     for entry in hub_files(repo, pattern, make_target):
         try:
             local = Path(hf_hub_download(repo, entry.path, repo_type="dataset"))
@@ -67,10 +67,18 @@ def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None
         if lfs is not None:
             # the cache's blob behind its link: a bad one removed, so the rerun downloads it again
             check_digest(local.resolve(), {"sha256": lfs.sha256}, f"{repo}/{entry.path}", make_target)
-        records += pq.read_table(local, columns=["translation"]).to_pylist()
-    save_text("".join(json.dumps({"translation": r["translation"]}, ensure_ascii=False) + "\n" for r in records),
-              out)
-    log.info("%s: %d pairs from %s", out, len(records), repo)
+        local_files.append(local)
+    count = [0]
+
+    def lines():  # streamed batch by batch: WMT14's 4.5M pairs never sit in memory as Python objects
+        for local in local_files:
+            for batch in pq.ParquetFile(local).iter_batches(columns=["translation"]):
+                for pair in batch.column(0).to_pylist():
+                    count[0] += 1
+                    yield json.dumps({"translation": pair}, ensure_ascii=False) + "\n"
+
+    save_lines(lines(), out)
+    log.info("%s: %d pairs from %s", out, count[0], repo)
 
 
 def prepare(cfg, root: Path, download: bool) -> None:
