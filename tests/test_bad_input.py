@@ -21,8 +21,8 @@ from tests.conftest import compose_cfg, tiny_cifar
     ("train.epochs=0", r"train.epochs=0: must be positive"),
     ("train.max_steps=0", r"train.max_steps=0: must be positive"),
     ("train.eval_every=0", r"train.eval_every=0: must be a whole number of steps >= 1"),
-    ("task.batch_size=0", r"task.batch_size=0: batch sizes and learning rates must be positive"),
-    ("task.batch_size=-5", r"task.batch_size=-5: batch sizes and learning rates must be positive"),
+    ("task.batch_size=0", r"task.batch_size=0: batch sizes, learning rates and accumulation counts must be positive"),
+    ("task.batch_size=-5", r"task.batch_size=-5: batch sizes, learning rates and accumulation counts must be positive"),
     ("task.optim.lr_by_norm.default=-1", r"task.optim.lr_by_norm.default=-1.0: .*must be positive"),
     ("task.optim.lr_by_norm.none=0", r"task.optim.lr_by_norm.none=0.0: .*must be positive"),
 ])

@@ -1,6 +1,8 @@
 """The Transformer task: its layers against torch.nn's at norm=layernorm (post- and pre-norm), overfitting a
 handful of pairs to BLEU > 90 through beam search, the schedule, and the norm placements."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 from torch import nn
@@ -115,3 +117,59 @@ def test_post_norm_has_no_final_norm_and_pre_norm_has_one():
     assert type(pre.enc_norm).__name__ == "RMSNorm" and type(pre.dec_norm).__name__ == "RMSNorm"
     with pytest.raises(ValueError, match="norm_position=middle"):
         Transformer(30, 16, 2, 32, 1, 1, 0.0, NormSpec("rmsnorm"), "middle")
+
+
+def test_token_batches_cover_every_pair_once_within_the_budget():
+    from experiments.core.batching import shuffled, token_batches
+
+    lengths = torch.randint(1, 40, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = token_batches(lengths, 200, multiple=3)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(max(lengths[i] for i in b) * len(b) <= 200 for b in batches)
+    assert all(len(b) % 3 == 0 for b in batches[:-1])  # whole groups: every batch splits over 3 processes
+    # greedy: the next group would not have fitted
+    assert all(lengths[nxt[2]] * (len(b) + 3) > 200 for b, nxt in pairwise(batches) if len(nxt) >= 3)
+    order = shuffled(batches, torch.Generator().manual_seed(1))
+    assert sorted(map(tuple, order)) == sorted(map(tuple, batches)) and order != batches
+    assert token_batches([100, 5], 50) == [[1], [0]]  # a pair over the budget still makes its own batch
+
+
+def _smoke_task(smoke_data, *extra):
+    from experiments.core.run import build_task
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["task=transformer", "norm=rmsnorm", "preset=smoke", f"data_dir={smoke_data}", "logger=none",
+                       *extra])
+    torch.manual_seed(0)
+    return build_task(cfg, torch.device("cpu"))
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(smoke_data):
+    """The loss is the mean over all the batch's target tokens and the gradient its gradient, however the batch
+    is split (a mean of the micro-batches' means would weight short sentences up and fail here)."""
+    whole = _smoke_task(smoke_data)
+    parts = _smoke_task(smoke_data, "task.optim.accumulate=3")
+    batch = next(iter(whole.batches(0, 0)))
+    loss_whole, loss_parts = whole.train_step(batch), parts.train_step(batch)
+    assert loss_parts.item() == pytest.approx(loss_whole.item(), rel=1e-5)
+    for (name, a), b in zip(whole.model.named_parameters(), parts.model.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+    # (not the weights after Adam's first step: it moves each by ~lr whatever the gradient's size, and the key
+    # bias's gradient is float noise around 0, since a softmax ignores it)
+
+
+def test_token_budget_batches_train_and_count_their_steps(smoke_data):
+    task = _smoke_task(smoke_data, "task.batch_tokens=120")
+    batches = list(task.batches(0, 0))
+    assert len(batches) == task.steps_per_epoch
+    assert sum(b[0].shape[1] for b in batches) == len(task.train)
+    assert all(b[0].shape[0] * b[0].shape[1] <= 120 and b[2].shape[0] * b[2].shape[1] <= 120 for b in batches)
+    assert [b[0].shape for b in task.batches(1, 0)] != [b[0].shape for b in batches]  # another order next epoch
+    assert torch.isfinite(task.train_step(batches[0]))
+
+
+def test_a_token_budget_below_the_longest_pair_is_refused(smoke_data):
+    from experiments.core.errors import UserError
+
+    with pytest.raises(UserError, match="task.batch_tokens=10 must exceed task.max_len"):
+        _smoke_task(smoke_data, "task.batch_tokens=10")

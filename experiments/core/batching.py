@@ -39,3 +39,31 @@ def padded(flat: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor) -> tu
     gather = (starts.unsqueeze(0) + pos).clamp(max=max(len(flat) - 1, 0))
     ids = torch.where(mask, flat[gather].long(), torch.zeros((), dtype=torch.long))
     return ids, mask.float()
+
+
+def token_batches(lengths: list[int], max_tokens: int, multiple: int = 1) -> list[list[int]]:
+    """Batches of at most `max_tokens` padded tokens (sentences x the longest length in the batch), as zero and
+    fairseq batch a Transformer: the items sorted by length (ties by index) and cut greedily, in whole groups of
+    `multiple` items (the number of processes, so that every batch splits evenly). Fixed once per data set, so
+    the count is known before training; each epoch shuffles their order (`shuffled`). A group longer than the
+    budget on its own still makes a batch."""
+    if max_tokens < 1 or multiple < 1:
+        raise ValueError(f"max_tokens={max_tokens} and multiple={multiple} must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for start in range(0, len(order), multiple):
+        group = order[start : start + multiple]
+        longest = lengths[group[-1]]  # sorted ascending: the newest group holds the longest item
+        if current and longest * (len(current) + len(group)) > max_tokens:
+            batches.append(current)
+            current = []
+        current.extend(group)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def shuffled(batches: list[list[int]], generator: torch.Generator) -> list[list[int]]:
+    """The batches in an order drawn from the generator (their contents unchanged)."""
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

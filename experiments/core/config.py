@@ -54,7 +54,8 @@ def typed_task_config(schema: type, task_cfg: DictConfig) -> DictConfig:
     bad = [f"{key}={value}" for key, value in _sizes_and_rates(OmegaConf.to_container(typed), "task")
            if not (isinstance(value, (int, float)) and value > 0)]
     if bad:
-        raise UserError(f"task={name}: {', '.join(bad)}: batch sizes and learning rates must be positive numbers")
+        raise UserError(f"task={name}: {', '.join(bad)}: batch sizes, learning rates and accumulation counts "
+                        "must be positive numbers")
     unknown = [n for n in typed.norms if n not in norm_names()]
     if unknown:
         raise UserError(f"task={name}: task.norms lists {', '.join(unknown)}, which no norm is registered as; "
@@ -63,8 +64,8 @@ def typed_task_config(schema: type, task_cfg: DictConfig) -> DictConfig:
 
 
 def _sizes_and_rates(node, prefix: str):
-    """(key, value) of every batch size and learning rate in a task config: keys ending in batch_size, keys
-    named lr and the values of lr_by_* tables."""
+    """(key, value) of every batch size and learning rate in a task config: keys ending in batch_size or
+    batch_tokens, keys named lr or accumulate and the values of lr_by_* tables."""
     if not isinstance(node, dict):
         return
     for key, value in node.items():
@@ -74,7 +75,7 @@ def _sizes_and_rates(node, prefix: str):
                 yield from ((f"{path}.{k}", v) for k, v in value.items())
             else:
                 yield from _sizes_and_rates(value, path)
-        elif (key.endswith("batch_size") or key == "lr") and value is not None:
+        elif (key.endswith(("batch_size", "batch_tokens")) or key in ("lr", "accumulate")) and value is not None:
             yield path, value
 
 

@@ -63,7 +63,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
     settings = TrainSettings(**cfg.train)  # its mistakes fail here, before any data is read
     seeding.seed_everything(int(cfg.seed))
     task = build_task(cfg, device)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    distributed.check_batch_size(group, task.batch_size)
+    task.check_processes(group)
     if group.enabled:  # dropout and noise draws of their own per rank
         seeding.seed_everything(int(cfg.seed) * 1_000_003 + group.rank)
     differences = differences_from_paper(cfg)

@@ -19,6 +19,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
+from experiments.core import distributed
 from rmsnorm import NormSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_model(self) -> None:
         """self.model and self.optimizer from the config and the norm."""
+
+    def check_processes(self, group) -> None:
+        """Start-up check that each global batch splits evenly over torchrun's processes."""
+        distributed.check_batch_size(group, self.batch_size)
 
     def data_facts(self) -> dict:
         """What the run trained and evaluated on (sizes), for the summary."""

@@ -3,12 +3,21 @@ BLEU, with the Transformer base of bzhangGo/zero, Adam (0.9, 0.98) and the inver
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from omegaconf import MISSING
 
+from experiments.core import distributed
+from experiments.core.batching import shuffled, token_batches
+from experiments.core.errors import UserError
+from experiments.core.seeding import epoch_generator
 from experiments.transformer.model import Transformer
+from experiments.translation import data as D
 from experiments.translation.task import Decoding, GeneratedPairs, TranslationConfig, TranslationTask
 
 
@@ -32,6 +41,7 @@ class TransformerOptim:
     adam_eps: float = 1e-8
     label_smoothing: float = MISSING
     clip_norm: float | None = None  # zero does not clip
+    accumulate: int = 1  # each batch runs as this many micro-batches, gradients summed: less memory, same step
 
 
 @dataclass
@@ -40,10 +50,42 @@ class TransformerConfig(TranslationConfig):
     optim: TransformerOptim = MISSING
     decode: Decoding = MISSING
     synthetic: GeneratedPairs | None = None
+    batch_tokens: int | None = None  # batches of at most this many padded tokens a side; null: batch_size sentences
 
 
 class TransformerTask(TranslationTask):
     Config = TransformerConfig
+
+    def load_data(self) -> None:
+        super().load_data()
+        self._token_batches = None
+        if self.cfg.batch_tokens is not None:
+            if self.cfg.batch_tokens <= self.cfg.max_len:
+                raise UserError(f"task.batch_tokens={self.cfg.batch_tokens} must exceed task.max_len={self.cfg.max_len}"
+                                " (a pair's tokens plus EOS must fit a batch): raise batch_tokens")
+            # counted as the padded tensors are: each side's tokens plus its EOS (or BOS); in whole groups of 8
+            # sentences (or of the process count, where 8 does not divide by it), so that every batch splits
+            # evenly under torchrun and 1, 2, 4 or 8 processes train on the very same batches
+            self._token_batches = token_batches([n + 1 for n in self._lengths], int(self.cfg.batch_tokens),
+                                                math.lcm(8, distributed.current().world))
+            self._steps = len(self._token_batches)
+
+    def check_processes(self, group) -> None:
+        if self.cfg.batch_tokens is None:
+            super().check_processes(group)
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self._token_batches is None:
+            yield from super().batches(epoch, start)
+            return
+        for ids in shuffled(self._token_batches, epoch_generator(self.seed, epoch))[start:]:
+            yield self._pad([self.train.pair(i) for i in ids])
+
+    def _timing_shape(self, scale: float) -> tuple[int, int]:
+        """A batch of the paper's token budget, TIMING_LENGTH tokens a sentence; `scale` shrinks the number of
+        sentences only (a shorter sentence would make attention and the per-token work unrepresentative)."""
+        sentences = (self.cfg.batch_tokens // self.TIMING_LENGTH) if self.cfg.batch_tokens else self.batch_size
+        return max(1, round(sentences * scale)), self.TIMING_LENGTH
 
     def build_model(self) -> None:
         m, o = self.cfg.model, self.cfg.optim
@@ -57,7 +99,29 @@ class TransformerTask(TranslationTask):
         self.signature = None
 
     def train_step(self, batch) -> torch.Tensor:
-        loss = super().train_step(batch)
+        """One update of the whole batch: `optim.accumulate` micro-batches, each backward adding to the
+        gradients; the loss is the mean over the global batch's target tokens whatever the split."""
+        tokens = (batch[3] != D.PAD).sum()
+        group = distributed.current()
+        total = distributed.sum_over_ranks(tokens, group) if group.enabled else tokens
+        # DDP averages the ranks' gradients: times the world size, the sum over ranks' token losses / total
+        scale = group.world / total.clamp(min=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = micro_batches(batch, int(self.cfg.optim.accumulate))
+        loss = torch.zeros((), device=tokens.device)
+        for i, (src, src_mask, tgt_in, tgt_out) in enumerate(parts):
+            last = i == len(parts) - 1
+            # under DDP the gradients are all-reduced once, after the last micro-batch
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                logits = self.model(src, src_mask, tgt_in)
+                part = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD, reduction="sum",
+                                       label_smoothing=self.cfg.optim.label_smoothing) * scale
+                part.backward()
+            loss += part.detach()
+        if self.cfg.optim.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
+        self.optimizer.step()
         self.scheduler.step()
         return loss
 
@@ -70,3 +134,22 @@ class TransformerTask(TranslationTask):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def micro_batches(batch, parts: int) -> list[tuple[torch.Tensor, ...]]:
+    """A time-major (src, src_mask, tgt_in, tgt_out) batch cut into up to `parts` runs of sentences, each
+    trimmed to its own longest sentence (batches are sorted by length, so later parts are the longer ones)."""
+    src, src_mask, tgt_in, tgt_out = batch
+    if parts < 1:
+        raise ValueError(f"{parts} micro-batches: need at least 1")
+    if parts == 1:
+        return [batch]
+    out = []
+    for rows in torch.arange(src.shape[1]).tensor_split(min(parts, src.shape[1])):
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        s_mask = src_mask[:, lo:hi]
+        t_out = tgt_out[:, lo:hi]
+        s_len = int(s_mask.sum(0).max())
+        t_len = int((t_out != D.PAD).sum(0).max())
+        out.append((src[:s_len, lo:hi], s_mask[:s_len], tgt_in[:t_len, lo:hi], t_out[:t_len]))
+    return out

@@ -143,11 +143,15 @@ class TranslationTask(Task):
         order = bucketed_batches(self._lengths, self.batch_size, epoch_generator(self.seed, epoch),
                                    self.cfg.bucket_pool)
         for ids in order[start:]:
-            pairs = [self.train.pair(i) for i in ids]
-            # on the CPU (the trainer moves batches to the device; a loader worker may build them)
-            src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True)
-            tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
-            yield src, (src != D.PAD).float(), tgt[:-1], tgt[1:]
+            yield self._pad([self.train.pair(i) for i in ids])
+
+    @staticmethod
+    def _pad(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...]:
+        """(src, src_mask, tgt_in, tgt_out), time-major, on the CPU (the trainer moves batches to the device;
+        a loader worker may build them)."""
+        src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True)
+        tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
+        return src, (src != D.PAD).float(), tgt[:-1], tgt[1:]
 
     def train_step(self, batch) -> torch.Tensor:
         src, src_mask, tgt_in, tgt_out = batch
