@@ -32,13 +32,16 @@ $(STAMP): pyproject.toml
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
 	status=0; for t in $(TASKS); do $(PY) scripts/prepare.py task=$$t preset=demo || status=1; done; exit $$status
 
-demo: demo-data ## every task x every norm on built-in data (CPU, offline, minutes); table + plots in results/demo/
+demo: demo-data ## every task x every norm on built-in data (the Transformer post- and pre-norm; CPU, offline, minutes); table + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
 	for t in $(TASKS); do \
 	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo $(DEMO_LOGGER) \
 	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
 	done; \
+	$(PY) scripts/train.py -m task=transformer norm=$$($(PY) scripts/tasks.py norms transformer) preset=demo \
+	  task.model.norm_position=pre $(DEMO_LOGGER) train.progress=false hydra.sweep.dir=multirun/demo/transformer-pre \
+	  || status=1; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing \
 	  || status=1; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \

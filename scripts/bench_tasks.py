@@ -103,6 +103,9 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
             ref = times.per_round["layernorm"]
             row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
             row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
+        if "none" in names and name != "none":  # the norm's share of a step: (T - T_none) / T, paired by round
+            row["norm_share"] = speedup(times.per_round[name], times.per_round["none"])
+            row["norm_share_interval95"] = speedup_interval(times.per_round[name], times.per_round["none"])
         rows.append(row)
     batch_size = max(1, round(first.task.batch_size * scale))
     pipeline = pipeline_rate(task_name, batch_size, data_dir, data_preset) if data_dir is not None else None
@@ -120,17 +123,20 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "fixed synthetic batch; norms interleaved round-robin in a shuffled order, after warm-up, CUDA "
              "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
              "(T_LN - T) / T_LN on medians, [95% paired bootstrap interval over rounds]; 'within noise' where the "
-             "interval spans 0. The paper's column is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti).", ""]
+             "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way. The paper's column "
+             "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti).", ""]
     for res in results:
         paper = paper_times(res["task"])
         lines += [f"## {res['task']}: {res['batch']}, {res['rounds']} rounds x {res['steps_per_round']} steps", "",
-                  f"| norm | ms / step | {res['unit']} | speed-up vs LayerNorm [95% CI] | paper {res['unit']} |",
-                  "|---|---|---|---|---|"]
+                  f"| norm | ms / step | {res['unit']} | speed-up vs LayerNorm [95% CI] | norm's share of the step "
+                  f"[95% CI] | paper {res['unit']} |",
+                  "|---|---|---|---|---|---|"]
         for row in res["rows"]:
             sp = describe(row["speedup_vs_layernorm"], row["speedup_interval95"]) if "speedup_interval95" in row \
                 else ("reference" if row["norm"] == "layernorm" else "")
+            share = describe(row["norm_share"], row["norm_share_interval95"]) if "norm_share" in row else "-"
             lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
-                         f"{paper.get(row['norm'], '-')} |")
+                         f"{share} | {paper.get(row['norm'], '-')} |")
         lines.append("")
         pipe = res.get("pipeline")
         if pipe:

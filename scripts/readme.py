@@ -74,19 +74,21 @@ def demo(source: Path) -> str:
 
 
 def bench_tasks(source: Path) -> str:
-    """Seconds per step and speed-up vs LayerNorm with its interval, per task and norm."""
+    """Seconds per step, speed-up vs LayerNorm and the norm's share of the step, with intervals, per task."""
+    from experiments.core.interleaved import describe
+
     data = json.loads(source.read_text())
     lines = [f"{data['machine']}, scale {data['scale']:g}:", "",
-             "| task | norm | ms / step | speed-up vs LayerNorm [95% CI] |", "|---|---|---|---|"]
+             "| task | norm | ms / step | speed-up vs LayerNorm [95% CI] | norm's share of the step [95% CI] |",
+             "|---|---|---|---|---|"]
     for res in data["results"]:
         for row in res["rows"]:
             if "speedup_interval95" in row:
-                lo, hi = row["speedup_interval95"]
-                sp = f"{100 * row['speedup_vs_layernorm']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                sp += " within noise" if lo <= 0 <= hi else ""
+                sp = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
             else:
                 sp = "reference" if row["norm"] == "layernorm" else ""
-            lines.append(f"| {res['task']} | {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {sp} |")
+            share = describe(row["norm_share"], tuple(row["norm_share_interval95"])) if "norm_share" in row else "-"
+            lines.append(f"| {res['task']} | {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {sp} | {share} |")
     return "\n".join(lines)
 
 

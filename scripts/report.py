@@ -15,6 +15,7 @@ from pathlib import Path
 from experiments.core.atomic import save_text
 from experiments.core.report import (
     build_tables,
+    diverged_runs,
     find_runs,
     plot_speed,
     plot_task,
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not summaries and not errors:
         print(f"no summary.json below {', '.join(map(str, args.runs))}: train something first", file=sys.stderr)
         return 1
-    tables = build_tables(summaries)
+    tables = build_tables(summaries, errors)
+    diverged = diverged_runs(errors)
+    errors = [e for e in errors if e not in diverged]
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Produced by `{command}`.\n",
              "Time is training steps only, after warm-up; speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         preactivation = render_preactivation(same, read_paper_long(args.paper_dir, "Table 5"))
         if preactivation:
             parts.append(preactivation)
+    if diverged:  # results (the model could not be trained), not failures of the suite
+        parts.append("Diverged runs (shown in their tables):\n"
+                     + "".join(f"- {e['run_dir']}: {e['error']}\n" for e in diverged))
     if errors:
         parts.append("Failed runs:\n" + "".join(f"- {e['run_dir']}: {e['error']}\n" for e in errors))
     text = "\n".join(parts)

@@ -15,12 +15,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import distributed, malloc, sweep
-from experiments.core.errors import user_message
+from experiments.core.errors import NonFiniteLoss, user_message
 from experiments.core.records import write_error
-from experiments.core.run import run_training
+from experiments.core.run import run_info, run_training
 
 log = logging.getLogger("train")
 
@@ -39,7 +39,10 @@ def main(cfg: DictConfig) -> None:
         message = user_message(exc)
         if distributed.from_environment().is_main:  # under torchrun, one error.json for the job
             write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
-                                  "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task)})
+                                  "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task),
+                                  # which row of which table it is: a diverged model is a result to show
+                                  **run_info(cfg, sweep_name), "config": OmegaConf.to_container(cfg, resolve=True),
+                                  "diverged_at_step": exc.step if isinstance(exc, NonFiniteLoss) else None})
         if message is None:
             if not multirun:
                 raise

@@ -1,5 +1,9 @@
 """`make bench` runs end to end (timings themselves are never asserted: they live in results/bench)."""
 
+import json
+
+import pytest
+
 from tests.conftest import run_script
 
 
@@ -29,15 +33,18 @@ def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     for norm in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"):
         assert f"| {norm} |" in text, norm
     assert "| layernorm | " in text and "reference" in text
-    assert text.count("% [") == 5  # every norm but LayerNorm has a speed-up with its interval
+    # every norm but LayerNorm has a speed-up with its interval, every norm but none its share of the step
+    assert text.count("% [") == 5 + 5
+    rows = {row["norm"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["results"][0]["rows"]}
+    assert "norm_share" not in rows["none"]
+    t, t_none = rows["rmsnorm"]["sec_per_step"], rows["none"]["sec_per_step"]
+    assert rows["rmsnorm"]["norm_share"] == pytest.approx((t - t_none) / t)
     assert "| 39 +- 0.4 |" in text  # the paper's LayerNorm time beside ours
     # no demo data in this data_dir: the pipeline line says so instead of a number
     assert "Data pipeline: not measured" in text
 
 
 def test_bench_tasks_times_the_data_pipeline_on_the_demo_data(smoke_data, tmp_path):
-    import json
-
     r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.02", "--rounds", "2", "--steps", "1",
                    "--warmup", "1", "--tasks", "retrieval", "--norms", "layernorm,rmsnorm", "--data-dir",
                    str(smoke_data), "--data-preset", "smoke", "--out", str(tmp_path / "out"))

@@ -139,3 +139,36 @@ def test_the_transformers_pre_norm_runs_get_a_table_of_their_own():
     assert pre.stem == "transformer-pre-norm"
     assert [r.sec_per_1k[0] for r in pre.rows] == [50.0, 46.0]  # never averaged with the post-norm runs
     assert "### transformer (pre-norm), preset=paper" in render_markdown(pre, {})
+
+
+def test_a_run_whose_loss_blew_up_is_a_row_of_its_table_not_a_missing_one(runs):
+    summaries, _ = find_runs([runs])
+    for s in summaries:
+        s["config"] = {"task": {"norms": ["none", "batchnorm", "layernorm", "rmsnorm"]}}
+    blown = {"error": "training loss became nan by step 7", "task": "cifar10", "norm": "batchnorm", "seed": 0,
+             "preset": "paper", "diverged_at_step": 7, "config": {"task": {"model": {}}}}
+    other_variant = {**blown, "norm": "none", "config": {"task": {"model": {"norm_position": "pre"}}}}
+    (table,) = build_tables(summaries, [blown, other_variant, {"error": "boom"}])
+    assert table.diverged == {"batchnorm": [7]} and table.missing == []
+    assert "| batchnorm | diverged: training loss not finite by step 7 (1 run) |" in render_markdown(table, {})
+
+
+def test_the_train_script_records_a_divergence_and_the_report_shows_it(smoke_data, tmp_path):
+    """Adam at lr 1e30 blows any model up: the run ends with error.json naming the step, the sweep says a run
+    failed, and the report shows the row as diverged (exit 0: a result, not a failure of the suite)."""
+    sweep = tmp_path / "sweep"
+    train = run_script("scripts/train.py", "-m", "task=transformer", "norm=rmsnorm,layernorm", "preset=smoke",
+                       f"data_dir={smoke_data}", "logger=none", "train.progress=false", f"hydra.sweep.dir={sweep}",
+                       "task.optim.lr=1e30", "task.optim.warmup=1", "train.log_every=1", "seed=0,1")
+    assert train.returncode == 1 and "run(s) failed" in train.stderr
+    errors = [json.loads(p.read_text()) for p in sweep.rglob("error.json")]
+    assert len(errors) == 4 and all(e["diverged_at_step"] >= 1 and e["task"] == "transformer" for e in errors)
+    # one finished run beside them: the table has it, and the blown-up norm as a diverged row
+    ok = run_script("scripts/train.py", "task=transformer", "norm=layernorm", "preset=smoke", f"data_dir={smoke_data}",
+                    "logger=none", "train.progress=false", f"hydra.run.dir={sweep}/ok")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    report = run_script("scripts/report.py", str(sweep))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "| rmsnorm | diverged: training loss not finite by step" in report.stdout
+    assert "(2 runs)" in report.stdout and "Diverged runs" in report.stdout
+    assert "| layernorm | diverged: training loss not finite by step" in report.stdout  # beside its finished run

@@ -10,7 +10,11 @@ class UserError(Exception):
 
 
 class NonFiniteLoss(UserError):
-    """The training loss became NaN or inf."""
+    """The training loss became NaN or inf: the model diverged (a result the report shows, not hides)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class Preempted(UserError):

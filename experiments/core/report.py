@@ -61,6 +61,7 @@ class Table:
     rows: list[Row]
     missing: list[str] = field(default_factory=list)  # norms the task declares with no finished run here
     variant: str | None = None  # a model variant the task reports apart (the Transformer's norm placement)
+    diverged: dict[str, list[int]] = field(default_factory=dict)  # norm -> steps where its runs' loss blew up
 
     @property
     def title(self) -> str:
@@ -71,16 +72,30 @@ class Table:
         return self.task + (f"-{self.variant}" if self.variant else "")
 
 
-def variant(summary: dict) -> str | None:
+def variant(record: dict) -> str | None:
     """What sets a run apart within its task and preset: the Transformer's pre-norm runs get a table of their
-    own (post-norm, the paper's placement, is the task's plain table)."""
-    return "pre-norm" if summary.get("norm_position") == "pre" else None
+    own (post-norm, the paper's placement, is the task's plain table). Read from the run's config, which
+    summaries and error records both carry."""
+    model = record.get("config", {}).get("task", {}).get("model", {})
+    position = model.get("norm_position") if isinstance(model, dict) else None
+    return "pre-norm" if (position or record.get("norm_position")) == "pre" else None
 
 
-def build_tables(summaries: list[dict]) -> list[Table]:
+def diverged_runs(errors: list[dict]) -> list[dict]:
+    """The error records of runs whose training loss became NaN or inf (not crashes: results)."""
+    return [e for e in errors if e.get("diverged_at_step") is not None and "task" in e]
+
+
+def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
+    """One table per (task, preset, variant) of the finished runs; runs that diverged get a row of their own
+    (with the steps), beside their norm's finished seeds if any; a declared norm with no run at all is missing."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["task"], s["preset"], variant(s) or ""), []).append(s)
+    blown: dict[tuple[str, str, str], dict[str, list[int]]] = {}
+    for e in diverged_runs(list(errors)):
+        steps = blown.setdefault((e["task"], e["preset"], variant(e) or ""), {}).setdefault(e["norm"], [])
+        steps.append(int(e["diverged_at_step"]))
     tables = []
     for (task, preset, kind), runs in sorted(groups.items()):
         metric = runs[0]["primary_metric"]
@@ -106,9 +121,10 @@ def build_tables(summaries: list[dict]) -> list[Table]:
                 r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
         devices = sorted({r["device"] for r in runs})
         declared = [n for r in runs for n in r.get("config", {}).get("task", {}).get("norms", [])]
-        missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows}]
+        diverged = {n: sorted(v) for n, v in blown.get((task, preset, kind), {}).items()}
+        missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows} and n not in diverged]
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
-                            kind or None))
+                            kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0])))))
     return tables
 
 
@@ -215,6 +231,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                 cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
                                                               f"{sp:+.1f}%" if sp is not None else "-"]
         lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
+    for norm, steps in table.diverged.items():  # the paper's "fails" rows: shown as what happened, never dropped
+        runs = f"{len(steps)} run{'s' if len(steps) > 1 else ''}"
+        lines.append(f"| {norm} | diverged: training loss not finite by step {', '.join(map(str, steps))} "
+                     f"({runs}) |" + " |" * (len(head) - 1))
     for norm in table.missing:  # failed or never run: marked, not dropped
         lines.append(f"| {norm} | missing: no finished run |" + " |" * (len(head) - 1))
     if paper and not paper_metrics:

@@ -187,7 +187,8 @@ class Trainer:
             )
             raise NonFiniteLoss(
                 f"training loss became {loss} by step {self.progress.step}; {where}. "
-                "Lower the learning rate or check the data, then rerun (resume=true continues from the checkpoint)."
+                "Lower the learning rate or check the data, then rerun (resume=true continues from the checkpoint).",
+                self.progress.step,
             )
         return loss
 
