@@ -64,6 +64,37 @@ def test_timer_counts_only_steps_after_warmup():
     assert math.isclose(timer.sec_per_1k_steps, 1000 * timer.timed_seconds / 7)
 
 
+def test_the_three_clocks_on_a_fake_clock(monkeypatch):
+    """Steps only, training stretches (with batch building between steps) and the wall clock with evaluation,
+    on a clock that moves only where this test says: 1 s per step, 0.5 s building each next batch, 10 s
+    evaluating, after one warm-up step."""
+    from experiments.core import timing
+
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    timer = StepTimer(torch.device("cpu"), warmup_steps=1)
+    for i in range(5):
+        timer.begin_step()
+        now[0] += 1.0  # the step
+        timer.end_step()
+        if i == 2:
+            timer.pause()
+            now[0] += 10.0  # an evaluation
+            timer.account_gap()  # a checkpoint: the gap so far is saved
+            now[0] += 2.0  # the checkpoint's write
+        else:
+            now[0] += 0.5  # the next batch (the last one: the loop's end)
+    timer.pause()
+    now[0] += 10.0  # the final evaluation
+    timer.account_gap()
+    assert timer.timed_steps == 4  # steps 2-5
+    assert timer.step_sec_per_1k_steps == pytest.approx(1000.0)
+    # stretches: steps 2-3 with one batch between (2.5 s), then steps 4-5 with two (3 s)
+    assert timer.sec_per_1k_steps == pytest.approx(1000 * 5.5 / 4)
+    # plus 12 s between the stretches and the 10 s final evaluation, but not the warm-up stretch's 0.5 s
+    assert timer.wall_sec_per_1k_steps == pytest.approx(1000 * (5.5 + 12 + 10) / 4)
+
+
 def test_wandb_logger_offline(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cfg([*tiny_cifar(cifar_dir, "norm=rmsnorm"), "logger=wandb"])

@@ -10,6 +10,7 @@ import torch
 
 from experiments.core.batching import bucketed_batches, count_batches
 from experiments.core.errors import MissingData
+from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from experiments.translation import data as D
 from experiments.translation.beam import beam_search
@@ -242,7 +243,15 @@ def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
     assert set(summary["metrics"]) == {"dev_bleu", "test_bleu"}
     assert all(0.0 <= v <= 100.0 for v in summary["metrics"].values())
     assert summary["bleu_signature"].startswith("nrefs:1|case:mixed")
-    assert summary["timing"]["timed_steps"] == 5 and summary["timing"]["sec_per_1k_steps"] > 0
+    timing = summary["timing"]
+    assert timing["timed_steps"] == 5
+    # the wall clock holds the evaluations the training clock pauses out, and the training clock the steps
+    assert timing["wall_sec_per_1k_steps"] > timing["sec_per_1k_steps"] >= timing["step_sec_per_1k_steps"] > 0
+    # Nematus' model selection: the scores of the evaluation with the best dev BLEU (at step 3 or 6)
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval/dev_bleu" in r]
+    best = max(evals, key=lambda r: r["eval/dev_bleu"])
+    assert summary["at_best_dev_bleu"] == {"step": best["step"], "dev_bleu": best["eval/dev_bleu"],
+                                           "test_bleu": best["eval/test_bleu"]}
     pre = summary["preactivation"]  # Table 5's probe
     assert pre["set"] == "dev" and set(pre) == {"set", "1", "2", "3", "4", "all"}
     assert all(math.isfinite(pre[k][0]) and pre[k][1] >= 0 for k in ("1", "2", "3", "4", "all"))
@@ -381,3 +390,20 @@ def test_translation_resumes_after_a_crash_to_the_same_result(smoke_data, tmp_pa
     final = lambda d: torch.load(d / "checkpoint.pt", weights_only=False)["task"]["model"]  # noqa: E731
     for name, value in final(tmp_path / "whole").items():
         torch.testing.assert_close(final(tmp_path / "split")[name], value)
+
+
+def test_nematus_loss_sums_each_sentence_and_averages_over_sentences(smoke_data):
+    """task.optim.loss=sentence_sum (Nematus, the paper preset's) is the token mean times the batch's target
+    tokens per sentence: the gradient the clip at 1.0 sees is that much larger."""
+    from experiments.core.run import build_task
+
+    losses = {}
+    for kind in ("sentence_sum", "token_mean"):
+        torch.manual_seed(0)
+        task = build_task(compose_cfg(tiny_translation(smoke_data, "norm=rmsnorm", f"task.optim.loss={kind}")),
+                          torch.device("cpu"))
+        batch = next(iter(task.batches(0, 0)))
+        losses[kind] = task.train_step(batch).item()
+    tokens_per_sentence = (batch[3] != D.PAD).sum().item() / batch[3].shape[1]
+    assert tokens_per_sentence > 2
+    assert losses["sentence_sum"] == pytest.approx(losses["token_mean"] * tokens_per_sentence, rel=1e-5)

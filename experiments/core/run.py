@@ -16,7 +16,14 @@ from experiments.core.config import differences_from_paper, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.loggers import NullLogger
 from experiments.core.machine import machine_name
-from experiments.core.records import ERROR_FILE, PREEMPTED_FILE, SUMMARY_FILE, read_summary, write_summary
+from experiments.core.records import (
+    ERROR_FILE,
+    PREEMPTED_FILE,
+    SUMMARY_FILE,
+    read_metrics,
+    read_summary,
+    write_summary,
+)
 from experiments.core.task import Task
 from experiments.core.trainer import Trainer, TrainSettings
 
@@ -115,12 +122,30 @@ def prepare_task_data(cfg: DictConfig) -> Path:
     return Path(cfg.data_dir) / task_cfg.data_subdir
 
 
+def at_best(task, records: list[dict]) -> dict:
+    """{"at_best_<dev metric>": the step and every evaluated metric of the evaluation with the best validation
+    score}, for tasks that name one (`Task.selection_metric`): Nematus keeps the best checkpoint by validation,
+    so the paper's test score is the one at the best dev score, not necessarily the last."""
+    key = getattr(task, "selection_metric", None)
+    evals = [r for r in records if f"eval/{key}" in r]
+    if key is None or not evals:
+        return {}
+    pick = min if task.lower_is_better else max
+    best = pick(evals, key=lambda r: r[f"eval/{key}"])  # the earliest of equal scores
+    return {f"at_best_{key}": {"step": best["step"],
+                               **{k.removeprefix("eval/"): v for k, v in best.items() if k.startswith("eval/")}}}
+
+
 def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict,
                  differences: list[str]) -> dict:
     timing = {
         # steps of the whole job: under torchrun every rank steps together, each on its slice of the batch
         "processes": trainer.group.world,
+        # three clocks (experiments/core/timing.py): training with its data pipeline (the suite's column),
+        # the steps alone (the norm's cost), and the wall clock with evaluation (the paper's scripts' measure)
         "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
+        "step_sec_per_1k_steps": trainer.timer.step_sec_per_1k_steps,
+        "wall_sec_per_1k_steps": trainer.timer.wall_sec_per_1k_steps,
         "timed_steps": trainer.timer.timed_steps,
         "warmup_steps": trainer.settings.timing_warmup,
         "train_seconds": trainer.timer.train_seconds,
@@ -128,7 +153,8 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
     unit = task.paper_time_unit()
     if unit is not None and timing["sec_per_1k_steps"] is not None:
         name, steps = unit
-        timing[name] = timing["sec_per_1k_steps"] * steps / 1000.0
+        for clock in ("", "step_", "wall_"):
+            timing[clock + name] = timing[clock + "sec_per_1k_steps"] * steps / 1000.0
     return {
         "task": info["task"],
         "norm": info["norm"],
@@ -141,6 +167,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "primary_metric": task.primary_metric,
         "lower_is_better": task.lower_is_better,
         "metrics": final,
+        **at_best(task, read_metrics(trainer.run_dir) if trainer.group.is_main else []),
         "timing": timing,
         "differs_from_paper": differences,
         "data": task.data_facts(),

@@ -45,6 +45,8 @@ class Task(abc.ABC):
     #: the task's config schema, checked at start-up against configs/task/<task>.yaml and its presets
     Config: type[TaskConfig] = TaskConfig
     lower_is_better: bool = True
+    #: the validation metric that picks the best evaluation (the summary's at_best_<metric>); None: the last
+    selection_metric: str | None = None
     #: each batch element's batch dimension, for splitting a global batch over torchrun's processes
     #: (time-major sequences carry the batch in dimension 1)
     batch_dims: tuple[int, ...] = (0, 0)

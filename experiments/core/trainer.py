@@ -130,6 +130,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.timer.account_gap()  # the evaluation just done belongs to the saved wall clock
         # every rank's random state (dropout draws differ between ranks), written by rank 0 alone
         rng = distributed.gather_objects(seeding.rng_state(), self.group)
         failure = None
@@ -311,4 +312,5 @@ class Trainer:
                 if p.step >= total or p.batch_in_epoch == 0:
                     break
         bar.close()
+        self.timer.account_gap()
         return self.last_eval

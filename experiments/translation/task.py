@@ -3,6 +3,7 @@ sacrebleu on detokenised beam-search output for each evaluation set."""
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,11 +42,19 @@ class TranslationModel:
     init_mean: float = 0.0  # centre of the N(., 0.01) weight init; Fig. 4's robustness test sets 0.2
 
 
+class LossScale(enum.Enum):
+    sentence_sum = "sentence_sum"
+    token_mean = "token_mean"
+
+
 @dataclass
 class TranslationOptim:
     lr: float = MISSING
     label_smoothing: float = MISSING
     clip_norm: float | None = MISSING  # gradient norm clipping over all parameters; null: none
+    # sentence_sum: each sentence's token losses summed, the mean over sentences (Nematus: the clip acts on the
+    # gradient of that); token_mean: the mean over target tokens
+    loss: LossScale = LossScale.sentence_sum
 
 
 @dataclass
@@ -81,6 +90,7 @@ class TranslationTask(Task):
     Config = TranslationConfig
     batch_dims = (1, 1, 1, 1)  # src, src_mask, tgt_in, tgt_out: time-major
     lower_is_better = False
+    selection_metric = "dev_bleu"  # the paper validated by BLEU on newstest2013 (each preset's `dev` file)
     #: tokens per sentence in a timing batch: about the mean WMT14 sentence in 32k BPE
     TIMING_LENGTH = 30
 
@@ -156,12 +166,16 @@ class TranslationTask(Task):
     def train_step(self, batch) -> torch.Tensor:
         src, src_mask, tgt_in, tgt_out = batch
         logits = self.model(src, src_mask, tgt_in)
-        loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD,
-                               label_smoothing=self.cfg.optim.label_smoothing)
+        total = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD, reduction="sum",
+                                label_smoothing=self.cfg.optim.label_smoothing)
         group = distributed.current()
-        if group.enabled:  # the mean over the global batch's tokens, not the mean of the ranks' means
+        if self.cfg.optim.loss == LossScale.sentence_sum:
+            # ranks hold equal numbers of sentences: the mean of their means is the global batch's mean
+            loss = total / tgt_out.shape[1]
+        else:  # the mean over the global batch's tokens, not the mean of the ranks' means
             tokens = (tgt_out != D.PAD).sum()
-            loss = loss * tokens * group.world / distributed.sum_over_ranks(tokens, group).clamp(min=1)
+            count = distributed.sum_over_ranks(tokens, group) / group.world if group.enabled else tokens
+            loss = total / count.clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.clip_norm:
