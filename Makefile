@@ -44,8 +44,10 @@ demo: demo-data ## every task x every norm on built-in data (the Transformer pos
 	  || status=1; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing \
 	  || status=1; \
-	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \
-	  || status=1; \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing-pre \
+	  --tasks transformer task.model.norm_position=pre || status=1; \
+	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" \
+	  --timing results/demo/timing.json results/demo/timing-pre.json || status=1; \
 	$(PY) scripts/readme.py || status=1; \
 	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/wandb/offline-run-*"; fi; \
 	exit $$status

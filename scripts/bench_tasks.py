@@ -25,12 +25,13 @@ from pathlib import Path
 
 import hydra
 import torch
+from omegaconf import OmegaConf
 
 from experiments.core import malloc
 from experiments.core.config import compose_config, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
-from experiments.core.report import read_paper_table
+from experiments.core.report import read_paper_table, variant
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
@@ -109,7 +110,10 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         rows.append(row)
     batch_size = max(1, round(first.task.batch_size * scale))
     pipeline = pipeline_rate(task_name, batch_size, data_dir, data_preset) if data_dir is not None else None
-    return {"task": task_name, "preset": preset, "batch": batch_text, "unit": unit[0], "unit_steps": unit[1],
+    # a variant the report tables apart (the Transformer's pre-norm), read from the config as the report does
+    kind = variant({"config": {"task": OmegaConf.to_container(first.task)}})
+    return {"task": task_name, "variant": kind, "preset": preset, "batch": batch_text, "unit": unit[0],
+            "unit_steps": unit[1],
             "rows": rows, "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup, "pipeline": pipeline}
 
 
@@ -127,7 +131,8 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti).", ""]
     for res in results:
         paper = paper_times(res["task"])
-        lines += [f"## {res['task']}: {res['batch']}, {res['rounds']} rounds x {res['steps_per_round']} steps", "",
+        title = res["task"] + (f" ({res['variant']})" if res.get("variant") else "")
+        lines += [f"## {title}: {res['batch']}, {res['rounds']} rounds x {res['steps_per_round']} steps", "",
                   f"| norm | ms / step | {res['unit']} | speed-up vs LayerNorm [95% CI] | norm's share of the step "
                   f"[95% CI] | paper {res['unit']} |",
                   "|---|---|---|---|---|---|"]

@@ -24,6 +24,7 @@ from experiments.core.report import (
     read_paper_table,
     render_markdown,
     render_preactivation,
+    timing_key,
     variant,
 )
 
@@ -36,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write tables.md and plots here")
     parser.add_argument("--paper-dir", type=Path, default=REPO / "results" / "paper")
     parser.add_argument("--command", help="the command to record above the tables (default: this one)")
-    parser.add_argument("--timing", type=Path,
-                        help="a scripts/bench_tasks.py JSON: its interleaved speed-ups (with intervals) fill the "
-                             "speed-up column instead of the runs' own clocks")
+    parser.add_argument("--timing", type=Path, nargs="+", default=[],
+                        help="scripts/bench_tasks.py JSONs: their interleaved speed-ups (with intervals) fill the "
+                             "speed-up column of their tables instead of the runs' own clocks")
     args = parser.parse_args(argv)
 
     summaries, errors = find_runs(args.runs)
@@ -51,18 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Produced by `{command}`.\n",
              "Time is training steps only, after warm-up; speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
-    interleaved = {}
-    if args.timing:
-        interleaved = read_interleaved_timing(args.timing)
-        parts.append(f"The speed-up column comes from `{json.loads(args.timing.read_text())['command']}` "
-                     f"({args.timing}): every norm's model timed over whole training steps, interleaved "
-                     "round-robin, median over rounds with a 95% bootstrap interval; 'within noise' where it spans "
-                     "0. The sec columns are each run's own clock (norms run one after another).\n")
+    interleaved = read_interleaved_timing(args.timing)
+    for path in args.timing:
+        parts.append(f"The speed-up column of {', '.join(sorted({timing_key(r) for r in _results(path)}))} comes "
+                     f"from `{json.loads(path.read_text())['command']}` ({path}): every norm's model timed over "
+                     "whole training steps, interleaved round-robin, median over rounds with a 95% bootstrap "
+                     "interval; 'within noise' where it spans 0. The sec columns are each run's own clock (norms "
+                     "run one after another).\n")
     for table in tables:
-        # the interleaved timing is of the task's plain model (a variant's own runs have only their clocks)
-        timed = args.timing and table.variant is None
+        # a table without interleaved timing shows the speed-up of its runs' own clocks
         parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task),
-                                     interleaved.get(table.task) if timed else None))
+                                     interleaved.get(table.stem)))
         if table.variant:
             parts.append(f"The paper's columns are its own runs ({table.task}'s paper placement), beside ours for "
                          "reference.\n")
@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         save_text(text, args.out / "tables.md")
         for table in tables:
             plot_task(table, summaries, args.out / f"{table.stem}-{table.preset}-loss.png")
-        if args.timing:
-            for result in json.loads(args.timing.read_text())["results"]:
-                plot_speed(result["task"], result, args.out / f"{result['task']}-speed.png")
+        for path in args.timing:
+            for result in _results(path):
+                plot_speed(timing_key(result), result, args.out / f"{timing_key(result)}-speed.png")
         print(f"wrote {args.out / 'tables.md'} and plots")
     return 1 if errors else 0
+
+
+def _results(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["results"]
 
 
 if __name__ == "__main__":

@@ -93,6 +93,19 @@ def test_a_metric_the_paper_does_not_report_is_not_compared_with_its_columns(run
     assert "`test_error` has no counterpart among the paper's columns (test14_bleu, test17_bleu)" in text
 
 
+def test_a_variants_interleaved_timing_fills_its_own_table_only(tmp_path):
+    from experiments.core.report import read_interleaved_timing
+
+    rows = lambda sp: [{"norm": "layernorm"}, {"norm": "rmsnorm", "speedup_vs_layernorm": sp,  # noqa: E731
+                                               "speedup_interval95": [sp - 0.01, sp + 0.01]}]
+    (tmp_path / "post.json").write_text(json.dumps({"results": [{"task": "transformer", "rows": rows(0.05)}]}))
+    (tmp_path / "pre.json").write_text(json.dumps({"results": [{"task": "transformer", "variant": "pre-norm",
+                                                                "rows": rows(0.10)}]}))
+    cells = read_interleaved_timing([tmp_path / "post.json", tmp_path / "pre.json"])
+    assert cells["transformer"]["rmsnorm"].startswith("+5.0%")  # the plain table: Table.stem "transformer"
+    assert cells["transformer-pre-norm"]["rmsnorm"].startswith("+10.0%")
+
+
 def test_sweep_plot_groups_by_the_swept_setting_and_draws_the_reference(tmp_path):
     for i, (norm, p, bleu) in enumerate([("prmsnorm", 0.1, 20.0), ("prmsnorm", 0.1, 22.0), ("prmsnorm", 0.5, 23.0),
                                          ("rmsnorm", 0.0625, 24.0)]):

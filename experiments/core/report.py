@@ -136,19 +136,24 @@ def read_paper_table(paper_dir: Path, task: str) -> dict[str, dict]:
     return {row["norm"]: row for row in csv.DictReader(lines)}
 
 
-def read_interleaved_timing(path: Path) -> dict[str, dict[str, str]]:
-    """From a `scripts/bench_tasks.py` JSON: task -> norm -> 'speed-up vs LayerNorm [95% interval]'."""
+def timing_key(result: dict) -> str:
+    """The table a `scripts/bench_tasks.py` result belongs to: its `Table.stem` (task, and variant if any)."""
+    return result["task"] + (f"-{result['variant']}" if result.get("variant") else "")
+
+
+def read_interleaved_timing(paths: list[Path]) -> dict[str, dict[str, str]]:
+    """From `scripts/bench_tasks.py` JSONs: table stem -> norm -> 'speed-up vs LayerNorm [95% interval]'."""
     from experiments.core.interleaved import describe
 
-    data = json.loads(Path(path).read_text())
     out: dict[str, dict[str, str]] = {}
-    for res in data["results"]:
-        cells = out.setdefault(res["task"], {})
-        for row in res["rows"]:
-            if "speedup_interval95" in row:
-                cells[row["norm"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
-            elif row["norm"] == "layernorm":
-                cells[row["norm"]] = "reference"
+    for path in paths:
+        for res in json.loads(Path(path).read_text())["results"]:
+            cells = out.setdefault(timing_key(res), {})
+            for row in res["rows"]:
+                if "speedup_interval95" in row:
+                    cells[row["norm"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
+                elif row["norm"] == "layernorm":
+                    cells[row["norm"]] = "reference"
     return out
 
 
