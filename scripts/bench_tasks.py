@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.core import malloc
-from experiments.core.config import compose_config, typed_task_config
+from experiments.core.config import compose_config, norm_spec, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
 from experiments.core.report import read_paper_table, variant
@@ -83,7 +83,7 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
     for name in names:
         cfg = task_config(task_name, name, overrides, preset)
         torch.manual_seed(0)
-        norm = hydra.utils.instantiate(cfg.norm)
+        norm = norm_spec(cfg)
         task_class = hydra.utils.instantiate(cfg.task.builder).func
         task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm, device, seed=0)
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))

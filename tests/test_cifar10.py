@@ -145,3 +145,22 @@ def test_weight_norm_data_dependent_init_standardises_every_layer():
         torch.testing.assert_close(y.mean(dims), torch.zeros(y.shape[1]), atol=1e-4, rtol=0)
         torch.testing.assert_close(y.std(dims), torch.ones(y.shape[1]), atol=1e-3, rtol=0)
     assert ConvPoolCNNC(NormSpec("rmsnorm"), widths=(4, 8)).weight_norm_layers() == []
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm", "batchnorm", "weightnorm", "none"])
+def test_the_logits_are_normalised_as_the_reference_wraps_the_final_layer(norm):
+    torch.manual_seed(0)
+    model = ConvPoolCNNC(NormSpec(norm), widths=(4, 8)).eval()
+    logits = model(torch.randn(6, 3, 32, 32) * 2 + 0.5)
+    if norm == "rmsnorm":  # gain 1, shift 0: unit RMS over each example's 10 logits
+        torch.testing.assert_close(logits.pow(2).mean(1).sqrt(), torch.ones(6), atol=1e-5, rtol=0)
+    if norm == "layernorm":
+        torch.testing.assert_close(logits.mean(1), torch.zeros(6), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits.var(1, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    last = model.classifier[-1]
+    assert type(last).__name__ == {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "batchnorm": "BatchNorm1d",
+                                   "weightnorm": "Identity", "none": "Identity"}[norm]
+    # the norm's shift replaces the dense layer's bias; without a norm the layer keeps its own
+    assert (model.classifier[0].bias is None) == (norm in ("rmsnorm", "layernorm", "batchnorm"))
+    plain = ConvPoolCNNC(NormSpec(norm), widths=(4, 8), normalise_logits=False)
+    assert isinstance(plain.classifier[-1], torch.nn.Identity) and plain.classifier[0].bias is not None

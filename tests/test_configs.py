@@ -63,3 +63,15 @@ def test_what_differs_from_the_paper_is_computed_from_the_config():
     assert "train.max_steps: 300000 -> 320" in lines
     assert not any(line.startswith("train.log_every") for line in lines)  # bookkeeping left out
     assert differences_from_paper(compose_cfg(["task=cifar10", "preset=paper", "norm=layernorm"])) == []
+
+
+@pytest.mark.parametrize("task, eps", [("translation", 1e-5), ("cifar10", 1e-6), ("reading", 1e-5),
+                                       ("retrieval", 1e-5), ("transformer", 1e-8)])
+def test_each_task_builds_its_norms_with_its_upstream_eps(task, eps):
+    from experiments.core.config import norm_spec
+
+    assert norm_spec(compose_cfg([f"task={task}", "norm=rmsnorm", "preset=paper"])).eps == eps
+    assert norm_spec(compose_cfg([f"task={task}", "norm=layernorm", "preset=demo"])).eps == eps
+    # a command-line eps wins; a norm the task names no eps for keeps its own default
+    assert norm_spec(compose_cfg([f"task={task}", "norm=rmsnorm", "norm.eps=0.001"])).eps == 1e-3
+    assert norm_spec(compose_cfg([f"task={task}", "norm=batchnorm"])).eps == 1e-5

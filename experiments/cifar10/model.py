@@ -1,12 +1,14 @@
 """ConvPool-CNN-C as the weight-normalisation paper's CIFAR-10 code builds it.
 
 Every conv and NIN (1x1 conv) layer is conv -> norm -> leaky ReLU(0.1); the norm comes before the
-non-linearity, where the reference code's `normalizer(...)` wrapped each layer. `weightnorm` reparametrises
-every conv, NIN and the final dense layer instead (the reference's data-dependent init is not reproduced:
-torch's weight_norm starts from the default init).
+non-linearity, where the reference code's `normalizer(...)` wrapped each layer, the final dense layer's 10
+logits included (`normalise_logits`). `weightnorm` reparametrises every conv, NIN and the final dense layer
+instead, initialised from data as the reference (`data_dependent_init`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -52,6 +54,7 @@ class ConvPoolCNNC(nn.Module):
         dropout: float = 0.5,
         noise_std: float = 0.15,
         leaky_slope: float = 0.1,
+        normalise_logits: bool = True,
     ):
         super().__init__()
         a, b = widths
@@ -69,13 +72,19 @@ class ConvPoolCNNC(nn.Module):
             block(b, b, kernel=1, padding=0), block(b, b, kernel=1, padding=0),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.classifier = nn.Linear(b, num_classes)
+        # the reference wraps the final dense layer in the normaliser too: the 10 logits are RMS-, layer- or
+        # batch-normalised, with the norm's gain and shift (as on the maps) in place of the layer's bias
+        logit_norm = replace(norm, bias=norm.info.map_shift if norm.bias is None else norm.bias).build(num_classes)
+        if not normalise_logits or isinstance(logit_norm, nn.Identity):
+            logit_norm = nn.Identity()
+        has_shift = getattr(logit_norm, "bias", None) is not None
+        self.classifier = nn.Sequential(nn.Linear(b, num_classes, bias=not has_shift), logit_norm)
         self.apply(_glorot_init)
         # after init: weight_norm's magnitude g is taken from the initialised weight
-        for module in [*self.features.modules(), self.classifier]:
+        for module in self.features.modules():
             if isinstance(module, ConvNormAct):
                 module[0] = norm.reparametrize(module[0])
-        self.classifier = norm.reparametrize(self.classifier)
+        self.classifier[0] = norm.reparametrize(self.classifier[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -37,6 +37,7 @@ class Cifar10Model:
     noise_std: float = MISSING  # Gaussian input noise
     leaky_slope: float = MISSING
     init_batch: int = 500  # weightnorm: images for the data-dependent initialisation (0: none)
+    normalise_logits: bool = True  # the norm on the 10 logits too, as the reference wraps the final layer
 
 
 @dataclass
@@ -108,7 +109,8 @@ class Cifar10Task(Task):
     def build_model(self) -> None:
         cfg, norm = self.cfg, self.norm
         m = cfg.model
-        self.model = ConvPoolCNNC(norm, tuple(m.widths), 10, m.dropout, m.noise_std, m.leaky_slope).to(self.device)
+        self.model = ConvPoolCNNC(norm, tuple(m.widths), 10, m.dropout, m.noise_std, m.leaky_slope,
+                                  m.normalise_logits).to(self.device)
         if self.model.weight_norm_layers() and m.init_batch and hasattr(self, "train_x"):
             # a fixed batch of (seed-dependent) training images, as the weight-norm code initialises
             pick = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(self.seed))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.core.errors import UserError
-from rmsnorm import DEFAULT_P, norm_info, norm_names
+from rmsnorm import DEFAULT_P, norm_names
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: settings that change what is logged or saved, not what is trained
@@ -31,12 +31,26 @@ def register_norm_configs() -> None:
     """One `norm=<name>` option per registered norm (call again after registering a new one)."""
     store = ConfigStore.instance()
     for name in norm_names():
-        node = {"_target_": "rmsnorm.NormSpec", "name": name, "eps": norm_info(name).eps, "p": DEFAULT_P,
+        # eps null: the task's upstream value (task.norm_eps) where it names one, else the norm's own default
+        node = {"_target_": "rmsnorm.NormSpec", "name": name, "eps": None, "p": DEFAULT_P,
                 "affine": True, "bias": None}
         store.store(group="norm", name=name, node=node)
 
 
 register_norm_configs()
+
+
+def norm_spec(cfg: DictConfig):
+    """The run's NormSpec: `norm.eps` where set on the command line, else the task's upstream eps for this norm
+    (`task.norm_eps`, e.g. Nematus' 1e-5), else the norm's own default."""
+    import hydra
+
+    overrides = {}
+    if cfg.norm.get("eps") is None:
+        eps = (cfg.task.get("norm_eps") or {}).get(cfg.norm.name)
+        if eps is not None:
+            overrides["eps"] = float(eps)
+    return hydra.utils.instantiate(cfg.norm, **overrides)
 
 
 def typed_task_config(schema: type, task_cfg: DictConfig) -> DictConfig:

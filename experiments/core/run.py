@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import distributed, seeding
 from experiments.core.atomic import write_or_explain
-from experiments.core.config import differences_from_paper, typed_task_config
+from experiments.core.config import differences_from_paper, norm_spec, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.loggers import NullLogger
 from experiments.core.machine import machine_name
@@ -107,7 +107,7 @@ def build_task(cfg: DictConfig, device: torch.device) -> Task:
     make_task = hydra.utils.instantiate(cfg.task.builder)
     task_class = make_task.func
     task_cfg = typed_task_config(task_class.Config, cfg.task)
-    norm = hydra.utils.instantiate(cfg.norm)
+    norm = norm_spec(cfg)
     if norm.name not in task_cfg.norms:
         log.info("norm=%s is not one of the paper's rows for task=%s (%s); running it all the same",
                  norm.name, task_cfg.name, ", ".join(task_cfg.norms))
@@ -166,6 +166,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "epochs": trainer.progress.step / task.steps_per_epoch,
         "primary_metric": task.primary_metric,
         "lower_is_better": task.lower_is_better,
+        "norm_eps": task.norm.eps,  # the eps the norms were built with (task.norm_eps, norm.eps or the default)
         "metrics": final,
         **at_best(task, read_metrics(trainer.run_dir) if trainer.group.is_main else []),
         "timing": timing,

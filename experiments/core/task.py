@@ -11,7 +11,7 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class TaskConfig:
     # 1: a DataLoader worker builds the training batches beside the model, pinned for the copy to the GPU
     # (the paper presets of the tasks that build batches in Python); 0: in the training process (CPU runs)
     loader_workers: int = 0
+    # eps of each norm in the code the paper ran for this task (norm name -> eps), used unless norm.eps is set
+    norm_eps: dict[str, float] = field(default_factory=dict)
 
 
 class Task(abc.ABC):
