@@ -41,11 +41,18 @@ def recurrent_spec(norm: NormSpec | str, per_step: bool = False) -> NormSpec:
 
 
 class NormGRUCell(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none"):
+    """`bias_on_state=True` moves the bias from the input projections to the hidden ones, inside their norms
+    and under the reset gate, as Nematus' second GRU of the conditional GRU adds it:
+
+        r, u = sigmoid(N1(W x) + N3(U h + b))
+        h~   = tanh(r * N4(Ux h + bx) + N2(Wx x))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bias_on_state: bool = False):
         super().__init__()
         spec = recurrent_spec(norm)
         h = hidden_size
-        self.input_size, self.hidden_size = input_size, hidden_size
+        self.input_size, self.hidden_size, self.bias_on_state = input_size, hidden_size, bias_on_state
         self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))  # [W_r; W_u; W_x]
         self.bias = nn.Parameter(torch.zeros(3 * h))
         self.weight_hh = nn.Parameter(torch.empty(3 * h, h))  # [U_r; U_u; U_x]
@@ -62,12 +69,14 @@ class NormGRUCell(nn.Module):
 
     def project_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """N1(W x + b) and N2(Wx x + bx) for inputs of any leading shape: all time steps in one go."""
-        gates, cand = torch.nn.functional.linear(x, self.weight_ih, self.bias).split(
+        bias = None if self.bias_on_state else self.bias
+        gates, cand = torch.nn.functional.linear(x, self.weight_ih, bias).split(
             (2 * self.hidden_size, self.hidden_size), dim=-1)
         return self.norm_x_gates(gates), self.norm_x_cand(cand)
 
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
-        h_gates, h_cand = self.norm_h(h_prev @ self.weight_hh.t())
+        hidden = torch.nn.functional.linear(h_prev, self.weight_hh, self.bias if self.bias_on_state else None)
+        h_gates, h_cand = self.norm_h(hidden)
         r, u = torch.sigmoid(x_gates + h_gates).chunk(2, dim=-1)
         cand = torch.tanh(r * h_cand + x_cand)
         return u * h_prev + (1.0 - u) * cand  # = cand + u * (h_prev - cand)

@@ -98,7 +98,25 @@ def table(source: Path) -> str:
     return "\n".join(rows)
 
 
-KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table}
+def protocol(source: Path) -> str:
+    """The upstream protocol against preset=paper, one table per task, from its CSV (tests/test_configs.py
+    checks every row that names a config key against the composed config)."""
+    import csv
+
+    with source.open() as f:
+        rows = list(csv.DictReader(f))
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        lines += [f"**{task}**", "", "| setting | upstream | from | ours (preset=paper) | why they differ |",
+                  "|---|---|---|---|---|"]
+        for r in (r for r in rows if r["task"] == task):
+            ours = f"`{r['key']}={r['ours']}`" if r["key"] else r["ours"]
+            lines.append(f"| {r['setting']} | {r['upstream']} | {r['source']} | {ours} | {r['why they differ']} |")
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
+KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table, "protocol": protocol}
 
 
 def render(readme: str) -> str:

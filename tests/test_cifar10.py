@@ -164,3 +164,50 @@ def test_the_logits_are_normalised_as_the_reference_wraps_the_final_layer(norm):
     assert (model.classifier[0].bias is None) == (norm in ("rmsnorm", "layernorm", "batchnorm"))
     plain = ConvPoolCNNC(NormSpec(norm), widths=(4, 8), normalise_logits=False)
     assert isinstance(plain.classifier[-1], torch.nn.Identity) and plain.classifier[0].bias is not None
+
+
+def test_adam_with_eps_inside_the_root_is_the_weight_norm_codes():
+    from experiments.cifar10.adam import RootEpsAdam
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    grads = [torch.randn(5) * 1e-4, torch.randn(5)]  # one step where eps matters, one where it does not
+    opt = RootEpsAdam([p], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    ref, m, v = p.detach().clone(), torch.zeros(5), torch.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        ref -= 0.1 * (m / (1 - 0.9**t)) / torch.sqrt(v / (1 - 0.999**t) + 1e-8)  # nn.adam_updates, line by line
+        torch.testing.assert_close(p.detach(), ref)
+    # with eps 0 it is torch's Adam
+    q, r = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    a, b = RootEpsAdam([q], lr=0.01, eps=0.0), torch.optim.Adam([r], lr=0.01, eps=0.0)
+    for _ in range(3):
+        q.grad, r.grad = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([1.0, -2.0, 3.0])
+        a.step(), b.step()
+    torch.testing.assert_close(q.detach(), r.detach())
+
+
+def test_the_upstream_init_draws_batch_and_weight_norm_layers_from_n_0_0_05_and_fixes_the_baselines_gain():
+    torch.manual_seed(0)
+    bn = ConvPoolCNNC(NormSpec("batchnorm"), widths=(32, 64))
+    assert abs(bn.features[1][0].weight.std().item() - 0.05) < 0.005  # Glorot for 3 -> 32 would be 0.11
+    rms = ConvPoolCNNC(NormSpec("rmsnorm"), widths=(32, 64))
+    assert abs(rms.features[1][0].weight.std().item() - (2 / (27 + 288)) ** 0.5) < 0.01  # Glorot
+    base = ConvPoolCNNC(NormSpec("none"), widths=(4, 8))
+    layers = base.weight_norm_layers()
+    assert len(layers) == 10 and all(not layer.parametrizations.weight[0].g.requires_grad for layer in layers)
+    x = torch.randn(64, 3, 32, 32) * 3 + 1
+    base.data_dependent_init(x)
+    base.eval()
+    for layer in layers:  # zero mean, unit variance per unit on the init batch, as for weight norm
+        y = base._output_of(layer, x)
+        dims = [d for d in range(y.dim()) if d != 1]
+        torch.testing.assert_close(y.mean(dims), torch.zeros(y.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(y.std(dims), torch.ones(y.shape[1]), atol=1e-3, rtol=0)
+    # the gains are buffers: the optimiser trains V and the biases only
+    trained = {n for n, _ in base.named_parameters()}
+    assert not any(n.endswith(".g") for n in trained) and any("original" in n for n in trained)
+    plain = ConvPoolCNNC(NormSpec("none"), widths=(4, 8), baseline_data_init=False)
+    assert plain.weight_norm_layers() == []

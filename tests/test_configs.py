@@ -75,3 +75,28 @@ def test_each_task_builds_its_norms_with_its_upstream_eps(task, eps):
     # a command-line eps wins; a norm the task names no eps for keeps its own default
     assert norm_spec(compose_cfg([f"task={task}", "norm=rmsnorm", "norm.eps=0.001"])).eps == 1e-3
     assert norm_spec(compose_cfg([f"task={task}", "norm=batchnorm"])).eps == 1e-5
+
+
+def _protocol_rows():
+    import csv
+
+    with (CONFIGS / "upstream_protocol.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("row", [r for r in _protocol_rows() if r["key"]], ids=lambda r: f"{r['task']}-{r['key']}")
+def test_the_paper_presets_hold_the_upstream_protocol_table(row):
+    """Each setting of the README's 'upstream protocol vs this suite' table that names a config key is what
+    preset=paper composes to, so the table cannot drift from the configs."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg([f"task={row['task']}", "preset=paper"])
+    assert OmegaConf.select(cfg, row["key"], throw_on_missing=True) == yaml.safe_load(row["ours"]), row["setting"]
+
+
+def test_every_upstream_protocol_row_is_complete():
+    rows = _protocol_rows()
+    assert {r["task"] for r in rows} == set(TASKS)
+    for r in rows:
+        assert r["setting"] and r["upstream"] and r["source"] and r["ours"], r

@@ -46,6 +46,26 @@ def test_gru_cell_without_norm_is_torch_gru_cell():
     torch.testing.assert_close(gx, torch.autograd.grad(ref(x, h).sum(), x)[0])
 
 
+@pytest.mark.parametrize("norm", ["none", "rmsnorm"])
+def test_a_gru_with_its_bias_on_the_state_side_is_nematus_gru2(norm):
+    """r, u = sigmoid(N(W x) + N(U h + b)); h~ = tanh(r * N(Ux h + bx) + N(Wx x)), written out by hand."""
+    torch.manual_seed(0)
+    cell = NormGRUCell(5, 4, NormSpec(norm, eps=1e-5), bias_on_state=True)
+    with torch.no_grad():
+        cell.bias.normal_()
+    x, h = torch.randn(3, 5), torch.randn(3, 4)
+    n = (lambda t: t) if norm == "none" else (lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-5))
+    w, wx = cell.weight_ih[:8], cell.weight_ih[8:]
+    u_, ux = cell.weight_hh[:8], cell.weight_hh[8:]
+    b, bx = cell.bias[:8], cell.bias[8:]
+    r, u = torch.sigmoid(n(x @ w.t()) + n(h @ u_.t() + b)).chunk(2, -1)
+    cand = torch.tanh(r * n(h @ ux.t() + bx) + n(x @ wx.t()))
+    torch.testing.assert_close(cell(x, h), u * h + (1 - u) * cand)
+    input_side = NormGRUCell(5, 4, NormSpec(norm, eps=1e-5))
+    input_side.load_state_dict(cell.state_dict())
+    assert not torch.allclose(input_side(x, h), cell(x, h))  # the bias moved, not a no-op
+
+
 def test_gru_layer_without_norm_is_torch_gru_and_masks_padding():
     torch.manual_seed(0)
     ref = torch.nn.GRU(4, 6).double()

@@ -3,7 +3,9 @@
 Every conv and NIN (1x1 conv) layer is conv -> norm -> leaky ReLU(0.1); the norm comes before the
 non-linearity, where the reference code's `normalizer(...)` wrapped each layer, the final dense layer's 10
 logits included (`normalise_logits`). `weightnorm` reparametrises every conv, NIN and the final dense layer
-instead, initialised from data as the reference (`data_dependent_init`).
+instead, initialised from data as the reference (`data_dependent_init`). As the reference, batch- and
+weight-norm layers draw W from N(0, `bn_wn_init_std`) (the others keep Glorot), and the baseline is
+W = g * V with a fixed per-unit gain g set by the same data-dependent initialisation (`baseline_data_init`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ class ConvNormAct(nn.Sequential):
                          nn.LeakyReLU(slope))
 
 
+class FixedGain(nn.Module):
+    """W = g * V with a per-output-unit gain g that is not trained: the weight-norm code's baseline (its
+    InitLayer), whose g is set once from data (`ConvPoolCNNC.data_dependent_init`) and V trained."""
+
+    def __init__(self, units: int):
+        super().__init__()
+        self.register_buffer("g", torch.ones(units))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.g.view(-1, *([1] * (v.dim() - 1))) * v
+
+
 def _glorot_init(module: nn.Module) -> None:
     """Glorot-uniform weights and zero biases, the reference's (Lasagne's) default. torch's default init
     shrinks activations by about sqrt(3) per layer, which would starve the no-norm baseline."""
@@ -55,6 +69,8 @@ class ConvPoolCNNC(nn.Module):
         noise_std: float = 0.15,
         leaky_slope: float = 0.1,
         normalise_logits: bool = True,
+        bn_wn_init_std: float | None = 0.05,
+        baseline_data_init: bool = True,
     ):
         super().__init__()
         a, b = widths
@@ -80,31 +96,41 @@ class ConvPoolCNNC(nn.Module):
         has_shift = getattr(logit_norm, "bias", None) is not None
         self.classifier = nn.Sequential(nn.Linear(b, num_classes, bias=not has_shift), logit_norm)
         self.apply(_glorot_init)
+        layers = [m[0] for m in self.features.modules() if isinstance(m, ConvNormAct)] + [self.classifier[0]]
+        if bn_wn_init_std is not None and norm.name in ("batchnorm", "weightnorm"):
+            for layer in layers:  # the reference's BatchNormLayer and WeightNormLayer redraw W from N(0, 0.05)
+                nn.init.normal_(layer.weight, 0.0, bn_wn_init_std)
         # after init: weight_norm's magnitude g is taken from the initialised weight
         for module in self.features.modules():
             if isinstance(module, ConvNormAct):
                 module[0] = norm.reparametrize(module[0])
         self.classifier[0] = norm.reparametrize(self.classifier[0])
+        if baseline_data_init and norm.name == "none":
+            for layer in layers:  # the reference's baseline: W = g * V, g fixed after its data-dependent init
+                nn.utils.parametrize.register_parametrization(layer, "weight", FixedGain(layer.weight.shape[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
     def weight_norm_layers(self) -> list[nn.Module]:
-        """The weight-normalised conv, NIN and dense layers, in forward order (empty for other norms)."""
+        """The conv, NIN and dense layers with a gain g to initialise from data, in forward order: weight-
+        normalised (g trained) or the baseline's fixed gain (empty for other norms)."""
         return [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and hasattr(m, "parametrizations")]
 
     @torch.no_grad()
     def data_dependent_init(self, x: torch.Tensor) -> None:
         """Weight normalisation's data-dependent initialisation (Salimans & Kingma 2016, as their CIFAR code
         does it): layer by layer, in forward order, scale g and shift b so that the layer's pre-activations on
-        this batch have zero mean and unit variance per output channel."""
+        this batch have zero mean and unit variance per output channel. The baseline goes through the same
+        with its fixed gain, as the reference's InitLayer."""
         was_training = self.training
         self.eval()  # no noise, no dropout: the statistics of the layer itself
         for layer in self.weight_norm_layers():
             y = self._output_of(layer, x)
             dims = [d for d in range(y.dim()) if d != 1]
             mean, std = y.mean(dims), y.std(dims).clamp_min(1e-8)
-            g = layer.parametrizations.weight.original0
+            gain = layer.parametrizations.weight[0]
+            g = gain.g if isinstance(gain, FixedGain) else layer.parametrizations.weight.original0
             g.div_(std.view(g.shape))
             if layer.bias is not None:
                 layer.bias.sub_(mean).div_(std)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
+from experiments.cifar10.adam import RootEpsAdam
 from experiments.cifar10.data import FOLDER, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
@@ -38,6 +39,8 @@ class Cifar10Model:
     leaky_slope: float = MISSING
     init_batch: int = 500  # weightnorm: images for the data-dependent initialisation (0: none)
     normalise_logits: bool = True  # the norm on the 10 logits too, as the reference wraps the final layer
+    bn_wn_init_std: float | None = 0.05  # the reference draws batch-/weight-norm layers from N(0, 0.05); null: Glorot
+    baseline_data_init: bool = True  # the reference's baseline: W = g * V, g fixed after the data-dependent init
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Cifar10Optim:
     beta1: float = MISSING
     beta1_late: float = MISSING  # from half-way
     beta2: float = MISSING
+    eps: float = 1e-8
+    eps_inside_root: bool = True  # the reference's Adam: m / sqrt(v + eps); false: torch's m / (sqrt(v) + eps)
 
 
 @dataclass
@@ -110,15 +115,16 @@ class Cifar10Task(Task):
         cfg, norm = self.cfg, self.norm
         m = cfg.model
         self.model = ConvPoolCNNC(norm, tuple(m.widths), 10, m.dropout, m.noise_std, m.leaky_slope,
-                                  m.normalise_logits).to(self.device)
+                                  m.normalise_logits, m.bn_wn_init_std, m.baseline_data_init).to(self.device)
         if self.model.weight_norm_layers() and m.init_batch and hasattr(self, "train_x"):
             # a fixed batch of (seed-dependent) training images, as the weight-norm code initialises
             pick = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(self.seed))
             self.model.data_dependent_init(self.train_x[pick[: m.init_batch].to(self.train_x.device)])
         lrs = cfg.optim.lr_by_norm
         self.base_lr = float(lrs.get(norm.name, lrs["default"]))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.base_lr,
-                                          betas=(cfg.optim.beta1, cfg.optim.beta2))
+        adam = RootEpsAdam if cfg.optim.eps_inside_root else torch.optim.Adam
+        self.optimizer = adam(self.model.parameters(), lr=self.base_lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                              eps=cfg.optim.eps)
         self.total_epochs = float(cfg.schedule_epochs)
 
     def synthetic_batch(self, scale: float, generator: torch.Generator):

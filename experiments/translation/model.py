@@ -30,7 +30,7 @@ def _ff_norm(norm: NormSpec, dim: int) -> nn.Module:
 
 class RNNSearch(nn.Module):
     def __init__(self, src_vocab: int, tgt_vocab: int, emb: int, hidden: int, norm: NormSpec, dropout: float = 0.0,
-                 init_mean: float = 0.0):
+                 init_mean: float = 0.0, gru2_bias_on_state: bool = True):
         super().__init__()
         H = hidden
         self.init_mean = init_mean
@@ -43,7 +43,8 @@ class RNNSearch(nn.Module):
         self.att_ctx, self.att_ctx_norm = nn.Linear(2 * H, 2 * H), _ff_norm(norm, 2 * H)
         self.att_state, self.att_state_norm = nn.Linear(H, 2 * H, bias=False), _ff_norm(norm, 2 * H)
         self.att_v = nn.Linear(2 * H, 1)
-        self.cell2 = NormGRUCell(2 * H, H, norm)
+        # Nematus' GRU2 adds its bias on the state side (U h + b, inside the norm, under the reset gate)
+        self.cell2 = NormGRUCell(2 * H, H, norm, bias_on_state=gru2_bias_on_state)
         self.out_state, self.out_state_norm = nn.Linear(H, emb), _ff_norm(norm, emb)
         self.out_prev, self.out_prev_norm = nn.Linear(emb, emb), _ff_norm(norm, emb)
         self.out_ctx, self.out_ctx_norm = nn.Linear(2 * H, emb), _ff_norm(norm, emb)

@@ -40,6 +40,7 @@ class TranslationModel:
     hidden: int = MISSING
     dropout: float = MISSING
     init_mean: float = 0.0  # centre of the N(., 0.01) weight init; Fig. 4's robustness test sets 0.2
+    gru2_bias_on_state: bool = True  # Nematus: the cGRU's second GRU adds its bias to U h, inside the norm
 
 
 class LossScale(enum.Enum):
@@ -127,7 +128,7 @@ class TranslationTask(Task):
     def build_model(self) -> None:
         m = self.cfg.model
         self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout,
-                               init_mean=m.init_mean).to(self.device)
+                               init_mean=m.init_mean, gru2_bias_on_state=m.gru2_bias_on_state).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.signature = None
 
