@@ -118,9 +118,11 @@ def test_a_submitit_job_of_two_tasks_trains_data_parallel(cifar_dir, tmp_path):
     run = sweep / "0-cifar10-rmsnorm-s0"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timing"]["processes"] == 2
-    # other thread counts round differently and the paper's learning rate amplifies it over the steps: curves to
-    # 1e-3, not bits (training on half the batch alone is off by more than 5e-2 from the first step)
+    # other thread counts round differently and the paper's learning rate amplifies it over the steps (Adam with
+    # eps inside the root scales the smallest gradients, rounding included, by up to 1e4): curves to 5e-3, not
+    # bits (training on half the batch alone is off by more than 5e-2 from the first step)
     curve = [m["train_loss"] for m in read_metrics(run) if "train_loss" in m]
-    assert curve == pytest.approx([m["train_loss"] for m in read_metrics(tmp_path / "single") if "train_loss" in m],
-                                  rel=1e-3)
-    assert summary["metrics"]["test_loss"] == pytest.approx(single["metrics"]["test_loss"], rel=1e-3)
+    reference = [m["train_loss"] for m in read_metrics(tmp_path / "single") if "train_loss" in m]
+    assert curve[0] == pytest.approx(reference[0], rel=1e-5)
+    assert curve == pytest.approx(reference, rel=5e-3)
+    assert summary["metrics"]["test_loss"] == pytest.approx(single["metrics"]["test_loss"], rel=5e-3)
