@@ -185,3 +185,17 @@ def test_the_train_script_records_a_divergence_and_the_report_shows_it(smoke_dat
     assert "| rmsnorm | diverged: training loss not finite by step" in report.stdout
     assert "(2 runs)" in report.stdout and "Diverged runs" in report.stdout
     assert "| layernorm | diverged: training loss not finite by step" in report.stdout  # beside its finished run
+
+
+def test_the_test_score_at_the_best_dev_score_gets_its_own_column():
+    runs = []
+    for norm, last, best in (("layernorm", 20.0, 22.0), ("rmsnorm", 21.0, 21.5)):
+        s = _summary(norm, 0, 0.0, 30.0)
+        s.update(task="translation", primary_metric="test_bleu", metrics={"test_bleu": last},
+                 at_best_dev_bleu={"step": 3, "dev_bleu": 9.0, "test_bleu": best})
+        runs.append(s)
+    (table,) = build_tables(runs)
+    assert table.selection == "dev_bleu" and [r.at_best[0] for r in table.rows] == [22.0, 21.5]
+    text = render_markdown(table, {})
+    assert "| norm | test_bleu | test_bleu at best dev_bleu | sec/1k steps |" in text
+    assert "| layernorm | 20.00 | 22.00 |" in text

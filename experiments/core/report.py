@@ -49,6 +49,7 @@ class Row:
     sec_per_1k: tuple[float, float]
     paper_unit: tuple[float, float] | None
     speedup: float | None = None
+    at_best: tuple[float, float] | None = None  # the metric at the evaluation with the best validation score
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Table:
     missing: list[str] = field(default_factory=list)  # norms the task declares with no finished run here
     variant: str | None = None  # a model variant the task reports apart (the Transformer's norm placement)
     diverged: dict[str, list[int]] = field(default_factory=dict)  # norm -> steps where its runs' loss blew up
+    selection: str | None = None  # the validation metric of the runs' at_best_<metric> (model selection)
 
     @property
     def title(self) -> str:
@@ -104,16 +106,19 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         for r in runs:
             by_norm.setdefault(r["norm"], []).append(r)
         rows = []
+        best_key = next((k for k in runs[0] if k.startswith("at_best_")), None)
         for norm in sorted(by_norm, key=norm_rank):
             rs = [r for r in by_norm[norm] if r["timing"]["sec_per_1k_steps"] is not None]
             if not rs:
                 continue
+            picked = [r[best_key][metric] for r in rs if best_key and metric in r.get(best_key, {})]
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
                 metric=_mean_std([r["metrics"][metric] for r in rs]),
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
                 paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
+                at_best=_mean_std(picked) if picked and len(picked) == len(rs) else None,
             ))
         ln = next((r for r in rows if r.norm == "layernorm"), None)
         for r in rows:
@@ -123,8 +128,10 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         declared = [n for r in runs for n in r.get("config", {}).get("task", {}).get("norms", [])]
         diverged = {n: sorted(v) for n, v in blown.get((task, preset, kind), {}).items()}
         missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows} and n not in diverged]
+        selection = best_key.removeprefix("at_best_") if best_key and any(r.at_best for r in rows) else None
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
-                            kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0])))))
+                            kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0]))),
+                            selection))
     return tables
 
 
@@ -206,7 +213,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     unit = table.time_unit
     pct = " (%)" if table.metric.endswith("_error") else ""
     speed_head = "speed-up vs LN, interleaved [95% CI]" if interleaved else "speed-up vs LN"
-    head = [f"{table.metric}{pct}", "sec/1k steps"] + ([unit] if unit else []) + [speed_head, "seeds"]
+    selected = [f"{table.metric}{pct} at best {table.selection}"] if table.selection else []
+    head = [f"{table.metric}{pct}", *selected, "sec/1k steps"] + ([unit] if unit else []) + [speed_head, "seeds"]
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
     paper_metrics = _paper_metric_columns(paper)
@@ -222,7 +230,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     ]
     paper_ln = paper.get("layernorm")
     for r in table.rows:
-        cells = [_fmt_metric(table.metric, r.metric), f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}"]
+        cells = [_fmt_metric(table.metric, r.metric)]
+        if table.selection:  # Nematus' model selection: the test score where validation peaked
+            cells.append(_fmt_metric(table.metric, r.at_best) if r.at_best else "-")
+        cells.append(f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}")
         if unit:
             cells.append(f"{r.paper_unit[0]:.3g} +- {r.paper_unit[1]:.2g}")
         own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
