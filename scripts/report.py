@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     errors = [e for e in errors if e not in diverged]
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Produced by `{command}`.\n",
-             "Time is training steps only, after warm-up; speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
+             "Time (sec/1k steps and the paper's unit) is training after warm-up: the steps with the building of "
+             "their batches, evaluation and checkpoints paused out; 'wall' adds those back, as the paper's scripts "
+             "timed (the column to hold against the paper's time); speed-up = (T_LayerNorm - T_norm) / "
+             "T_LayerNorm.\n"]
     interleaved = read_interleaved_timing(args.timing)
     for path in args.timing:
         parts.append(f"The speed-up column of {', '.join(sorted({timing_key(r) for r in _results(path)}))} comes "

@@ -50,6 +50,7 @@ class Row:
     paper_unit: tuple[float, float] | None
     speedup: float | None = None
     at_best: tuple[float, float] | None = None  # the metric at the evaluation with the best validation score
+    wall_unit: tuple[float, float] | None = None  # wall clock with evaluation, in the paper's unit (its measure)
 
 
 @dataclass
@@ -112,6 +113,8 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             if not rs:
                 continue
             picked = [r[best_key][metric] for r in rs if best_key and metric in r.get(best_key, {})]
+            wall_key = f"wall_{unit or 'sec_per_1k_steps'}"
+            walls = [r["timing"][wall_key] for r in rs if r["timing"].get(wall_key) is not None]
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
@@ -119,6 +122,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
                 paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
                 at_best=_mean_std(picked) if picked and len(picked) == len(rs) else None,
+                wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
             ))
         ln = next((r for r in rows if r.norm == "layernorm"), None)
         for r in rows:
@@ -214,7 +218,11 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     pct = " (%)" if table.metric.endswith("_error") else ""
     speed_head = "speed-up vs LN, interleaved [95% CI]" if interleaved else "speed-up vs LN"
     selected = [f"{table.metric}{pct} at best {table.selection}"] if table.selection else []
-    head = [f"{table.metric}{pct}", *selected, "sec/1k steps"] + ([unit] if unit else []) + [speed_head, "seeds"]
+    # the wall clock with evaluation is the paper's measure: shown beside the training clock where runs have it
+    walled = any(r.wall_unit for r in table.rows)
+    wall_head = [f"wall {unit or 'sec/1k steps'}"] if walled else []
+    head = ([f"{table.metric}{pct}", *selected, "sec/1k steps"] + ([unit] if unit else []) + wall_head
+            + [speed_head, "seeds"])
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
     paper_metrics = _paper_metric_columns(paper)
@@ -236,6 +244,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         cells.append(f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}")
         if unit:
             cells.append(f"{r.paper_unit[0]:.3g} +- {r.paper_unit[1]:.2g}")
+        if walled:
+            cells.append(f"{r.wall_unit[0]:.3g} +- {r.wall_unit[1]:.2g}" if r.wall_unit else "-")
         own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
         cells += [interleaved.get(r.norm, "-") if interleaved else own, str(r.seeds)]
         if paper:
