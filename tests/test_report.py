@@ -197,7 +197,7 @@ def test_the_test_score_at_the_best_dev_score_gets_its_own_column():
     (table,) = build_tables(runs)
     assert table.selection == "dev_bleu" and [r.at_best[0] for r in table.rows] == [22.0, 21.5]
     text = render_markdown(table, {})
-    assert "| norm | test_bleu | test_bleu at best dev_bleu | sec/1k steps | speed-up vs LN |" in text
+    assert "| norm | test_bleu | test_bleu at best dev_bleu | sec/1k steps | sec_per_epoch | speed-up vs LN |" in text
     assert "| layernorm | 20.00 | 22.00 |" in text
     for s, wall in zip(runs, (50.0, 44.0), strict=True):  # the wall clock with evaluation, where runs have it
         s["timing"]["wall_sec_per_epoch"] = wall
