@@ -15,7 +15,7 @@ LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean sweep-p init-0.2
+.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean sweep-p init-0.2 wandb-dashboards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ install: $(STAMP) ## create .venv with the suite and its dev tools (idempotent)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q -e '.[dev,translation,reading]'
+	$(PIP) install -q -e '.[dev,translation,reading,dashboards]'
 	$(PY) -m rmsnorm.kernels.build  # compile the fused CPU kernel now rather than on first use (cached)
 	touch $@
 
@@ -66,6 +66,9 @@ bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<de
 bench-tasks: install ## whole training steps of each task's paper model, norms interleaved, speed-ups with 95% intervals
 	$(PY) scripts/bench_tasks.py
 	$(PY) scripts/readme.py
+
+wandb-dashboards: install ## save each task's W&B comparison workspace (needs a network and `wandb login`; PRESET=, SWEEP=)
+	$(PY) scripts/wandb_dashboards.py --preset $(or $(PRESET),paper) $(if $(SWEEP),--sweep $(SWEEP))
 
 lint: install ## ruff
 	.venv/bin/ruff check .

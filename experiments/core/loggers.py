@@ -60,7 +60,9 @@ class WandbLogger(NullLogger):
             tags=[run_info["task"], run_info["norm"], run_info["preset"], f"seed{run_info['seed']}"],
             name=f"{run_info['task']}-{run_info['norm']}-s{run_info['seed']}",
             # the keys a workspace groups and filters by, at the top level beside the full resolved config
-            config={**config, **{k: run_info[k] for k in ("task", "norm", "seed", "preset")}},
+            # (the sweep folder as hydra_sweep: W&B reads a config key "sweep" as its own sweeps)
+            config={**config, **{k: run_info[k] for k in ("task", "norm", "seed", "preset")},
+                    "hydra_sweep": run_info["sweep"]},
             reinit="finish_previous",
         )
 

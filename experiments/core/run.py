@@ -101,6 +101,11 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
     return summary
 
 
+def build_task_class(cfg: DictConfig) -> type[Task]:
+    """The Task class a config's builder names (no data read, nothing built)."""
+    return hydra.utils.instantiate(cfg.task.builder).func
+
+
 def build_task(cfg: DictConfig, device: torch.device) -> Task:
     """The task as its config's builder makes it (Hydra, `_partial_: true`), after checking the config
     against the task's schema and the norm against the registry: mistakes fail before any data is read."""
