@@ -32,6 +32,7 @@ from experiments.core.config import compose_config, norm_spec, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
 from experiments.core.report import read_paper_table, variant
+from experiments.core.timing import paper_time_unit
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
@@ -89,9 +90,7 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
         tasks[name] = (task, batch)
         batch_text = task.describe_batch(scale)
-    # the paper's unit: CIFAR-10's epoch of 500 steps, Tables 6 and 8's 0.1k steps, else 1k steps
-    unit = {"cifar10": ("sec_per_epoch", 500), "reading": ("sec_per_100_steps", 100),
-            "retrieval": ("sec_per_100_steps", 100)}.get(task_name, ("sec_per_1k_steps", 1000))
+    unit = paper_time_unit(task_name)
     print(f"{task_name}: {', '.join(names)} on {batch_text}; {rounds} rounds x {steps} steps", flush=True)
     times = time_interleaved({n: (lambda t=t, b=b: t.train_step(b)) for n, (t, b) in tasks.items()}, device,
                              rounds, steps, warmup, on_round=lambda r: print(f"  round {r + 1}/{rounds}", flush=True))

@@ -95,6 +95,21 @@ def test_the_three_clocks_on_a_fake_clock(monkeypatch):
     assert timer.wall_sec_per_1k_steps == pytest.approx(1000 * (5.5 + 12 + 10) / 4)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_steps_only_clock_reads_events_without_a_sync_per_step():
+    timer = StepTimer(torch.device("cuda"), warmup_steps=1)
+    x = torch.randn(2048, 2048, device="cuda")
+    for _ in range(6):
+        timer.begin_step()
+        x = (x @ x).tanh_()
+        timer.end_step()
+    assert len(timer._events) == 5  # recorded, not yet read: nothing waited for the GPU
+    timer.pause()
+    assert timer.timed_steps == 5 and not timer._events
+    assert 0 < timer.step_sec_per_1k_steps <= timer.sec_per_1k_steps * 1.01
+
+
 def test_wandb_logger_offline(cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cfg([*tiny_cifar(cifar_dir, "norm=rmsnorm"), "logger=wandb"])

@@ -21,20 +21,25 @@ class RootEpsAdam(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                # the current beta1 in the correction, as the reference (its mom1 drops to 0.5 half-way)
-                denom = (v / (1 - beta2**t)).add_(eps).sqrt_()
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                self.state[p]["step"] += 1
+            # every parameter of a group steps together: one count, and each update is one fused call for the
+            # whole group (a per-parameter loop would launch six kernels per tensor on the GPU every step)
+            t = self.state[params[0]]["step"]
+            grads = [p.grad for p in params]
+            m = [self.state[p]["exp_avg"] for p in params]
+            v = [self.state[p]["exp_avg_sq"] for p in params]
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            # the current beta1 in the correction, as the reference (its mom1 drops to 0.5 half-way)
+            denom = torch._foreach_div(v, 1 - beta2**t)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - beta1**t))
         return loss

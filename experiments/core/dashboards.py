@@ -6,15 +6,13 @@ in `tests/test_dashboards.py` instead of as an empty panel."""
 from __future__ import annotations
 
 from experiments.core.loggers import wandb_key
-
-#: the paper's time unit per task, as the summaries name it (Table 10's epoch, Tables 6 and 8's 100 steps)
-TIME_UNIT = {"cifar10": "sec_per_epoch", "reading": "sec_per_100_steps", "retrieval": "sec_per_100_steps"}
+from experiments.core.timing import paper_time_unit
 
 
 def task_metrics(task: str, primary_metric: str, selection_metric: str | None = None) -> dict[str, str]:
     """The W&B names a task's panels plot: its training loss and clock, its test metric, its validation metric
     (if it has one) and its time in the paper's unit, each as the W&B logger writes it."""
-    unit = TIME_UNIT.get(task, "sec_per_1k_steps")
+    unit = paper_time_unit(task)[0]
     names = {"loss": wandb_key("train_loss"), "clock": wandb_key("train_seconds"),
              "test": wandb_key(f"eval/{primary_metric}"), "time": wandb_key(f"timing/{unit}"),
              "wall": wandb_key(f"timing/wall_{unit}")}
