@@ -45,8 +45,9 @@ def layer_norm(
     bias: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
-    """torch's fused LayerNorm over the last dimension, statistics in float32 for half inputs."""
-    if x.dtype in (torch.float16, torch.bfloat16):
+    """torch's fused LayerNorm over the last dimension, statistics in float32 for half inputs (CUDA's kernel
+    keeps them in float32 itself; on the CPU the input is widened first)."""
+    if x.dtype in (torch.float16, torch.bfloat16) and not x.is_cuda:
         w = None if weight is None else weight.float()
         b = None if bias is None else bias.float()
         return F.layer_norm(x.float(), x.shape[-1:], w, b, eps).to(x.dtype)

@@ -1,6 +1,7 @@
 """Chooses how a row norm is computed for a given tensor: the fastest correct path for its device and dtype.
 
-- CUDA, float32/bfloat16/float16: the Triton kernels (`triton_kernels.py`), where Triton imports.
+- CUDA, float32/bfloat16/float16: the fastest of torch's fused `F.rms_norm`, our Triton kernels and the
+  reference, measured at first use per norm, dtype and width (`cuda_paths.py`; `RMSNORM_CUDA_PATH` forces one).
 - CPU, float32/float64: the fused C++ kernel (`cpu.py`), built on first use and cached.
 - Anything else (CPU half precision, mixed dtypes, a kernel that could not build): the reference in
   `rmsnorm.reference`, which the kernels are tested against.
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from rmsnorm.kernels import cpu
+from rmsnorm.kernels import cpu, cuda_paths
 from rmsnorm.reference import l2_norm_reference, rms_norm_reference
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -50,13 +51,11 @@ def reference_only(active: bool = True) -> Iterator[None]:
 
 @functools.cache
 def _kind(device_type: str, dtype: torch.dtype) -> str | None:
-    """'cpu', 'triton' or None (reference) for tensors of this device type and dtype."""
+    """'cpu', 'cuda' or None (reference) for tensors of this device type and dtype."""
     if device_type == "cpu" and dtype in _CPU_DTYPES:
         return "cpu"
     if device_type == "cuda" and dtype in _CUDA_DTYPES:
-        from rmsnorm.kernels import triton_kernels
-
-        return "triton" if triton_kernels.available() else None
+        return "cuda"
     return None
 
 
@@ -64,7 +63,7 @@ def _same_dtype(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     return all(p is None or p.dtype == x.dtype for p in params)
 
 
-def _fused_row_norm(x, weight, bias, eps, k, inv_n):
+def _fused_row_norm(x, weight, bias, eps, k, inv_n, norm):
     """The fused path's result for this tensor, or None where only the reference applies."""
     dtype = x.dtype
     if (weight is not None and weight.dtype is not dtype) or (bias is not None and bias.dtype is not dtype):
@@ -77,9 +76,7 @@ def _fused_row_norm(x, weight, bias, eps, k, inv_n):
     if kind == "cpu":
         module = cpu.module()
         return None if module is None else module.row_norm(x, weight, bias, k, inv_n, eps)
-    from rmsnorm.kernels import triton_kernels
-
-    return triton_kernels.row_norm(x, weight, bias, eps, k, inv_n)
+    return cuda_paths.row_norm(norm, x, weight, bias, eps, k)
 
 
 def rms_norm(x: torch.Tensor, weight, bias, eps: float, k: int | None) -> torch.Tensor:
@@ -89,12 +86,12 @@ def rms_norm(x: torch.Tensor, weight, bias, eps: float, k: int | None) -> torch.
     if (module is not None and _enabled and x.is_cpu and x.dtype is torch.float32 and bias is None
             and weight is not None and weight.dtype is torch.float32 and x.numel()):
         return module.row_norm(x, weight, None, k, 1.0 / k, eps)
-    y = _fused_row_norm(x, weight, bias, eps, k, 1.0 / k)
+    y = _fused_row_norm(x, weight, bias, eps, k, 1.0 / k, "rmsnorm" if k == x.shape[-1] else "prmsnorm")
     return rms_norm_reference(x, weight, bias, eps, k) if y is None else y
 
 
 def l2_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
-    y = _fused_row_norm(x, weight, bias, eps, x.shape[-1], 1.0)
+    y = _fused_row_norm(x, weight, bias, eps, x.shape[-1], 1.0, "l2norm")
     return l2_norm_reference(x, weight, bias, eps) if y is None else y
 
 
@@ -107,3 +104,14 @@ def block_row_norm(x: torch.Tensor, weights: list[torch.Tensor], ks: list[int], 
         return None
     module = cpu.module()
     return None if module is None else module.block_row_norm(x, weights, ks, inv_ns, eps)
+
+
+def describe() -> dict:
+    """Which paths this process's norms took, for a run's summary: the CPU kernel or the reference, and each
+    CUDA choice (with the forced path, if any)."""
+    cpu_path = ("reference" if not _enabled else "fused C++ kernel" if cpu._module is not None
+                else "reference (the kernel could not be built)" if cpu._failed else "not used")
+    out = {"cpu": cpu_path, "cuda": cuda_paths.choices()}
+    if cuda_paths.forced_path() is not None:
+        out["cuda_forced"] = cuda_paths.forced_path()
+    return out
