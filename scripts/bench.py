@@ -7,7 +7,12 @@ LayerNorm with a 95% bootstrap interval, achieved GB/s and their share of the ro
 rounds: a copy of the shape's tensor into a preallocated buffer (the memory limit) and into a fresh one (what
 an allocating op pays). On CUDA, also the share of the card's data-sheet peak bandwidth. On CPU, a second,
 short run in a plain process (no malloc settings) shows what a user who imports `rmsnorm` in a script gets.
-Writes results/bench/<device>.md and a plot, with the command and the machine above the table.
+On CUDA the table adds each call's kernel time (the device time of the kernels it launches, from the
+profiler) beside its eager time per call (back-to-back calls: at a recurrent step's size the host's launch and
+autograd work set it), ratios to torch's `F.rms_norm`, our Triton kernels forced beside the dispatch's choice,
+`torch.compile` of the reference at the large shapes, and a check of the suite's GPU targets.
+Writes results/bench/<device>.md, the measurements as .json (render from them), and a plot, with the command,
+the commit, versions and the machine above the table.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ import rmsnorm
 from experiments.core import malloc
 from experiments.core.interleaved import speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
+from experiments.core.provenance import describe as describe_stamp
+from experiments.core.provenance import stamp
 from experiments.core.timing import synchronize
 from rmsnorm.kernels import dispatch
+from rmsnorm.reference import rms_norm_reference
 
 EPS = 1e-8
 P = 0.0625
@@ -44,11 +52,17 @@ CASES = [
     ("retrieval", "batch x GRU hidden", 128, 1024),
     ("reading", "batch x LSTM hidden, one step", 64, 240),
     ("reading", "batch x 4 LSTM gates, one step", 64, 960),
+    ("translation", "batch x GRU gates [r;u], one step", 80, 2048),
     ("cifar10", "(100 x 96 channels) x 32x32 map", 9600, 1024),
     ("cifar10", "(100 x 192 channels) x 16x16 map", 19200, 256),
     ("cifar10", "(100 x 192 channels) x 8x8 map", 19200, 64),
 ]
+# on a GPU also the two shapes the bandwidth targets are set at
+CUDA_CASES = CASES + [("bandwidth", "large rows", 4096, 4096), ("bandwidth", "many rows", 16384, 1024)]
 QUICK_CASES = [("quick", "small", 64, 512), ("quick", "odd width", 33, 77)]
+# one step of a recurrent cell: the calls whose eager latency, not bandwidth, sets the cost
+RECURRENT_SHAPES = {(64, 240), (64, 960), (80, 2048), (128, 1024)}
+COMPILE_MIN_ELEMENTS = 1 << 20  # torch.compile of the reference only where a compile per shape pays off
 
 # peak memory bandwidth in GB/s by device-name fragment (vendor data sheets)
 PEAK_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100": 3350,
@@ -56,9 +70,11 @@ PEAK_GBPS = {"H200": 4800, "H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe"
              "RTX 4090": 1008, "RTX 3090": 936, "V100": 900, "TITAN X": 480, "2080 Ti": 616}
 
 
-def implementations(d: int):
+def implementations(d: int, device: torch.device | None = None, rows: int = 0):
+    """The rows of one shape's table. 'ours' is what the library's dispatch picks for the call; on CUDA our
+    Triton kernels forced, and torch.compile of the reference at the large shapes, come beside it."""
     k = max(1, int(d * P))
-    return {
+    impls = {
         "none (x*g)": lambda x, w, b: x * w,
         "layernorm (torch)": lambda x, w, b: F.layer_norm(x, (d,), w, b, EPS),
         "rms_norm (torch)": lambda x, w, b: F.rms_norm(x, (d,), w, EPS),
@@ -66,6 +82,16 @@ def implementations(d: int):
         f"prmsnorm (ours, p={P:g})": lambda x, w, b: rmsnorm.rms_norm(x, w, None, EPS, k=k),
         "l2norm (ours)": lambda x, w, b: rmsnorm.l2_norm(x, w, None, EPS),
     }
+    if device is not None and device.type == "cuda":
+        from rmsnorm.kernels import triton_kernels
+
+        if triton_kernels.available():
+            impls["rmsnorm (ours, Triton forced)"] = lambda x, w, b: triton_kernels.row_norm(x, w, None, EPS, d, 1 / d)
+            impls["l2norm (ours, Triton forced)"] = lambda x, w, b: triton_kernels.row_norm(x, w, None, EPS, d, 1.0)
+        if rows * d >= COMPILE_MIN_ELEMENTS:
+            compiled = torch.compile(lambda x, w: rms_norm_reference(x, w, None, EPS), dynamic=False)
+            impls["rmsnorm (reference, torch.compile)"] = lambda x, w, b: compiled(x, w)
+    return impls
 
 
 MODES = ("fwd", "bwd", "fwd_bwd")
@@ -79,6 +105,7 @@ class Result:
     d: int
     impl: str
     times: dict[str, list[float]]  # mode -> seconds per call, one entry per round
+    kernel: float | None = None  # CUDA: device seconds of the kernels one fwd+bwd call launches (profiler)
 
     def median(self, mode: str) -> float:
         return float(torch.tensor(self.times[mode]).median())
@@ -129,8 +156,28 @@ def _calls_per_round(step, device: torch.device, seconds: float) -> int:
     return max(1, int(seconds / max(time.perf_counter() - start, 1e-7)))
 
 
+def kernel_seconds(step, calls: int = 20) -> float | None:
+    """Device time of the CUDA kernels one call of `step` launches, from the profiler (no host time in it);
+    None where the profiler gives nothing."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                step()
+            torch.cuda.synchronize()
+        total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    except Exception as err:  # a profiler without CUPTI: say so in the table rather than fail the bench
+        print(f"  kernel time not measured: {err}", flush=True)
+        return None
+    return total_us / 1e6 / calls if total_us > 0 else None
+
+
 def time_shape(impls: dict, rows: int, d: int, device: torch.device, dtype: torch.dtype, rounds: int,
-               seconds_per_round: float) -> tuple[dict[str, dict[str, list[float]]], Roofline]:
+               seconds_per_round: float) -> tuple[dict[str, dict[str, list[float]]], Roofline, dict]:
     """Every implementation's three measurements and the two copies, interleaved over `rounds` rounds."""
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(rows, d, device=device, dtype=dtype, generator=g).requires_grad_()
@@ -148,18 +195,22 @@ def time_shape(impls: dict, rows: int, d: int, device: torch.device, dtype: torc
     times = time_interleaved(batched, device, rounds=rounds, steps_per_round=1, warmup_steps=1)
     per_call = {name: [t / calls[name] for t in ts] for name, ts in times.per_round.items()}
     by_impl = {name: {mode: per_call[f"{name}|{mode}"] for mode in MODES} for name in impls}
-    return by_impl, Roofline(per_call["copy"], per_call["fresh"])
+    kernels = {}
+    if device.type == "cuda":
+        kernels = {name: kernel_seconds(steps[f"{name}|fwd_bwd"]) for name in impls}
+        kernels["copy"] = kernel_seconds(steps["copy"])
+    return by_impl, Roofline(per_call["copy"], per_call["fresh"]), kernels
 
 
 def run(cases, device: torch.device, dtype: torch.dtype, rounds: int, seconds_per_round: float,
         only: tuple[str, ...] | None = None) -> tuple[list[Result], dict[tuple, Roofline]]:
     results, rooflines = [], {}
     for task, shape, rows, d in cases:
-        impls = {name: fn for name, fn in implementations(d).items()
+        impls = {name: fn for name, fn in implementations(d, device, rows).items()
                  if only is None or any(name.startswith(o) for o in only)}
-        by_impl, roofline = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
+        by_impl, roofline, kernels = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
         rooflines[(task, shape, rows, d)] = roofline
-        results += [Result(task, shape, rows, d, name, times) for name, times in by_impl.items()]
+        results += [Result(task, shape, rows, d, name, times, kernels.get(name)) for name, times in by_impl.items()]
         print(f"  {task:12s} {rows:6d} x {d:5d} done", flush=True)
     return results, rooflines
 
@@ -237,23 +288,34 @@ def peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
     return None, "unknown for this card"
 
 
+def ratio_interval(result: Result, ref: Result, mode: str) -> tuple[float, float, float]:
+    """Time over the reference's (median ratio) and its 95% paired-bootstrap interval over rounds."""
+    est = 1 - speedup(ref.times[mode], result.times[mode])
+    lo, hi = speedup_interval(ref.times[mode], result.times[mode])
+    return est, 1 - hi, 1 - lo
+
+
 def _ratio(result: Result, ln: Result, mode: str) -> str:
     """Time over LayerNorm's, with the 95% interval from a paired bootstrap over rounds."""
     if result is ln:
         return "1"
-    est = 1 - speedup(ln.times[mode], result.times[mode])
-    lo, hi = speedup_interval(ln.times[mode], result.times[mode])
-    return f"{est:.2f} [{1 - hi:.2f}, {1 - lo:.2f}]"
+    est, lo, hi = ratio_interval(result, ln, mode)
+    return f"{est:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+OURS = ("rmsnorm (ours)", "prmsnorm (ours", "l2norm (ours)")
 
 
 def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torch.device, dtype: torch.dtype,
-           command: str, machine: str, rounds: int, kernel_note: str) -> str:
+           command: str, machine: str, rounds: int, kernel_note: str, produced_by: str = "") -> str:
     peak, peak_note = peak_bandwidth(device)
     size = torch.finfo(dtype).bits // 8
+    cuda = device.type == "cuda"
     lines = [
         f"# Norm benchmark: {machine}",
         "",
         f"Command: `{command}`  ",
+        f"Produced by: {produced_by}  " if produced_by else "",
         f"Date: {datetime.date.today()}, torch {torch.__version__}, dtype {str(dtype).replace('torch.', '')}, "
         f"eps {EPS:g}, {torch.get_num_threads()} threads{kernel_note}  ",
         f"Per shape, every measurement below and the two copies run round-robin over {rounds} rounds after "
@@ -264,20 +326,29 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
         "above 100% where part of the traffic is served from cache. The copy into a fresh tensor shows what an "
         "op that allocates its output pays." + (f" Peak bandwidth: {peak_note}." if peak else ""),
     ]
+    if cuda:
+        lines.append("Times are eager: back-to-back calls from Python, so at a recurrent step's size they are the "
+                     "host's latency per call (launches, autograd), at large shapes the device's. `kernel us` is "
+                     "the device time of the kernels one forward+backward launches (profiler), `/rms_norm` the "
+                     "time over torch's `F.rms_norm`. `(ours)` is the library's dispatch (its measured choice, "
+                     "listed at the end); `Triton forced` our kernels whatever the dispatch would choose.")
     if device.type == "cpu":
         lines.append(f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead "
                      "of page-faulting them in anew on some calls (experiments/core/malloc.py); the last section "
                      "is a plain process without them.")
-    lines.append("")
+    lines = [line for line in lines if line] + [""]
     for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
         task, shape, rows, d = key
         group = [r for r in results if (r.task, r.shape, r.rows, r.d) == key]
         ln = next(r for r in group if r.impl.startswith("layernorm"))
+        torch_rms = next((r for r in group if r.impl.startswith("rms_norm (torch)")), None)
         roof = rooflines[key]
         nbytes = rows * d * size
         copy_gbps = roof.gbps(nbytes)
         head = ("| norm | fwd us | bwd us | fwd+bwd us | fwd /LN | fwd+bwd /LN | fwd GB/s | fwd % copy | "
                 "bwd GB/s | bwd % copy |")
+        if cuda:
+            head += " fwd+bwd kernel us | fwd+bwd /rms_norm |"
         if peak:
             head += " fwd % peak | bwd % peak |"
         lines += [f"## {task}: {rows} x {d}, {shape}", "",
@@ -290,11 +361,71 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
             cells = [r.impl, f"{r.fwd * 1e6:.1f}", f"{r.bwd * 1e6:.1f}", f"{r.fwd_bwd * 1e6:.1f}",
                      _ratio(r, ln, "fwd"), _ratio(r, ln, "fwd_bwd"), f"{fwd_gbps:.1f}",
                      f"{100 * fwd_gbps / copy_gbps:.0f}%", f"{bwd_gbps:.1f}", f"{100 * bwd_gbps / copy_gbps:.0f}%"]
+            if cuda:
+                cells += ["" if r.kernel is None else f"{r.kernel * 1e6:.1f}",
+                          "" if torch_rms is None else _ratio(r, torch_rms, "fwd_bwd")]
             if peak:
                 cells += [f"{100 * fwd_gbps / peak:.0f}%", f"{100 * bwd_gbps / peak:.0f}%"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if cuda:
+        lines += render_targets(gpu_targets(results, rooflines, size))
     return "\n".join(lines)
+
+
+# the suite's GPU targets (bf16 is where they are set): bandwidth at the two large shapes, never slower than
+# torch's LayerNorm or F.rms_norm, and a recurrent step's latency
+TARGET_SHAPES = {(4096, 4096), (16384, 1024)}
+
+
+def gpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: int) -> list[dict]:
+    """Each target at each shape and norm it applies to: what was measured, the bound, met or not."""
+    out = []
+    for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
+        _, _, rows, d = key
+        group = [r for r in results if (r.task, r.shape, r.rows, r.d) == key]
+        ln = next(r for r in group if r.impl.startswith("layernorm"))
+        torch_rms = next((r for r in group if r.impl.startswith("rms_norm (torch)")), None)
+        copy_gbps = rooflines[key].gbps(rows * d * size)
+        for r in (r for r in group if r.impl.startswith(OURS)):
+            where = f"{rows} x {d}, {r.impl}"
+            if (rows, d) in TARGET_SHAPES:
+                fwd = 100 * 2 * rows * d * size / r.fwd / 1e9 / copy_gbps
+                bwd = 100 * 3 * rows * d * size / r.bwd / 1e9 / copy_gbps
+                out.append({"target": "forward >= 80% of copy", "where": where, "value": f"{fwd:.0f}%",
+                            "met": fwd >= 80})
+                out.append({"target": "backward >= 65% of copy", "where": where, "value": f"{bwd:.0f}%",
+                            "met": bwd >= 65})
+            est, _, hi = ratio_interval(r, ln, "fwd_bwd")
+            out.append({"target": "fwd+bwd <= 1.0x LayerNorm (upper end)", "where": where,
+                        "value": f"{est:.2f} (upper {hi:.2f})", "met": hi <= 1.0})
+            if torch_rms is not None:
+                est, _, hi = ratio_interval(r, torch_rms, "fwd_bwd")
+                out.append({"target": "fwd+bwd <= 1.05x F.rms_norm (upper end)", "where": where,
+                            "value": f"{est:.2f} (upper {hi:.2f})", "met": hi <= 1.05})
+            if (rows, d) in RECURRENT_SHAPES:
+                est, _, hi = ratio_interval(r, ln, "fwd_bwd")
+                out.append({"target": "eager latency <= 1.1x LayerNorm (recurrent step)", "where": where,
+                            "value": f"{est:.2f} (upper {hi:.2f})", "met": hi <= 1.1})
+    return out
+
+
+def render_targets(targets: list[dict]) -> list[str]:
+    met = sum(t["met"] for t in targets)
+    lines = ["## The GPU targets", "", f"{met} of {len(targets)} met.", "",
+             "| target | shape, norm | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['where']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
+    chosen = dispatch.describe()["cuda"]
+    lines += ["", "The dispatch's choices in this run (norm/dtype/width/rows -> path):", ""]
+    lines += [f"- `{k}`: {v}" for k, v in sorted(chosen.items())] or ["- none"]
+    return lines + [""]
+
+
+def to_json(results: list[Result], rooflines: dict[tuple, Roofline]) -> dict:
+    """Every measurement, per round, so the tables can be rendered again without measuring."""
+    return {"results": [{"task": r.task, "shape": r.shape, "rows": r.rows, "d": r.d, "impl": r.impl,
+                         "times": r.times, "kernel": r.kernel} for r in results],
+            "rooflines": [{"key": list(k), "copy": v.copy, "fresh": v.fresh} for k, v in rooflines.items()]}
 
 
 # what a user's own script gets: the largest shapes, ours against LayerNorm, no malloc settings
@@ -335,7 +466,7 @@ def _plain_process_json(cases_json: str, device, dtype, rounds: int, seconds_per
     out = []
     for task, shape, rows, d in json.loads(cases_json):
         impls = {name: fn for name, fn in implementations(d).items() if name.startswith(USER_IMPLS)}
-        by_impl, roof = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
+        by_impl, roof, _ = time_shape(impls, rows, d, device, dtype, rounds, seconds_per_round)
         out.append({"key": [task, shape, rows, d], "impls": by_impl, "copy": roof.copy, "fresh": roof.fresh})
     print(json.dumps(out))
 
@@ -399,11 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_name(device)
     path = "fused kernels" if dispatch.enabled() else "reference (RMSNORM_KERNELS=reference)"
     print(f"benchmarking on {machine}, {args.dtype}, our norms via {path}")
-    cases = QUICK_CASES if args.quick else CASES
+    cases = QUICK_CASES if args.quick else CUDA_CASES if device.type == "cuda" else CASES
     results, rooflines = run(cases, device, dtype, rounds, args.seconds_per_round)
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
-    text = render(results, rooflines, device, dtype, command.strip(), machine, rounds, kernel_note)
+    produced = stamp(machine)
+    text = render(results, rooflines, device, dtype, command.strip(), machine, rounds, kernel_note,
+                  describe_stamp(produced))
     text += "\n" + render_rnn(run_rnn(device, dtype, rounds, args.quick))
     if device.type == "cpu":
         text += "\n" + plain_process_section(cases, args.dtype, rounds, args.seconds_per_round)
@@ -412,9 +545,12 @@ def main(argv: list[str] | None = None) -> int:
         stem += "-quick"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps({"command": command.strip(), "produced_by": produced,
+                                                       "dtype": args.dtype, **to_json(results, rooflines)},
+                                                      indent=1) + "\n")
     plot(results, args.out / f"{stem}.png", f"{machine}, {args.dtype}")
     print(text)
-    print(f"wrote {args.out / (stem + '.md')} and .png")
+    print(f"wrote {args.out / (stem + '.md')}, .json and .png")
     return 0
 
 

@@ -31,8 +31,11 @@ from experiments.core import malloc
 from experiments.core.config import compose_config, norm_spec, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
+from experiments.core.provenance import describe as describe_stamp
+from experiments.core.provenance import stamp
 from experiments.core.report import read_paper_table, variant
 from experiments.core.timing import paper_time_unit
+from rmsnorm.kernels import dispatch
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
@@ -117,9 +120,11 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
 
 
 def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper",
-           other_scales: dict[str, float] | None = None) -> str:
+           other_scales: dict[str, float] | None = None, produced_by: dict | None = None,
+           kernels: dict | None = None) -> str:
     others = "".join(f", {t} {s:g}" for t, s in (other_scales or {}).items())
     lines = [f"# Task step timing: {machine}", "", f"Command: `{command}`  ",
+             *([f"Produced by: {describe_stamp(produced_by)}  "] if produced_by else []),
              f"Date: {datetime.date.today()}, torch {torch.__version__}, preset {preset}, scale {scale:g}{others}  ",
              "Each norm's " + ("paper-width" if preset == "paper" else f"preset={preset}")
              + " model runs whole training steps (forward, loss, backward, optimiser) on a "
@@ -152,6 +157,9 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
                            "slower than the fastest step: set task.loader_workers=1 so a worker builds them beside it")
                 lines += [f"Data pipeline: {pipe['batches_per_sec']:.0f} batches/s built by `Task.batches` on the CPU "
                           f"({pipe['note']}) against {fastest:.1f} steps/s for the fastest norm here: {verdict}.", ""]
+    if kernels and kernels.get("cuda"):
+        lines += ["The CUDA dispatch's choices in this run (norm/dtype/width/rows -> path):", ""]
+        lines += [f"- `{k}`: {v}" for k, v in sorted(kernels["cuda"].items())] + [""]
     return "\n".join(lines)
 
 
@@ -191,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                for t in args.tasks.split(",")]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()
+    produced = stamp(machine)
+    kernels = dispatch.describe()
     text = render(results, machine, command, scale, args.preset,
-                  {t: s for t, s in scales.items() if s != scale})
+                  {t: s for t, s in scales.items() if s != scale}, produced, kernels)
     name = f"{device.type}-{machine}" + ("" if args.preset == "paper" else f"-{args.preset}")
     stem = args.stem or "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     while "--" in stem:
@@ -200,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, "scale": scale,
-                                                       "preset": args.preset, "results": results}, indent=1) + "\n")
+                                                       "preset": args.preset, "produced_by": produced,
+                                                       "kernels": kernels, "results": results}, indent=1) + "\n")
     print(text)
     print(f"wrote {args.out / stem}.md and .json")
     return 0

@@ -1,6 +1,7 @@
 """`make bench` runs end to end (timings themselves are never asserted: they live in results/bench)."""
 
 import json
+import sys
 
 import pytest
 
@@ -21,6 +22,11 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     # the plain-process run (no malloc settings) measured ours and LayerNorm at both shapes
     assert plain.count("| rmsnorm (ours) |") == 2 and plain.count("| layernorm (torch) |") == 2
     assert md.with_suffix(".png").stat().st_size > 1000
+    # the measurements themselves, every round, with what produced them
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert data["produced_by"]["commit"] and data["produced_by"]["torch"]
+    assert len(data["results"]) == 2 * 6 and all(len(x["times"]["fwd"]) == 2 for x in data["results"])
+    assert f"Produced by: commit {data['produced_by']['commit'][:10]}" in text
 
 
 def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
@@ -80,3 +86,53 @@ def test_time_interleaved_runs_every_variant_each_round():
                              torch.device("cpu"), rounds=3, steps_per_round=2, warmup_steps=1)
     assert calls.count("a") == calls.count("b") == 1 + 3 * 2
     assert all(len(v) == 3 for v in times.per_round.values())
+
+
+def test_the_gpu_targets_are_read_from_the_measurements():
+    # the render of `make bench --device cuda`, checked on made-up rounds: a norm at 90% of the copy's rate
+    # meets the forward target, one at half of LayerNorm's speed misses the 'never slower' target
+    from scripts.bench import Result, Roofline, gpu_targets, render_targets
+
+    rows, d, size = 4096, 4096, 2
+    nbytes = rows * d * size
+    copy = [2 * nbytes / 3000e9] * 5  # a copy at 3000 GB/s
+
+    def result(impl, fwd, bwd):
+        return Result("bandwidth", "large rows", rows, d, impl,
+                      {"fwd": [fwd] * 5, "bwd": [bwd] * 5, "fwd_bwd": [fwd + bwd] * 5})
+
+    fast_fwd = 2 * nbytes / (0.9 * 3000e9)
+    fast_bwd = 3 * nbytes / (0.7 * 3000e9)
+    results = [result("layernorm (torch)", fast_fwd, fast_bwd), result("rms_norm (torch)", fast_fwd, fast_bwd),
+               result("rmsnorm (ours)", fast_fwd, fast_bwd), result("l2norm (ours)", 2 * fast_fwd, 2 * fast_bwd)]
+    targets = gpu_targets(results, {("bandwidth", "large rows", rows, d): Roofline(copy, copy)}, size)
+    by = {(t["target"], t["where"].split(", ")[1]): t for t in targets}
+    assert by[("forward >= 80% of copy", "rmsnorm (ours)")]["met"]
+    assert by[("backward >= 65% of copy", "rmsnorm (ours)")]["met"]
+    assert not by[("forward >= 80% of copy", "l2norm (ours)")]["met"]
+    assert not by[("fwd+bwd <= 1.0x LayerNorm (upper end)", "l2norm (ours)")]["met"]
+    assert by[("fwd+bwd <= 1.05x F.rms_norm (upper end)", "rmsnorm (ours)")]["met"]
+    text = "\n".join(render_targets(targets))
+    assert f"{sum(t['met'] for t in targets)} of {len(targets)} met." in text and "**no**" in text
+
+
+
+def test_gpu_checks_keeps_to_its_budget_and_says_what_produced_the_log(tmp_path):
+    # with no budget left every step is skipped and marked, the exit status says so, and the log's head names
+    # the commit (what a lent machine's copy of the tree, without .git, is told through RMSNORM_COMMIT)
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "BUDGET": "0", "RMSNORM_COMMIT": "0123456789abcdef", "RMSNORM_DIRTY": "0",
+           "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "scripts/gpu_checks.sh", str(tmp_path), "quick"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    log = (tmp_path / "gpu-checks.log").read_text()
+    assert "commit 0123456789" in log.splitlines()[0]
+    assert log.count("!!! skipped, budget spent") >= 4 and "===" not in log
+    bad = subprocess.run(["bash", "scripts/gpu_checks.sh", str(tmp_path), "slow"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "mode must be full or quick" in bad.stderr

@@ -17,7 +17,7 @@ from rmsnorm import NormSpec
 from tests.conftest import compose_cfg, prepare, tiny_cifar
 
 SUMMARY_KEYS = {"task", "norm", "seed", "preset", "device", "status", "steps", "epochs", "primary_metric",
-                "metrics", "timing", "config", "versions"}
+                "metrics", "timing", "config", "versions", "kernels"}
 
 
 def test_loader_reads_the_real_format(cifar_dir):
@@ -81,6 +81,8 @@ def test_end_to_end_every_norm(cifar_dir, tmp_path, norm):
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert summary["task"] == "cifar10" and summary["norm"] == norm and summary["preset"] == "paper"
     assert summary["steps"] == 6 and summary["epochs"] == 2.0
+    # the implementation the norms took is on record (here the CPU kernel; CUDA choices stay empty on the CPU)
+    assert summary["kernels"]["cpu"] in ("fused C++ kernel", "not used") and summary["kernels"]["cuda"] == {}
     assert 0.0 <= summary["metrics"]["test_error"] <= 1.0
     timing = summary["timing"]
     assert timing["timed_steps"] == 5  # 6 steps less 1 warm-up

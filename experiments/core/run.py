@@ -26,6 +26,7 @@ from experiments.core.records import (
 )
 from experiments.core.task import Task
 from experiments.core.trainer import Trainer, TrainSettings
+from rmsnorm.kernels import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "differs_from_paper": differences,
         "data": task.data_facts(),
         **task.summary_extras(),
+        # which implementation each norm took (CPU kernel or reference; on CUDA the measured choice per bucket)
+        "kernels": dispatch.describe(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "config": config,
     }
