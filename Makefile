@@ -15,7 +15,7 @@ LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data test test-slow lint bench bench-tasks report replicate-all clean sweep-p init-0.2 wandb-dashboards
+.PHONY: help install demo demo-data test test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -59,13 +59,16 @@ test: install ## ruff, then the fast test suite (pytest, no GPU, no network)
 test-slow: install ## the long tests too
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ plot)
-	$(PY) scripts/bench.py
+bench: install ## norm-layer benchmark at the tasks' shapes -> results/bench/<device>.md (+ .json, plot); ARGS="--device cuda --dtype bfloat16"
+	$(PY) scripts/bench.py $(ARGS)
 	$(PY) scripts/readme.py
 
-bench-tasks: install ## whole training steps of each task's paper model, norms interleaved, speed-ups with 95% intervals
-	$(PY) scripts/bench_tasks.py
+bench-tasks: install ## whole training steps of each task's paper model, norms interleaved, speed-ups with 95% intervals; ARGS="--device cuda --scale 1"
+	$(PY) scripts/bench_tasks.py $(ARGS)
 	$(PY) scripts/readme.py
+
+gpu-checks: install ## on a GPU machine: CUDA tests, benches and short runs in 8 min (MODE=quick: 4) -> results/gpu/
+	PYTHON=$(PY) bash scripts/gpu_checks.sh results/gpu $(or $(MODE),full)
 
 wandb-dashboards: install ## save each task's W&B comparison workspace (needs a network and `wandb login`; PRESET=, SWEEP=)
 	$(PY) scripts/wandb_dashboards.py --preset $(or $(PRESET),paper) $(if $(SWEEP),--sweep $(SWEEP))

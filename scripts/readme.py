@@ -78,7 +78,10 @@ def bench_tasks(source: Path) -> str:
     from experiments.core.interleaved import describe
 
     data = json.loads(source.read_text())
-    lines = [f"{data['machine']}, scale {data['scale']:g}:", "",
+    stamp = data.get("produced_by")
+    made = f" (commit {stamp['commit'][:10]}, torch {stamp['torch']})" if stamp else ""
+    lines = [f"**STALE: {data['stale']}.**", ""] if data.get("stale") else []
+    lines += [f"{data['machine']}, scale {data['scale']:g}{made}:", "",
              "| task | norm | ms / step | speed-up vs LayerNorm [95% CI] | norm's share of the step [95% CI] |",
              "|---|---|---|---|---|"]
     for res in data["results"]:
