@@ -110,7 +110,8 @@ def launch_config(d: int) -> tuple[int, int, int]:
     """(BLOCK, ROWS, num_warps) for rows of d features: the padded row, rows per tile, warps per program."""
     block = triton.next_power_of_2(d)
     rows = max(1, min(MAX_ROWS, TILE_ELEMENTS // block))
-    warps = 4 if block <= 1024 else 8 if block <= 8192 else 16
+    tile = rows * block  # elements a program holds: 8-32 fp32 values per thread for x (Liger's warps per width)
+    warps = 4 if tile <= 2048 else 8 if tile <= 8192 else 16
     return block, rows, warps
 
 
