@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
+from experiments.core.provenance import describe as describe_stamp
+from experiments.core.provenance import stamp
 from experiments.core.report import (
     build_tables,
     diverged_runs,
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     diverged = diverged_runs(errors)
     errors = [e for e in errors if e not in diverged]
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    parts = [f"Produced by `{command}`.\n",
+    parts = [f"Produced by `{command}` ({describe_stamp(stamp())}); each table names the commit(s) its runs came "
+             "from.\n",
              "Time (sec/1k steps and the paper's unit) is training after warm-up: the steps with the building of "
              "their batches, evaluation and checkpoints paused out; 'wall' adds those back, as the paper's scripts "
              "timed (the column to hold against the paper's time); speed-up = (T_LayerNorm - T_norm) / "

@@ -19,10 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import distributed, malloc, sweep
 from experiments.core.errors import NonFiniteLoss, user_message
+from experiments.core.identity import run_identity
 from experiments.core.records import write_error
 from experiments.core.run import run_info, run_training
 
 log = logging.getLogger("train")
+
+
+def _identity(cfg: DictConfig) -> dict | None:
+    """The failed run's identity without its config (which error.json holds whole), where one can be made."""
+    try:
+        return {k: v for k, v in run_identity(cfg).items() if k != "config"}
+    except Exception:  # a config too broken to describe: the error itself says why
+        return None
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -41,7 +50,8 @@ def main(cfg: DictConfig) -> None:
             write_error(run_dir, {"error": message or repr(exc), "user_error": message is not None,
                                   "traceback": traceback.format_exc(), "overrides": list(hc.overrides.task),
                                   # which row of which table it is: a diverged model is a result to show
-                                  **run_info(cfg, sweep_name), "config": OmegaConf.to_container(cfg, resolve=True),
+                                  **run_info(cfg, sweep_name), "identity": _identity(cfg),
+                                  "config": OmegaConf.to_container(cfg, resolve=True),
                                   "diverged_at_step": exc.step if isinstance(exc, NonFiniteLoss) else None})
         if message is None:
             if not multirun:

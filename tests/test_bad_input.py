@@ -3,6 +3,7 @@
 
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ from tests.conftest import compose_cfg, tiny_cifar
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs=-1", r"train.epochs=-1: must be positive"),
-    ("train.epochs=0", r"train.epochs=0: must be positive"),
+    ("train.epochs=-1", r"train.epochs=-1(\.0)?: must be positive"),
+    ("train.epochs=0", r"train.epochs=0(\.0)?: must be positive"),
     ("train.max_steps=0", r"train.max_steps=0: must be positive"),
     ("train.eval_every=0", r"train.eval_every=0: must be a whole number of steps >= 1"),
     ("task.batch_size=0", r"task.batch_size=0: batch sizes, learning rates and accumulation counts must be positive"),
@@ -54,7 +55,8 @@ def test_the_disk_filling_during_a_checkpoint_keeps_the_previous_one_and_resume_
     real_fsync, calls = atomic.os.fsync, []
 
     def fsync_until_full(fd):  # the second checkpoint's write runs out of space
-        calls.append(fd)
+        if "checkpoint.pt" in os.readlink(f"/proc/self/fd/{fd}"):
+            calls.append(fd)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)

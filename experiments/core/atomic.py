@@ -16,7 +16,10 @@ os.umask(_UMASK)
 
 
 
-def _replace_atomically(path: Path, write) -> None:
+def _replace_atomically(path: Path, write, keep_previous: Path | None = None) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`; with `keep_previous`, the old file is
+    first renamed there (a crash between the two renames leaves both, the new one still under its temporary name,
+    and `keep_previous` readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -25,14 +28,16 @@ def _replace_atomically(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    _replace_atomically(Path(path), lambda f: torch.save(obj, f))
+def save_torch(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
+    _replace_atomically(Path(path), lambda f: torch.save(obj, f), keep_previous)
 
 
 def save_json(obj: Any, path: Path) -> None:

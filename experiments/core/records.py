@@ -12,6 +12,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ERROR_FILE = "error.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the one before: kept in case the last is damaged
 PREEMPTED_FILE = "preempted.json"  # a signal stopped the run after a checkpoint: the next start resumes
 
 
@@ -23,16 +24,29 @@ class MetricsFile:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def start(self, header: dict) -> None:
+        """A fresh curve whose first line says which run it is ({"header": identity}, no step: readers skip it)."""
+        save_text(json.dumps({"header": header}) + "\n", self.path)
+
     def truncate_after(self, step: int) -> None:
         """Drop records past `step`: a resumed run rewrites what the crashed one logged after its checkpoint."""
         if not self.path.exists():
             return
-        kept = [record for record in _records(self.path) if record["step"] <= step]
+        kept = [record for record in _records(self.path, headers=True) if record.get("step", 0) <= step]
         save_text("".join(json.dumps(record) + "\n" for record in kept), self.path)
 
 
-def _records(path: Path) -> list[dict]:
-    """The file's records; a last line cut short (the process killed, or the disk full, mid-append) is left out."""
+def read_header(run_dir: Path) -> dict | None:
+    """The identity a run's metrics.jsonl starts with, or None (a curve written before headers existed)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return None
+    return next((r["header"] for r in _records(path, headers=True) if "header" in r), None)
+
+
+def _records(path: Path, headers: bool = False) -> list[dict]:
+    """The file's records (with `headers`, the header line too); a last line cut short (the process killed, or
+    the disk full, mid-append) is left out."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
@@ -41,7 +55,7 @@ def _records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if i != len(lines) - 1:
                 raise
-    return records
+    return records if headers else [r for r in records if "header" not in r]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -4,11 +4,13 @@ speed-up against LayerNorm as the paper computes it, the paper's own numbers bes
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.core.identity import RESULT_KEYS, identity_config
 from experiments.core.plots import finish, single_axes
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from rmsnorm import norm_names
@@ -51,6 +53,10 @@ class Row:
     speedup: float | None = None
     at_best: tuple[float, float] | None = None  # the metric at the evaluation with the best validation score
     wall_unit: tuple[float, float] | None = None  # wall clock with evaluation, in the paper's unit (its measure)
+    label: str = ""  # the norm, and where runs of it trained other settings, which of them (never averaged)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.norm
 
 
 @dataclass
@@ -65,6 +71,8 @@ class Table:
     variant: str | None = None  # a model variant the task reports apart (the Transformer's norm placement)
     diverged: dict[str, list[int]] = field(default_factory=dict)  # norm -> steps where its runs' loss blew up
     selection: str | None = None  # the validation metric of the runs' at_best_<metric> (model selection)
+    commits: list[str] = field(default_factory=list)  # the code the runs came from
+    notes: list[str] = field(default_factory=list)  # e.g. which settings set two rows of one norm apart
 
     @property
     def title(self) -> str:
@@ -89,9 +97,36 @@ def diverged_runs(errors: list[dict]) -> list[dict]:
     return [e for e in errors if e.get("diverged_at_step") is not None and "task" in e]
 
 
+def settings_key(record: dict) -> str:
+    """What a table row averages over seeds: runs whose trained settings (the identity's config without the
+    seed) and device are the same. Computed from the config every summary carries, old ones too."""
+    cfg = {k: v for k, v in identity_config(record.get("config", {}), RESULT_KEYS).items() if k != "seed"}
+    text = json.dumps(cfg, sort_keys=True, default=str) + "|" + str(record.get("device", ""))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _settings_note(norm: str, groups: dict[str, list[dict]]) -> str:
+    (ka, a), (kb, b) = list(groups.items())[:2]
+    ca, cb = (identity_config(g[0].get("config", {}), RESULT_KEYS) for g in (a, b))
+    diff = [f"{k}: {ca.get(k, '(unset)')} -> {cb.get(k, '(unset)')}" for k in sorted(set(ca) | set(cb))
+            if k != "seed" and ca.get(k, "(unset)") != cb.get(k, "(unset)")]
+    if a[0].get("device") != b[0].get("device"):
+        diff.append(f"device: {a[0].get('device')} -> {b[0].get('device')}")
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+    return (f"{norm}: {len(groups)} sets of runs with different settings, kept apart ([{ka}] vs [{kb}]: "
+            f"{shown or 'no difference in the configs they record'}).")
+
+
+def _commits(runs: list[dict]) -> list[str]:
+    found = {(r.get("commit") or (r.get("identity") or {}).get("commit") or "unknown")[:10] for r in runs}
+    return sorted(found)
+
+
 def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
     """One table per (task, preset, variant) of the finished runs; runs that diverged get a row of their own
-    (with the steps), beside their norm's finished seeds if any; a declared norm with no run at all is missing."""
+    (with the steps), beside their norm's finished seeds if any; a declared norm with no run at all is missing.
+    Runs of one norm are averaged only where their settings and device agree (`settings_key`); others get a
+    row of their own, labelled, with a note naming what differs."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["task"], s["preset"], variant(s) or ""), []).append(s)
@@ -103,13 +138,20 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
     for (task, preset, kind), runs in sorted(groups.items()):
         metric = runs[0]["primary_metric"]
         unit = next((k for k in runs[0]["timing"] if k.startswith("sec_per_") and k != "sec_per_1k_steps"), None)
-        by_norm: dict[str, list[dict]] = {}
+        by_norm: dict[str, dict[str, list[dict]]] = {}
         for r in runs:
-            by_norm.setdefault(r["norm"], []).append(r)
-        rows = []
+            by_norm.setdefault(r["norm"], {}).setdefault(settings_key(r), []).append(r)
+        rows, notes = [], []
         best_key = next((k for k in runs[0] if k.startswith("at_best_")), None)
+        groups_in_order = []
         for norm in sorted(by_norm, key=norm_rank):
-            rs = [r for r in by_norm[norm] if r["timing"]["sec_per_1k_steps"] is not None]
+            # the set with the most runs first (the one the speed-up is taken against, for LayerNorm)
+            groups = dict(sorted(by_norm[norm].items(), key=lambda kv: -len(kv[1])))
+            if len(groups) > 1:
+                notes.append(_settings_note(norm, groups))
+            groups_in_order += [(norm, key, rs, len(groups) > 1) for key, rs in groups.items()]
+        for norm, key, group_runs, several in groups_in_order:
+            rs = [r for r in group_runs if r["timing"]["sec_per_1k_steps"] is not None]
             if not rs:
                 continue
             picked = [r[best_key][metric] for r in rs if best_key and metric in r.get(best_key, {})]
@@ -123,6 +165,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
                 paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
                 at_best=_mean_std(picked) if picked and len(picked) == len(rs) else None,
                 wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
+                label=f"{norm} [{key}]" if several else norm,
             ))
         ln = next((r for r in rows if r.norm == "layernorm"), None)
         for r in rows:
@@ -135,7 +178,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         selection = best_key.removeprefix("at_best_") if best_key and any(r.at_best for r in rows) else None
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
                             kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0]))),
-                            selection))
+                            selection, _commits(runs), notes))
     return tables
 
 
@@ -231,7 +274,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         head += [f"paper {m}" for m in shown] + ["paper time", "paper speed-up"]
     lines = [
         f"### {table.title}, preset={table.preset}",
-        f"device: {table.device}",
+        f"device: {table.device}  ",
+        f"commit: {', '.join(table.commits) or 'unknown'}",
         "",
         "| norm | " + " | ".join(head) + " |",
         "|---" * (len(head) + 1) + "|",
@@ -256,13 +300,15 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                 sp = speedup(float(paper_ln["time"]), float(p["time"])) if paper_ln else None
                 cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
                                                               f"{sp:+.1f}%" if sp is not None else "-"]
-        lines.append(f"| {r.norm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     for norm, steps in table.diverged.items():  # the paper's "fails" rows: shown as what happened, never dropped
         runs = f"{len(steps)} run{'s' if len(steps) > 1 else ''}"
         lines.append(f"| {norm} | diverged: training loss not finite by step {', '.join(map(str, steps))} "
                      f"({runs}) |" + " |" * (len(head) - 1))
     for norm in table.missing:  # failed or never run: marked, not dropped
         lines.append(f"| {norm} | missing: no finished run |" + " |" * (len(head) - 1))
+    if table.notes:
+        lines += [""] + [f"Kept apart: {note}" for note in table.notes]
     if paper and not paper_metrics:
         lines += ["", f"The paper gives no `{table.metric}` for this task (only times), so there is no column to "
                   "compare it with."]

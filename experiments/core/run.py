@@ -9,11 +9,13 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from experiments.core import distributed, seeding
-from experiments.core.atomic import write_or_explain
+from experiments.core.atomic import save_json, write_or_explain
 from experiments.core.config import differences_from_paper, norm_spec, typed_task_config
 from experiments.core.errors import UserError
+from experiments.core.identity import IDENTITY_FILE, read_folder_identity, refusal, run_identity
 from experiments.core.loggers import NullLogger
 from experiments.core.machine import machine_name
 from experiments.core.records import (
@@ -47,12 +49,49 @@ def describe_device(device: torch.device) -> str:
 
 
 def run_info(cfg: DictConfig, sweep: str) -> dict:
-    return {"task": cfg.task.name, "norm": cfg.norm.name, "seed": int(cfg.seed), "preset": cfg.preset.name,
+    # the seed as given: a wrong one (seed=abc) is reported by check_run_types, not by a crash here
+    return {"task": cfg.task.name, "norm": cfg.norm.name, "seed": cfg.seed, "preset": cfg.preset.name,
             "sweep": sweep}
+
+
+def check_run_types(cfg: DictConfig) -> None:
+    """Top-level values of the wrong type (seed=abc, resume=maybe) in one line, before anything is built."""
+    expected = {"seed": (int, "a whole number"), "resume": (bool, "true or false"),
+                "resume_anyway": (bool, "true or false")}
+    for key, (kind, words) in expected.items():
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise UserError(f"{key}={value}: must be {words}")
+
+
+def train_settings(cfg: DictConfig) -> TrainSettings:
+    """The loop's settings, typed by TrainSettings' fields: `train.epochs=ten` fails in one line."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(TrainSettings), OmegaConf.to_container(cfg.train, resolve=True))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "train"
+        value = getattr(exc, "value", None)
+        raise UserError(f"train.{key}={value}: {str(exc).splitlines()[0]}") from exc
+    return TrainSettings(**OmegaConf.to_container(typed))
+
+
+def _check_same_run(cfg: DictConfig, run_dir: Path, identity: dict) -> None:
+    """A resume into a folder that another run's config wrote is refused (unless resume_anyway=true)."""
+    saved = read_folder_identity(run_dir)
+    if saved is None or cfg.get("resume_anyway"):
+        return
+    message = refusal(saved, identity, f"the run in {run_dir}")
+    if message:
+        raise UserError(message)
 
 
 def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
     run_dir = Path(run_dir)
+    check_run_types(cfg)
+    identity = run_identity(cfg)
+    resuming = cfg.resume or (run_dir / PREEMPTED_FILE).exists()
+    if resuming:
+        _check_same_run(cfg, run_dir, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume and (run_dir / SUMMARY_FILE).exists():
         log.info("%s already finished: resume=true leaves it as it is", run_dir)
@@ -62,13 +101,14 @@ def run_training(cfg: DictConfig, run_dir: Path, sweep: str = "single") -> dict:
     device = pick_device(cfg.device, group)
     distributed.init(group, device)
     try:
-        return _train(cfg, run_dir, sweep, group, device)
+        return _train(cfg, run_dir, sweep, group, device, {**identity, "device": describe_device(device)})
     finally:
         distributed.shutdown()
 
 
-def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group, device: torch.device) -> dict:
-    settings = TrainSettings(**cfg.train)  # its mistakes fail here, before any data is read
+def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group, device: torch.device,
+           identity: dict) -> dict:
+    settings = train_settings(cfg)  # its mistakes fail here, before any data is read
     seeding.seed_everything(int(cfg.seed))
     task = build_task(cfg, device)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     task.check_processes(group)
@@ -83,20 +123,23 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str, group: distributed.Group,
     logger = hydra.utils.instantiate(cfg.logger) if group.is_main else NullLogger()
     logger.start(info, resolved, run_dir)
     summary = None
+    if group.is_main:
+        save_json(identity, run_dir / IDENTITY_FILE)
     try:
-        trainer = Trainer(task, settings, run_dir, device, logger, group)
+        trainer = Trainer(task, settings, run_dir, device, logger, group, identity,
+                          resume_anyway=bool(cfg.get("resume_anyway")))
         # a run stopped by a scheduler's signal resumes when it is started again (a requeued SLURM job keeps
         # its overrides, resume=false among them)
         if cfg.resume or (run_dir / PREEMPTED_FILE).exists():
             trainer.try_resume()
         final = trainer.fit()
-        summary = make_summary(info, task, trainer, final, device, resolved, differences)
+        summary = make_summary(info, task, trainer, final, device, resolved, differences, identity)
         if group.is_main:
             write_or_explain(lambda: write_summary(run_dir, summary), run_dir / SUMMARY_FILE,
                              f"at step {trainer.progress.step}")
             for stale in (PREEMPTED_FILE, ERROR_FILE):  # what an earlier, stopped attempt left
                 (run_dir / stale).unlink(missing_ok=True)
-        log.info("%s/%s seed %d: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
+        log.info("%s/%s seed %s: %s", info["task"], info["norm"], info["seed"], format_metrics(summary))
     finally:
         logger.finish(summary, exit_code=0 if summary is not None else 1)
     return summary
@@ -143,7 +186,7 @@ def at_best(task, records: list[dict]) -> dict:
 
 
 def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.device, config: dict,
-                 differences: list[str]) -> dict:
+                 differences: list[str], identity: dict | None = None) -> dict:
     timing = {
         # steps of the whole job: under torchrun every rank steps together, each on its slice of the batch
         "processes": trainer.group.world,
@@ -182,6 +225,10 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         # which implementation each norm took (CPU kernel or reference; on CUDA the measured choice per bucket)
         "kernels": dispatch.describe(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        # what makes this run its table's row, and what produced it (experiments/core/identity.py)
+        "config_hash": (identity or {}).get("config_hash"),
+        "commit": (identity or {}).get("commit"),
+        "identity": {k: v for k, v in (identity or {}).items() if k != "config"},
         "config": config,
     }
 

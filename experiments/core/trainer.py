@@ -18,8 +18,9 @@ from tqdm import tqdm
 from experiments.core import distributed, loading, seeding
 from experiments.core.atomic import save_json, save_torch, write_or_explain
 from experiments.core.errors import NonFiniteLoss, Preempted, UserError
+from experiments.core.identity import refusal as identity_refusal
 from experiments.core.loggers import NullLogger
-from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, MetricsFile
+from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, PREVIOUS_CHECKPOINT_FILE, MetricsFile
 from experiments.core.task import Task
 from experiments.core.timing import StepTimer
 
@@ -81,7 +82,8 @@ def _injected_fault() -> tuple[int, int] | None:
 
 class Trainer:
     def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None,
-                 group: distributed.Group = distributed.SINGLE):
+                 group: distributed.Group = distributed.SINGLE, identity: dict | None = None,
+                 resume_anyway: bool = False):
         self.task = task
         self.settings = settings
         self.run_dir = Path(run_dir)
@@ -100,6 +102,10 @@ class Trainer:
         self.timer = StepTimer(device, settings.timing_warmup)
         self.progress = Progress()
         self.checkpoint_path = self.run_dir / CHECKPOINT_FILE
+        self.previous_checkpoint_path = self.run_dir / PREVIOUS_CHECKPOINT_FILE
+        # which run this is (experiments/core/identity.py): saved in each checkpoint, checked on resume
+        self.identity = identity
+        self.resume_anyway = resume_anyway
         self.last_eval: dict[str, float] = {}
         self._loss_sum = torch.zeros((), device=device)
         self._loss_count = 0
@@ -144,8 +150,9 @@ class Trainer:
                     "rng": rng[0] if len(rng) == 1 else rng,
                     "last_eval": self.last_eval,
                     "world_size": self.group.world,
+                    "identity": self.identity,
                 },
-                self.checkpoint_path,
+                self.checkpoint_path, keep_previous=self.previous_checkpoint_path,
                 ), self.checkpoint_path, f"at step {self.progress.step}")
             except UserError as exc:
                 failure = exc
@@ -153,12 +160,39 @@ class Trainer:
         if distributed.any_rank(failure is not None, self.group):
             raise failure or UserError(f"rank 0 could not write {self.checkpoint_path}; its log says why")
 
+    def _load_checkpoint(self) -> tuple[Path, dict] | None:
+        """The checkpoint to resume from and its contents, None where there is none; a damaged one ends the run
+        in one line saying what to do."""
+        path, previous = self.checkpoint_path, self.previous_checkpoint_path
+        if not path.exists() and previous.exists():  # stopped between the two renames of a save
+            log.info("%s is missing; resuming from %s", path, previous)
+            path = previous
+        if not path.exists():
+            return None
+        try:
+            # on the CPU: the random states must stay CPU tensors; the model and optimiser copy to their devices
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "task" not in state:
+                raise ValueError("it holds no training state")
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            before = (f"the one before it, {previous.name}, is kept: rename it to {path.name} to resume from "
+                      "there, " if path != previous and previous.exists() else "")
+            raise UserError(f"{path} cannot be read, it is truncated or corrupt ({first}); {before}or delete it "
+                            "to start afresh, or use another hydra.run.dir") from exc
+        saved = state.get("identity")
+        if saved is not None and self.identity is not None and not self.resume_anyway:
+            message = identity_refusal(saved, self.identity, str(path))
+            if message:
+                raise UserError(message)
+        return path, state
+
     def try_resume(self) -> bool:
-        if not self.checkpoint_path.exists():
+        loaded = self._load_checkpoint()
+        if loaded is None:
             log.info("resume=true but no checkpoint in %s: starting from step 0", self.run_dir)
             return False  # _fit starts the curve afresh
-        # on the CPU: the random states must stay CPU tensors; the model and optimiser copy to their devices
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        path, state = loaded
         self.task.load_state_dict(state["task"])
         self.timer.load_state_dict(state["timer"])
         rng = state["rng"]
@@ -169,7 +203,7 @@ class Trainer:
         self.last_eval = state["last_eval"]
         if self.group.is_main:
             self.metrics.truncate_after(self.progress.step)
-        log.info("resumed from %s at step %d", self.checkpoint_path, self.progress.step)
+        log.info("resumed from %s at step %d", path, self.progress.step)
         return True
 
     # ---- boundaries --------------------------------------------------------------------------------------
@@ -283,6 +317,8 @@ class Trainer:
             # a fresh start: whatever an earlier attempt in this folder logged (killed before its first
             # checkpoint, or rerun without resume=true) is not this run's curve
             self.metrics.path.unlink(missing_ok=True)
+            if self.identity is not None:
+                self.metrics.start({k: v for k, v in self.identity.items() if k != "config"})
         task.model.train()
         bar = tqdm(total=total, initial=p.step, disable=not (s.progress and self.group.is_main), desc="train",
                    dynamic_ncols=True, leave=False)
