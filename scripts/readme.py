@@ -38,9 +38,12 @@ def _md_tables(text: str) -> dict[str, list[list[str]]]:
 def bench_cpu(source: Path) -> str:
     """Our RMSNorm against torch's LayerNorm (with intervals) and rms_norm at each shape, its share of the copy
     roofline, the GRU and LSTM tables, and the plain-process rows."""
-    tables = _md_tables(source.read_text())
-    lines = ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
-             "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
+    text = source.read_text()
+    tables = _md_tables(text)
+    produced = re.search(r"^Produced by: (.+?)\s*$", text, re.M)
+    lines = [f"Produced by: {produced.group(1)}", ""] if produced else []
+    lines += ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
+              "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
     for heading, rows in tables.items():
         found = re.match(r"(\w+): (\d+) x (\d+)", heading)
         if not found or len(rows) < 2:
