@@ -89,12 +89,12 @@ def patch_train_step(monkeypatch, task_class, at_call: int, before=None, after=N
     real_step = task_class.train_step
     calls = {"n": 0}
 
-    def step(self, batch):
+    def step(self, batch, model=None):
         calls["n"] += 1
         hit = calls["n"] == at_call
         if hit and before is not None:
             before()
-        loss = real_step(self, batch)
+        loss = real_step(self, batch, model)
         return after(loss) if hit and after is not None else loss
 
     monkeypatch.setattr(task_class, "train_step", step)

@@ -1,6 +1,7 @@
 """What a task gives the training loop, and the keys its config must define.
 
-A task owns its data, model, optimiser and metrics; the loop owns time, order, checkpoints and records.
+A task owns its data, model, optimiser, loss and metrics; the loop owns time, order, checkpoints and records,
+and the optimiser step itself (`experiments/core/stepping.py`: backward, clipping, accumulation, DDP).
 Its data is prepared before training (`scripts/prepare.py`, `Task.prepare`); the constructor only reads.
 """
 
@@ -62,9 +63,12 @@ class Task(abc.ABC):
         self.build_model()
 
     def _setup(self, cfg, norm: NormSpec, device: torch.device, seed: int) -> None:
+        from experiments.core.stepping import check_clip_rule
+
         self.cfg, self.norm, self.device, self.seed = cfg, norm, device, seed
         self.primary_metric = cfg.primary_metric
         self.batch_size = int(cfg.batch_size)
+        check_clip_rule(self.clip_rule()[0], cfg.name)  # a misspelt rule fails before any data is read
 
     # ---- data, prepared once before training --------------------------------------------------------------
     @classmethod
@@ -133,8 +137,27 @@ class Task(abc.ABC):
         """The epoch's training batches from index `start`, in an order fixed by (seed, epoch)."""
 
     @abc.abstractmethod
-    def train_step(self, batch: Any) -> torch.Tensor:
-        """One optimiser step; returns the detached loss (a tensor: no host sync on the hot path)."""
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The loss of one (micro-)batch through `model` (the task's model, or its DDP wrapper under torchrun),
+        scaled so that the gradients of a step's micro-batches add up to the step's."""
+
+    def step_batches(self, batch: Any) -> list[Any]:
+        """The micro-batches of one optimiser step (gradient accumulation); the whole batch by default."""
+        return [batch]
+
+    def clip_rule(self) -> tuple[str, float | None]:
+        """(rule, bound) of gradient clipping: `task.optim.clip` and `task.optim.clip_norm` where the config has
+        them (stepping.CLIP_RULES), else none."""
+        optim = getattr(self.cfg, "optim", None)
+        if optim is None or optim.get("clip_norm") is None:
+            return "none", None
+        return str(optim.get("clip", "global")), float(optim.clip_norm)
+
+    def train_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor:
+        """One optimiser step (`stepping.optimizer_step`); returns the detached loss (a tensor: no host sync)."""
+        from experiments.core.stepping import optimizer_step
+
+        return optimizer_step(self, self.model if model is None else model, batch)
 
     @abc.abstractmethod
     def evaluate(self) -> dict[str, float]: ...

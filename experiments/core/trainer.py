@@ -90,7 +90,6 @@ class Trainer:
         self.device = device
         self.group = group
         self.logger = logger or NullLogger()
-        self._model = task.model
         # under torchrun the steps go through DistributedDataParallel (which broadcasts rank 0's weights now);
         # evaluation, checkpoints and the task's own code between steps see the plain module
         self._ddp = None
@@ -288,13 +287,8 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def _step(self, batch) -> torch.Tensor:
-        if self._ddp is None:
-            return self.task.train_step(batch)
-        self.task.model = self._ddp  # the task's step calls self.model: through DDP, gradients are averaged
-        try:
-            return self.task.train_step(batch)
-        finally:
-            self.task.model = self._model
+        # under torchrun the loss goes through the DDP wrapper (made once): gradients averaged over ranks
+        return self.task.train_step(batch, self._ddp)
 
     def _stop_requested(self) -> bool:
         """A signal seen by this process or, under torchrun, by any rank: all stop at the same step, and all

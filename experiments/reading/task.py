@@ -43,7 +43,8 @@ class ReadingModel:
 @dataclass
 class ReadingOptim:
     lr: float = MISSING
-    clip_norm: float = MISSING  # global gradient norm
+    clip_norm: float = MISSING
+    clip: str = "global"  # how clip_norm applies (experiments/core/stepping.py): the norm of all gradients
 
 
 @dataclass
@@ -222,14 +223,9 @@ class ReadingTask(Task):
         return (f"batch {max(1, round(self.batch_size * scale))} x {max(2, round(100 * scale))} passage and "
                 f"{max(2, round(15 * scale))} question tokens")
 
-    def train_step(self, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         *inputs, answers = batch
-        loss = F.cross_entropy(self.model(*inputs), answers)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
-        self.optimizer.step()
-        return loss.detach()
+        return F.cross_entropy(model(*inputs), answers)
 
     # ---- evaluation ----------------------------------------------------------------------------------------
     def _error(self, split: str) -> tuple[float, float]:

@@ -40,7 +40,8 @@ class RetrievalModel:
 @dataclass
 class RetrievalOptim:
     lr: float = MISSING
-    clip_norm: float = MISSING  # each parameter tensor's gradient norm, as upstream
+    clip_norm: float = MISSING
+    clip: str = "per_tensor"  # each parameter tensor's gradient norm on its own, as upstream
     margin: float = MISSING
 
 
@@ -152,20 +153,13 @@ class RetrievalTask(Task):
     def describe_batch(self, scale: float) -> str:
         return f"batch {max(2, round(self.batch_size * scale))} x {max(2, round(12 * scale))}-word captions"
 
-    def train_step(self, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         words, mask, features = batch
-        captions, images = self.model(words, mask, features)
+        captions, images = model(words, mask, features)
         # under torchrun every caption meets every image of the global batch, as in one process
         group = distributed.current()
         captions, images = distributed.gather_with_grad(captions, group), distributed.gather_with_grad(images, group)
-        loss = contrastive_loss(captions, images, self.cfg.optim.margin)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in self.model.parameters():  # upstream clips each tensor's gradient norm on its own
-            if p.grad is not None:
-                torch.nn.utils.clip_grad_norm_([p], self.cfg.optim.clip_norm)
-        self.optimizer.step()
-        return loss.detach()
+        return contrastive_loss(captions, images, self.cfg.optim.margin)
 
     # ---- evaluation ----------------------------------------------------------------------------------------
     def _embed(self, split: str, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,6 @@ BLEU, with the Transformer base of bzhangGo/zero, Adam (0.9, 0.98) and the inver
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ class TransformerOptim:
     adam_eps: float = 1e-8
     label_smoothing: float = MISSING
     clip_norm: float | None = None  # zero does not clip
+    clip: str = "global"
     accumulate: int = 1  # each batch runs as this many micro-batches, gradients summed: less memory, same step
 
 
@@ -98,32 +98,21 @@ class TransformerTask(TranslationTask):
             self.optimizer, lambda s: min((s + 1) / warmup, (warmup / (s + 1)) ** 0.5))
         self.signature = None
 
-    def train_step(self, batch) -> torch.Tensor:
-        """One update of the whole batch: `optim.accumulate` micro-batches, each backward adding to the
-        gradients; the loss is the mean over the global batch's target tokens whatever the split."""
+    def step_batches(self, batch) -> list:
+        """`optim.accumulate` micro-batches of the whole batch, each with the scale that makes the step's loss
+        the mean over the global batch's target tokens whatever the split."""
         tokens = (batch[3] != D.PAD).sum()
         group = distributed.current()
         total = distributed.sum_over_ranks(tokens, group) if group.enabled else tokens
         # DDP averages the ranks' gradients: times the world size, the sum over ranks' token losses / total
         scale = group.world / total.clamp(min=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        parts = micro_batches(batch, int(self.cfg.optim.accumulate))
-        loss = torch.zeros((), device=tokens.device)
-        for i, (src, src_mask, tgt_in, tgt_out) in enumerate(parts):
-            last = i == len(parts) - 1
-            # under DDP the gradients are all-reduced once, after the last micro-batch
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
-                logits = self.model(src, src_mask, tgt_in)
-                part = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD, reduction="sum",
-                                       label_smoothing=self.cfg.optim.label_smoothing) * scale
-                part.backward()
-            loss += part.detach()
-        if self.cfg.optim.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return loss
+        return [(part, scale) for part in micro_batches(batch, int(self.cfg.optim.accumulate))]
+
+    def loss(self, model, micro_batch) -> torch.Tensor:
+        (src, src_mask, tgt_in, tgt_out), scale = micro_batch
+        logits = model(src, src_mask, tgt_in)
+        return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD, reduction="sum",
+                               label_smoothing=self.cfg.optim.label_smoothing) * scale
 
     def summary_extras(self) -> dict:
         return {"bleu_signature": self.signature, "norm_position": self.cfg.model.norm_position}

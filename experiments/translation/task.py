@@ -52,7 +52,8 @@ class LossScale(enum.Enum):
 class TranslationOptim:
     lr: float = MISSING
     label_smoothing: float = MISSING
-    clip_norm: float | None = MISSING  # gradient norm clipping over all parameters; null: none
+    clip_norm: float | None = MISSING  # gradient norm clipping; null: none
+    clip: str = "global"  # over all parameters together, as Nematus
     # sentence_sum: each sentence's token losses summed, the mean over sentences (Nematus: the clip acts on the
     # gradient of that); token_mean: the mean over target tokens
     loss: LossScale = LossScale.sentence_sum
@@ -164,9 +165,9 @@ class TranslationTask(Task):
         tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
         return src, (src != D.PAD).float(), tgt[:-1], tgt[1:]
 
-    def train_step(self, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> torch.Tensor:
         src, src_mask, tgt_in, tgt_out = batch
-        logits = self.model(src, src_mask, tgt_in)
+        logits = model(src, src_mask, tgt_in)
         total = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=D.PAD, reduction="sum",
                                 label_smoothing=self.cfg.optim.label_smoothing)
         group = distributed.current()
@@ -177,12 +178,7 @@ class TranslationTask(Task):
             tokens = (tgt_out != D.PAD).sum()
             count = distributed.sum_over_ranks(tokens, group) / group.world if group.enabled else tokens
             loss = total / count.clamp(min=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_norm)
-        self.optimizer.step()
-        return loss.detach()
+        return loss
 
     def translate(self, enc: D.Encoded, batch_size: int = 64) -> list[str]:
         out = []
