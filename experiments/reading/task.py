@@ -4,7 +4,6 @@ re-permuted per training minibatch as upstream, validation and test error, the b
 
 from __future__ import annotations
 
-import copy
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -71,6 +70,7 @@ class ReadingTask(Task):
     Config = ReadingConfig
     batch_dims = (1, 1, 1, 1, 0)  # passage, its mask, question, its mask (time-major), answers
     lower_is_better = True
+    selection_metric = "valid_error"  # the reader keeps the model of the best validation error
 
     # ---- data ----------------------------------------------------------------------------------------------
     @classmethod
@@ -174,7 +174,7 @@ class ReadingTask(Task):
         self.model = AttentiveReader(len(self.vocab), m.dim, self.norm, self.norm.name in m.project_norms,
                                      m.dropout).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
-        self.best: dict = {"valid_error": None, "test_error": None, "state": None}
+        self.best: dict = {"valid_error": None, "test_error": None}
 
     # ---- training ------------------------------------------------------------------------------------------
     @property
@@ -242,8 +242,7 @@ class ReadingTask(Task):
         valid_error, valid_loss = self._error("valid")
         test_error, _ = self._error("test")
         if self.best["valid_error"] is None or valid_error < self.best["valid_error"]:
-            self.best = {"valid_error": valid_error, "test_error": test_error,
-                         "state": copy.deepcopy(self.model.state_dict())}
+            self.best = {"valid_error": valid_error, "test_error": test_error}
         return {"valid_error": valid_error, "valid_loss": valid_loss, "test_error": test_error,
                 "best_valid_error": self.best["valid_error"], "test_error_at_best_valid": self.best["test_error"]}
 
