@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from experiments.core import distributed
+from experiments.core.records import read_metrics
 from experiments.core.run import build_task
-from tests.conftest import TASKS, compose_cfg, run_script
+from tests.conftest import REPO, TASKS, compose_cfg, run_script
+from tests.fault_injection import overrides as fault_at
 
 # what draws random numbers inside a step differs between one and two processes (dropout masks of other
 # shapes), so the comparison turns it off; everything else is the smoke preset
@@ -30,7 +32,7 @@ def _train(task, data_dir, run_dir, processes, *extra, env=None):
 
 
 def _curve(run_dir):
-    return [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [record["train_loss"] for record in read_metrics(run_dir)]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -52,7 +54,8 @@ def test_a_preempted_two_process_job_resumes_to_the_uninterrupted_curve(smoke_da
     assert whole.returncode == 0, whole.stderr[-2000:]
     # the scheduler's warning reaches both ranks after step 5: both checkpoint (one file, every rank's random
     # state), stop, and the next start resumes by itself (preempted.json) with the same overrides
-    stopped = _train("cifar10", smoke_data, tmp_path / "run", 2, "train.epochs=3", env={"RMSNORM_FAULT": "SIGUSR2@5"})
+    stopped = _train("cifar10", smoke_data, tmp_path / "run", 2, "train.epochs=3", *fault_at("SIGUSR2@5"),
+                     env={"PYTHONPATH": str(REPO)})
     assert stopped.returncode != 0 and (tmp_path / "run" / "preempted.json").exists()
     assert len(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["rng"]) == 2
     again = _train("cifar10", smoke_data, tmp_path / "run", 2, "train.epochs=3")

@@ -8,7 +8,8 @@ import pytest
 from experiments.core.records import read_metrics
 from experiments.core.run import run_training
 from experiments.core.sweep import sweep_outcome
-from tests.conftest import compose_cfg, run_script, tiny_cifar, tiny_cifar_cli
+from tests.conftest import REPO, compose_cfg, run_script, tiny_cifar, tiny_cifar_cli
+from tests.fault_injection import overrides as fault_at
 
 
 def test_local_launcher_sweep_exits_non_zero_naming_the_failed_run(cifar_dir, tmp_path):
@@ -44,7 +45,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_r
     # the new process starts with the same overrides (resume=false) and resumes from the checkpoint
     r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm", "hydra/launcher=local",
                    *tiny_cifar_cli(cifar_dir, "train.epochs=3", "train.ckpt_every=100", "train.eval_every=9"),
-                   f"hydra.sweep.dir={sweep}", env={"RMSNORM_FAULT": "SIGUSR2@4"})
+                   f"hydra.sweep.dir={sweep}", *fault_at("SIGUSR2@4"), env={"PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     run = sweep / "0-cifar10-rmsnorm-s0"
     log = (run / "train.log").read_text()
@@ -62,7 +63,7 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_result(cifar_dir,
     run = tmp_path / "run"
     args = ["scripts/train.py", "task=cifar10", "norm=layernorm", *tiny_cifar_cli(cifar_dir, *extra),
             f"hydra.run.dir={run}"]
-    killed = run_script(*args, env={"RMSNORM_FAULT": "SIGKILL@7"})
+    killed = run_script(*args, *fault_at("SIGKILL@7"), env={"PYTHONPATH": str(REPO)})
     assert killed.returncode == -9 and not (run / "summary.json").exists()
     resumed = run_script(*args, "resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -70,7 +71,7 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_result(cifar_dir,
     assert summary["steps"] == whole["steps"]
     for key, value in whole["metrics"].items():
         assert summary["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in read_metrics(run)]
     assert steps == sorted(set(steps))  # nothing logged twice
 
 

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -70,16 +69,6 @@ class Progress:
     batch_in_epoch: int = 0
 
 
-def _injected_fault() -> tuple[int, int] | None:
-    """RMSNORM_FAULT=<SIGNAL>@<step> (e.g. SIGKILL@7): the process sends itself that signal after that step.
-    For the tests of pre-emption and resume, where the job runs in a process of its own (submitit)."""
-    spec = os.environ.get("RMSNORM_FAULT")
-    if not spec:
-        return None
-    name, _, step = spec.partition("@")
-    return int(step), getattr(signal, name)
-
-
 class Trainer:
     def __init__(self, task: Task, settings: TrainSettings, run_dir: Path, device: torch.device, logger=None,
                  group: distributed.Group = distributed.SINGLE, identity: dict | None = None,
@@ -109,7 +98,6 @@ class Trainer:
         self._loss_sum = torch.zeros((), device=device)
         self._loss_count = 0
         self._stop_signal: int | None = None
-        self._fault = _injected_fault()
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -333,8 +321,6 @@ class Trainer:
                 bar.update(1)
                 if p.batch_in_epoch == task.steps_per_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-                if self._fault is not None and self._fault[0] == p.step:
-                    os.kill(os.getpid(), self._fault[1])
                 self._boundary_work(total, bar)
                 if self._stop_requested() and p.step < total:
                     bar.close()
