@@ -1,6 +1,6 @@
-"""Refresh the README's figures from results/: python scripts/readme.py [--check]
+"""Refresh the README's and docs' figures from results/: python scripts/readme.py [--check]
 
-Every number the README quotes from a results file sits in a block
+Every number README.md and docs/*.md quote from a results file sits in a block
 
     <!-- generated: KIND SOURCE -->
     ...
@@ -122,7 +122,77 @@ def protocol(source: Path) -> str:
     return "\n".join(lines).strip()
 
 
-KINDS = {"bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table, "protocol": protocol}
+def _demo_cells(text: str) -> dict[str, dict]:
+    """task (with its variant) -> {"metric": name, "layernorm": cell, "rmsnorm": cell} from the demo's tables.md."""
+    out, task, head = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            task = line[4:].split(", preset=")[0].strip()
+            head = None
+        elif task and line.startswith("| norm |"):
+            if task in out:  # only the task's main table (Table 5's pre-activations follow translation's)
+                task = None
+                continue
+            head = [c.strip() for c in line.strip("|").split("|")]
+            out[task] = {"metric": head[1]}
+        elif task and head and line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[task][cells[0]] = cells[1]
+    return out
+
+
+def glance(source: Path) -> str:
+    """One row per task: the paper's RMSNorm speed-up over LayerNorm, ours from every bench-tasks file under
+    SOURCE/bench-tasks (stale ones named as such), the demo's quality for LayerNorm and RMSNorm, and what has
+    run at paper scale (SOURCE: the results folder)."""
+    import csv
+
+    from experiments.core.interleaved import describe
+
+    with (source / "paper" / "tables.csv").open() as f:
+        paper = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))
+                 if r["row"] == "rmsnorm" and r["metric"] == "speedup"]
+    machines = []
+    for path in sorted((source / "bench-tasks").glob("*.json")):
+        data = json.loads(path.read_text())
+        label = data["machine"] + (", STALE" if data.get("stale") else "")
+        cells = {}
+        for res in data["results"]:
+            row = next((r for r in res["rows"] if r["norm"] == "rmsnorm"), None)
+            if row and "speedup_interval95" in row and not res.get("variant"):
+                cells[res["task"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
+        machines.append((f"{label} (scale {data['scale']:g}, [{path.name}](results/bench-tasks/{path.name}))",
+                         cells))
+    demo = _demo_cells((source / "demo" / "tables.md").read_text())
+    tasks = sorted({r["task"] for r in paper})
+    head = ["task", "paper: RMSNorm speed-up vs LayerNorm"] + [f"ours: {m}" for m, _ in machines]
+    head += ["demo quality, LayerNorm / RMSNorm", "paper scale"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for task in tasks:
+        speeds = "; ".join(f"{r['value']}% ({r['table']})" for r in paper if r["task"] == task)
+        cells = [task, speeds] + [m.get(task, "not measured") for _, m in machines]
+        d = demo.get(task, {})
+        cells.append(f"{d.get('layernorm', '-')} / {d.get('rmsnorm', '-')} ({d.get('metric', '-')})" if d else "-")
+        cells.append("not run")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_csv(source: Path) -> str:
+    """A results/paper/<task>.csv as a markdown table, its comment line above it."""
+    import csv
+
+    lines = source.read_text().splitlines()
+    comments = [line[2:] for line in lines if line.startswith("# ")]
+    rows = list(csv.reader(line for line in lines if not line.startswith("#")))
+    out = [f"{' '.join(comments)} ([{source.name}](../results/paper/{source.name}))", "",
+           "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+KINDS = {"glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
+         "table": table, "protocol": protocol}
 
 
 def render(readme: str) -> str:
@@ -140,20 +210,21 @@ def render(readme: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 if the README differs from its sources")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", type=Path, nargs="+", default=None,
+                        help="the files to refresh (default: README.md and docs/*.md)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print(f"{args.readme}: generated blocks differ from results/; run python scripts/readme.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if new != text:
-        args.readme.write_text(new)
-        print(f"refreshed the generated blocks of {args.readme}")
-    return 0
+    status = 0
+    for path in args.readme or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = path.read_text()
+        new = render(text)
+        if args.check:
+            if new != text:
+                print(f"{path}: generated blocks differ from results/; run python scripts/readme.py", file=sys.stderr)
+                status = 1
+        elif new != text:
+            path.write_text(new)
+            print(f"refreshed the generated blocks of {path}")
+    return status
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ from experiments.core.run import prepare_task_data
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # parallel workers (make test): one thread each, so two workers share two cores without oversubscribing;
+    # subprocesses the tests start inherit it
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 os.environ.setdefault("WANDB_SILENT", "true")
 
 

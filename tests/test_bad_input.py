@@ -1,4 +1,4 @@
-"""Bad input gets one clear line at start-up, and a fault mid-run loses nothing: the rows of the README's
+"""Bad input gets one clear line at start-up, and a fault mid-run loses nothing: the rows of docs/running.md's
 "Bad input" table that are not tested beside their task (each row there names its test)."""
 
 import errno

@@ -1,4 +1,4 @@
-"""Every config composes, and preset=paper is PAPER.md's setting."""
+"""Every config composes, and preset=paper is the paper's setting (docs/paper.md)."""
 
 import functools
 from pathlib import Path
@@ -86,7 +86,7 @@ def _protocol_rows():
 
 @pytest.mark.parametrize("row", [r for r in _protocol_rows() if r["key"]], ids=lambda r: f"{r['task']}-{r['key']}")
 def test_the_paper_presets_hold_the_upstream_protocol_table(row):
-    """Each setting of the README's 'upstream protocol vs this suite' table that names a config key is what
+    """Each setting of docs/protocol.md's 'upstream protocol vs this suite' table that names a config key is what
     preset=paper composes to, so the table cannot drift from the configs."""
     import yaml
     from omegaconf import OmegaConf

@@ -115,7 +115,7 @@ def test_half_inputs_are_computed_in_float32(dtype, name):
     assert torch.isfinite(y).all()
 
 
-# ---- invariances, PAPER.md Table 1 ----------------------------------------------------------------------
+# ---- invariances, the paper's Table 1 ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["rmsnorm", "prmsnorm", "layernorm"])
@@ -132,7 +132,7 @@ def test_invariant_to_weight_matrix_and_dataset_rescaling(name):
 
 
 def test_table_1_measured_is_the_papers():
-    # PAPER.md for LayerNorm, RMSNorm and pRMSNorm; the BatchNorm and WeightNorm rows as in Ba et al.'s Table 1,
+    # the paper for LayerNorm, RMSNorm and pRMSNorm; the BatchNorm and WeightNorm rows as in Ba et al.'s Table 1,
     # which the paper's extends
     from experiments.core.invariance import TRANSFORMS, table
 
