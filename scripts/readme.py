@@ -155,26 +155,28 @@ def glance(source: Path) -> str:
     machines = []
     for path in sorted((source / "bench-tasks").glob("*.json")):
         data = json.loads(path.read_text())
-        label = data["machine"] + (", STALE" if data.get("stale") else "")
+        label = data["machine"].replace("(R)", "").replace("  ", " ") + (", STALE" if data.get("stale") else "")
         cells = {}
         for res in data["results"]:
             row = next((r for r in res["rows"] if r["norm"] == "rmsnorm"), None)
             if row and "speedup_interval95" in row and not res.get("variant"):
                 cells[res["task"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
-        machines.append((f"{label} (scale {data['scale']:g}, [{path.name}](results/bench-tasks/{path.name}))",
-                         cells))
+        machines.append((label, cells, f"[{path.name}](results/bench-tasks/{path.name}) (scale {data['scale']:g})"))
     demo = _demo_cells((source / "demo" / "tables.md").read_text())
     tasks = sorted({r["task"] for r in paper})
-    head = ["task", "paper: RMSNorm speed-up vs LayerNorm"] + [f"ours: {m}" for m, _ in machines]
+    head = ["task", "paper: RMSNorm speed-up vs LayerNorm"] + [f"ours: {m}" for m, _, _ in machines]
     head += ["demo quality, LayerNorm / RMSNorm", "paper scale"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for task in tasks:
         speeds = "; ".join(f"{r['value']}% ({r['table']})" for r in paper if r["task"] == task)
-        cells = [task, speeds] + [m.get(task, "not measured") for _, m in machines]
+        cells = [task, speeds] + [m.get(task, "not measured") for _, m, _ in machines]
         d = demo.get(task, {})
         cells.append(f"{d.get('layernorm', '-')} / {d.get('rmsnorm', '-')} ({d.get('metric', '-')})" if d else "-")
         cells.append("not run")
         lines.append("| " + " | ".join(cells) + " |")
+    sources = [source for _, _, source in machines] + ["[results/paper/tables.csv](results/paper/tables.csv)",
+                                                       "[results/demo/tables.md](results/demo/tables.md)"]
+    lines += ["", "From " + "; ".join(sources) + "."]
     return "\n".join(lines)
 
 
