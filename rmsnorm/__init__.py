@@ -9,7 +9,7 @@ from rmsnorm.blocks import BlockNorm
 from rmsnorm.functional import l2_norm, layer_norm, rms_norm
 from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm, StepBatchNorm
 from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, partial_size
-from rmsnorm.registry import NormInfo, norm_info, norm_names, register_norm, unregister_norm
+from rmsnorm.registry import REFERENCE_NORM, NormInfo, norm_info, norm_names, register_norm, unregister_norm
 from rmsnorm.rnn import NormGRU, NormGRUCell, NormLSTM, NormLSTMCell
 from rmsnorm.spec import NormSpec, build_norm, build_norm2d
 
@@ -28,6 +28,7 @@ __all__ = [
     "NormLSTMCell",
     "NormInfo",
     "NormSpec",
+    "REFERENCE_NORM",
     "PartialRMSNorm",
     "RMSNorm",
     "StepBatchNorm",

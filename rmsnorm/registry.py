@@ -38,6 +38,9 @@ class NormInfo:
 _REGISTRY: dict[str, NormInfo] = {}
 
 
+#: the norm every speed-up is measured against, as the paper does: (T_reference - T_norm) / T_reference
+REFERENCE_NORM = "layernorm"
+
 def register_norm(info: NormInfo, *, replace: bool = False) -> NormInfo:
     """Add a norm under `info.name`; registering a name twice is an error unless `replace=True`."""
     if info.name in _REGISTRY and not replace:

@@ -41,6 +41,7 @@ from experiments.core.provenance import stamp
 from experiments.core.timing import synchronize
 from rmsnorm.kernels import dispatch
 from rmsnorm.reference import rms_norm_reference
+from rmsnorm.registry import REFERENCE_NORM
 
 EPS = 1e-8
 P = 0.0625
@@ -265,7 +266,7 @@ def render_rnn(rows: list[dict]) -> str:
                                                   if r["kind"] == kind):
             group = {r["norm"]: r["seconds"] for r in rows
                      if (r["kind"], r["hidden"], r["batch"], r["steps"]) == (kind, hidden, batch, steps)}
-            base, ln = group.get("none"), group.get("layernorm")
+            base, ln = group.get("none"), group.get(REFERENCE_NORM)
             for norm, t in group.items():
                 added = t - base if base is not None and norm not in ("none", "torch") else None
                 ratio = added / (ln - base) if added is not None and ln is not None and ln > base else None
@@ -340,7 +341,7 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
     for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
         task, shape, rows, d = key
         group = [r for r in results if (r.task, r.shape, r.rows, r.d) == key]
-        ln = next(r for r in group if r.impl.startswith("layernorm"))
+        ln = next(r for r in group if r.impl.startswith(REFERENCE_NORM))
         torch_rms = next((r for r in group if r.impl.startswith("rms_norm (torch)")), None)
         roof = rooflines[key]
         nbytes = rows * d * size
@@ -384,7 +385,7 @@ def gpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: i
     for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
         _, _, rows, d = key
         group = [r for r in results if (r.task, r.shape, r.rows, r.d) == key]
-        ln = next(r for r in group if r.impl.startswith("layernorm"))
+        ln = next(r for r in group if r.impl.startswith(REFERENCE_NORM))
         torch_rms = next((r for r in group if r.impl.startswith("rms_norm (torch)")), None)
         copy_gbps = rooflines[key].gbps(rows * d * size)
         for r in (r for r in group if r.impl.startswith(OURS)):
@@ -429,7 +430,7 @@ def to_json(results: list[Result], rooflines: dict[tuple, Roofline]) -> dict:
 
 
 # what a user's own script gets: the largest shapes, ours against LayerNorm, no malloc settings
-USER_IMPLS = ("layernorm", "rmsnorm (ours)")
+USER_IMPLS = (REFERENCE_NORM, "rmsnorm (ours)")
 
 
 def plain_process_section(cases, dtype: str, rounds: int, seconds_per_round: float) -> str:
@@ -448,7 +449,7 @@ def plain_process_section(cases, dtype: str, rounds: int, seconds_per_round: flo
              "|---|---|---|---|---|---|---|---|"]
     for case in measured:
         results = [Result(*case["key"], impl, times) for impl, times in case["impls"].items()]
-        ln = next(r for r in results if r.impl.startswith("layernorm"))
+        ln = next(r for r in results if r.impl.startswith(REFERENCE_NORM))
         roof = Roofline(case["copy"], case["fresh"])
         nbytes = case["key"][2] * case["key"][3] * torch.finfo(getattr(torch, dtype)).bits // 8
         for r in results:
@@ -478,7 +479,7 @@ def plot(results: list[Result], out_png: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys((r.task, r.rows, r.d) for r in results))
-    impls = [i for i in dict.fromkeys(r.impl for r in results) if not i.startswith("layernorm")]
+    impls = [i for i in dict.fromkeys(r.impl for r in results) if not i.startswith(REFERENCE_NORM)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     width = 0.8 / len(impls)
     for ax, mode in zip(axes, ("fwd", "fwd_bwd"), strict=True):
@@ -486,7 +487,7 @@ def plot(results: list[Result], out_png: Path, title: str) -> None:
             ratios = []
             for key in keys:
                 group = {r.impl: r for r in results if (r.task, r.rows, r.d) == key}
-                ln = next(r for name, r in group.items() if name.startswith("layernorm"))
+                ln = next(r for name, r in group.items() if name.startswith(REFERENCE_NORM))
                 ratios.append(getattr(group[impl], mode) / getattr(ln, mode))
             ax.bar([i + j * width for i in range(len(keys))], ratios, width, label=impl)
         ax.axhline(1.0, color="black", lw=0.8)

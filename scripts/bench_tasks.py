@@ -34,8 +34,8 @@ from experiments.core.machine import machine_name
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
 from experiments.core.report import read_paper_table, variant
-from experiments.core.timing import paper_time_unit
 from rmsnorm.kernels import dispatch
+from rmsnorm.registry import REFERENCE_NORM
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # every task the configs declare
@@ -62,7 +62,7 @@ def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: 
     from experiments.core.errors import UserError
     from experiments.core.run import build_task
 
-    cfg = task_config(task_name, "layernorm", [f"data_dir={data_dir}", f"task.batch_size={batch_size}",
+    cfg = task_config(task_name, REFERENCE_NORM, [f"data_dir={data_dir}", f"task.batch_size={batch_size}",
                                                "logger=none"], data_preset)
     try:
         task = build_task(cfg, torch.device("cpu"))
@@ -81,7 +81,7 @@ def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: 
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
                norms: list[str] | None, overrides: list[str], preset: str = "paper",
                data_dir: Path | None = None, data_preset: str = "demo") -> dict:
-    first = task_config(task_name, "layernorm", overrides, preset)
+    first = task_config(task_name, REFERENCE_NORM, overrides, preset)
     names = norms or list(first.task.norms)
     tasks, batch_text, unit = {}, "", None
     for name in names:
@@ -93,7 +93,7 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
         tasks[name] = (task, batch)
         batch_text = task.describe_batch(scale)
-    unit = paper_time_unit(task_name)
+    unit = next(iter(tasks.values()))[0].paper_time_unit(scale) or ("sec_per_1k_steps", 1000)
     print(f"{task_name}: {', '.join(names)} on {batch_text}; {rounds} rounds x {steps} steps", flush=True)
     times = time_interleaved({n: (lambda t=t, b=b: t.train_step(b)) for n, (t, b) in tasks.items()}, device,
                              rounds, steps, warmup, on_round=lambda r: print(f"  round {r + 1}/{rounds}", flush=True))
@@ -102,8 +102,8 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         per_step = times.median(name)
         row = {"norm": name, "sec_per_step": per_step, unit[0]: per_step * unit[1],
                "rounds": times.per_round[name]}
-        if "layernorm" in names and name != "layernorm":
-            ref = times.per_round["layernorm"]
+        if REFERENCE_NORM in names and name != REFERENCE_NORM:
+            ref = times.per_round[REFERENCE_NORM]
             row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
             row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
         if "none" in names and name != "none":  # the norm's share of a step: (T - T_none) / T, paired by round
@@ -142,7 +142,7 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
                   "|---|---|---|---|---|---|"]
         for row in res["rows"]:
             sp = describe(row["speedup_vs_layernorm"], row["speedup_interval95"]) if "speedup_interval95" in row \
-                else ("reference" if row["norm"] == "layernorm" else "")
+                else ("reference" if row["norm"] == REFERENCE_NORM else "")
             share = describe(row["norm_share"], row["norm_share_interval95"]) if "norm_share" in row else "-"
             lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
                          f"{share} | {paper.get(row['norm'], '-')} |")

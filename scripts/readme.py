@@ -19,7 +19,10 @@ import re
 import sys
 from pathlib import Path
 
+from rmsnorm.registry import REFERENCE_NORM
+
 REPO = Path(__file__).resolve().parents[1]
+
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -92,7 +95,7 @@ def bench_tasks(source: Path) -> str:
             if "speedup_interval95" in row:
                 sp = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
             else:
-                sp = "reference" if row["norm"] == "layernorm" else ""
+                sp = "reference" if row["norm"] == REFERENCE_NORM else ""
             share = describe(row["norm_share"], tuple(row["norm_share_interval95"])) if "norm_share" in row else "-"
             lines.append(f"| {res['task']} | {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {sp} | {share} |")
     return "\n".join(lines)

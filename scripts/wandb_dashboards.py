@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for task in args.tasks.split(","):
         cfg = compose_config([f"task={task}", f"preset={args.preset}"])
+        task_class = build_task_class(cfg)
         view = workspace(task, cfg.task.primary_metric, entity, args.project, args.preset,
-                         build_task_class(cfg).selection_metric, args.sweep)
+                         task_class.selection_metric, args.sweep, task_class.PAPER_TIME_UNIT[0])
         try:
             saved = view.save()
         except Exception as exc:

@@ -40,8 +40,9 @@ def test_each_tasks_workspace_plots_what_its_runs_log(task, smoke_data, tmp_path
     cfg = compose_cfg([f"task={task}", "norm=rmsnorm", "preset=smoke", f"data_dir={smoke_data}", "logger=none",
                        "train.progress=false"])
     run_training(cfg, tmp_path)
+    task_class = build_task_class(cfg)
     view = workspace(task, cfg.task.primary_metric, "entity", "project", "smoke",
-                     build_task_class(cfg).selection_metric, sweep="s1")
+                     task_class.selection_metric, sweep="s1", unit=task_class.PAPER_TIME_UNIT[0])
     missing = plotted_metrics(view) - _logged_names(tmp_path)
     assert not missing, f"{task}: panels read metrics no run logs: {sorted(missing)}"
     assert [g.name for g in view.runset_settings.groupby] == ["norm"]

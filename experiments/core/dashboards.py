@@ -6,13 +6,12 @@ in `tests/test_dashboards.py` instead of as an empty panel."""
 from __future__ import annotations
 
 from experiments.core.loggers import wandb_key
-from experiments.core.timing import paper_time_unit
 
 
-def task_metrics(task: str, primary_metric: str, selection_metric: str | None = None) -> dict[str, str]:
+def task_metrics(task: str, primary_metric: str, selection_metric: str | None = None,
+                 unit: str = "sec_per_1k_steps") -> dict[str, str]:
     """The W&B names a task's panels plot: its training loss and clock, its test metric, its validation metric
-    (if it has one) and its time in the paper's unit, each as the W&B logger writes it."""
-    unit = paper_time_unit(task)[0]
+    (if it has one) and its time in the paper's unit (`Task.PAPER_TIME_UNIT`), each as the W&B logger writes it."""
     names = {"loss": wandb_key("train_loss"), "clock": wandb_key("train_seconds"),
              "test": wandb_key(f"eval/{primary_metric}"), "time": wandb_key(f"timing/{unit}"),
              "wall": wandb_key(f"timing/wall_{unit}")}
@@ -22,7 +21,7 @@ def task_metrics(task: str, primary_metric: str, selection_metric: str | None = 
 
 
 def workspace(task: str, primary_metric: str, entity: str, project: str, preset: str = "paper",
-              selection_metric: str | None = None, sweep: str | None = None):
+              selection_metric: str | None = None, sweep: str | None = None, unit: str = "sec_per_1k_steps"):
     """A saved view of `project` for one task: runs of this task and preset (and sweep), grouped by norm
     (mean with the min-max band over seeds), panels for loss against steps and against training seconds
     (Fig. 1), the test and validation metrics against steps (Fig. 5 for reading), time in the paper's unit per
@@ -30,7 +29,7 @@ def workspace(task: str, primary_metric: str, entity: str, project: str, preset:
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    m = task_metrics(task, primary_metric, selection_metric)
+    m = task_metrics(task, primary_metric, selection_metric, unit)
     group = {"groupby": wr.Config("norm"), "groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
     curves = [wr.LinePlot(title="training loss against steps", x="Step", y=[m["loss"]], **group),
               wr.LinePlot(title="training loss against training seconds (Fig. 1)", x=m["clock"], y=[m["loss"]],

@@ -13,7 +13,7 @@ from pathlib import Path
 from experiments.core.identity import RESULT_KEYS, identity_config
 from experiments.core.plots import finish, single_axes
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
-from rmsnorm import norm_names
+from rmsnorm import REFERENCE_NORM, norm_names
 
 
 def norm_rank(name: str) -> int:
@@ -167,7 +167,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
                 wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
                 label=f"{norm} [{key}]" if several else norm,
             ))
-        ln = next((r for r in rows if r.norm == "layernorm"), None)
+        ln = next((r for r in rows if r.norm == REFERENCE_NORM), None)
         for r in rows:
             if ln is not None:
                 r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
@@ -206,7 +206,7 @@ def read_interleaved_timing(paths: list[Path]) -> dict[str, dict[str, str]]:
             for row in res["rows"]:
                 if "speedup_interval95" in row:
                     cells[row["norm"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
-                elif row["norm"] == "layernorm":
+                elif row["norm"] == REFERENCE_NORM:
                     cells[row["norm"]] = "reference"
     return out
 
@@ -280,7 +280,7 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         "| norm | " + " | ".join(head) + " |",
         "|---" * (len(head) + 1) + "|",
     ]
-    paper_ln = paper.get("layernorm")
+    paper_ln = paper.get(REFERENCE_NORM)
     for r in table.rows:
         cells = [_fmt_metric(table.metric, r.metric)]
         if table.selection:  # Nematus' model selection: the test score where validation peaked
@@ -365,7 +365,7 @@ def plot_speed(task: str, result: dict, out_png: Path) -> None:
     """Seconds per step of each norm with the speed-up's 95% interval as error bars, from one task's entry
     of a `scripts/bench_tasks.py` JSON (interleaved timing)."""
     rows = result["rows"]
-    ln = next((r for r in rows if r["norm"] == "layernorm"), None)
+    ln = next((r for r in rows if r["norm"] == REFERENCE_NORM), None)
     fig, ax = single_axes((7, 4))
     for i, r in enumerate(rows):
         ms = 1e3 * r["sec_per_step"]
@@ -374,7 +374,7 @@ def plot_speed(task: str, result: dict, out_png: Path) -> None:
             t_ln = 1e3 * ln["sec_per_step"]
             lo, hi = r["speedup_interval95"]  # speed-up bounds -> time bounds: T = T_LN (1 - s)
             err = [[max(ms - t_ln * (1 - hi), 0.0)], [max(t_ln * (1 - lo) - ms, 0.0)]]
-        ax.bar(i, ms, yerr=err, capsize=4, color="tab:gray" if r["norm"] == "layernorm" else "tab:blue")
+        ax.bar(i, ms, yerr=err, capsize=4, color="tab:gray" if r["norm"] == REFERENCE_NORM else "tab:blue")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["norm"] for r in rows], rotation=20)
     finish(fig, ax, "", "ms per training step (median over rounds)",

@@ -125,9 +125,15 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def steps_per_epoch(self) -> int: ...
 
-    def paper_time_unit(self) -> tuple[str, float] | None:
-        """(name, steps in one unit), e.g. ("sec_per_epoch", 500) for CIFAR-10 at batch 100; None: steps only."""
-        return None
+    #: the paper's time unit for this task and the steps in one at the paper's batch: the one home of this fact
+    #: (summaries, bench-tasks, dashboards read it); tasks whose unit is not 1k steps override it
+    PAPER_TIME_UNIT: tuple[str, int] = ("sec_per_1k_steps", 1000)
+
+    def paper_time_unit(self, batch_scale: float = 1.0) -> tuple[str, float] | None:
+        """(name, steps in one unit) for this task at its batch (`batch_scale`: the timed batch over the
+        config's); None where the unit is 1k steps, which every summary gives anyway."""
+        name, steps = self.PAPER_TIME_UNIT
+        return None if name == "sec_per_1k_steps" else (name, steps)
 
     def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Set epoch-based schedules (learning rate, momentum). Called again after a resume, so idempotent."""

@@ -14,15 +14,6 @@ import time
 
 import torch
 
-#: the paper's time unit of each task and the steps in one at the paper's batch (Table 10's epoch of 500 steps,
-#: Tables 6 and 8's 0.1k steps; 1k steps otherwise): the summaries' names, the dashboards' and the benchmark's
-PAPER_TIME_UNITS = {"cifar10": ("sec_per_epoch", 500), "reading": ("sec_per_100_steps", 100),
-                    "retrieval": ("sec_per_100_steps", 100)}
-
-
-def paper_time_unit(task: str) -> tuple[str, int]:
-    return PAPER_TIME_UNITS.get(task, ("sec_per_1k_steps", 1000))
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
