@@ -15,7 +15,7 @@ LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data test test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
+.PHONY: help install demo demo-data test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -52,9 +52,15 @@ demo: demo-data ## every task x every norm on built-in data (the Transformer pos
 	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/wandb/offline-run-*"; fi; \
 	exit $$status
 
-test: install ## ruff, then the fast test suite (pytest, no GPU, no network)
+# two workers of one thread each on a 2-core machine (tests/conftest.py sets the threads)
+PYTEST_WORKERS ?= 2
+
+test: install ## ruff, then the whole test suite (pytest, no GPU, no network; parallel workers)
 	.venv/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+
+test-fast: install ## the unit tests only (the library, the loop's parts, the docs): about a minute
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not integration"
 
 test-slow: install ## the long tests too
 	$(PY) -m pytest -q -m "slow or not slow"

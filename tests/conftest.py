@@ -106,3 +106,16 @@ def patch_train_step(monkeypatch, task_class, at_call: int, before=None, after=N
 
     monkeypatch.setattr(task_class, "train_step", step)
     return real_step
+
+
+# The unit tests: the library, the loop's parts and the docs, each in a module of its own, no training run.
+# Every other module is marked `integration` (training runs, subprocesses, torchrun, submitit): `make test-fast`
+# leaves those out, `make test` runs everything.
+UNIT_MODULES = {"test_norms", "test_kernels", "test_cuda_dispatch", "test_lstm", "test_library_structure",
+                "test_stepping", "test_docs", "test_paper_tables", "test_readme", "test_configs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] not in UNIT_MODULES:
+            item.add_marker(pytest.mark.integration)
