@@ -36,11 +36,22 @@ TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory):
-    """A data_dir with every task's smoke data set, as `scripts/prepare.py ... preset=smoke` writes it."""
-    data_dir = tmp_path_factory.mktemp("smoke-data")
-    for task in TASKS:
-        r = run_script("scripts/prepare.py", f"task={task}", "preset=smoke", f"data_dir={data_dir}")
-        assert r.returncode == 0, r.stderr[-2000:]
+    """A data_dir with every task's smoke data set, as `scripts/prepare.py ... preset=smoke` writes it; made once
+    for all parallel workers (their temporary folders share a parent), the others wait on its lock."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    data_dir = root / "smoke-data-shared"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(root / "smoke-data-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (data_dir / ".complete").exists():
+            for task in TASKS:
+                prepare([f"task={task}", "preset=smoke", f"data_dir={data_dir}"])
+            (data_dir / ".complete").write_text("")
+        fcntl.flock(lock, fcntl.LOCK_UN)
     return data_dir
 
 
