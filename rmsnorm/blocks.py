@@ -24,8 +24,8 @@ class BlockNorm(nn.Module):
             self._fused = ([k for k, _ in stats], [inv for _, inv in stats], self.norms[0].eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The normalised blocks of x, in order."""
-        if self._fused is not None:
+        """The normalised blocks of x, in order (the blocks' own norms where they are not the fused impl)."""
+        if self._fused is not None and all(getattr(n, "impl", "fused") == "fused" for n in self.norms):
             ks, inv_ns, eps = self._fused
             y = dispatch.block_row_norm(x, [n.weight for n in self.norms], ks, inv_ns, eps)
             if y is not None:

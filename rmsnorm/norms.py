@@ -12,7 +12,10 @@ from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, affine, c
 
 
 class AffineNorm(nn.Module):
-    """Shared gain/bias handling: gain initialised to 1, bias to 0, each optional."""
+    """Shared gain/bias handling: gain initialised to 1, bias to 0, each optional. `impl` says how the norm is
+    computed (`rmsnorm.functional.IMPLS`; `NormSpec(impl=...)` sets it)."""
+
+    impl: str = "fused"
 
     def __init__(self, num_features: int, eps: float, affine: bool, bias: bool, param_shape: tuple[int, ...]):
         super().__init__()
@@ -43,7 +46,7 @@ class RMSNorm(AffineNorm):
         super().__init__(num_features, eps, affine, bias, (num_features,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RF.rms_norm(x, self.weight, self.bias, self.eps)
+        return RF.rms_norm(x, self.weight, self.bias, self.eps, impl=self.impl)
 
     def row_stat(self):
         return _gain_only(self, self.num_features, 1.0 / self.num_features)
@@ -59,7 +62,7 @@ class PartialRMSNorm(AffineNorm):
         self.k = partial_size(num_features, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RF.rms_norm(x, self.weight, self.bias, self.eps, k=self.k)
+        return RF.rms_norm(x, self.weight, self.bias, self.eps, k=self.k, impl=self.impl)
 
     def row_stat(self):
         return _gain_only(self, self.k, 1.0 / self.k)
@@ -75,7 +78,7 @@ class L2Norm(AffineNorm):
         super().__init__(num_features, eps, affine, bias, (num_features,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RF.l2_norm(x, self.weight, self.bias, self.eps)
+        return RF.l2_norm(x, self.weight, self.bias, self.eps, impl=self.impl)
 
     def row_stat(self):
         return _gain_only(self, self.num_features, 1.0)
@@ -88,7 +91,7 @@ class LayerNorm(AffineNorm):
         super().__init__(num_features, eps, affine, bias, (num_features,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RF.layer_norm(x, self.weight, self.bias, self.eps)
+        return RF.layer_norm(x, self.weight, self.bias, self.eps, impl=self.impl)
 
 
 class NoNorm(nn.Identity):
@@ -100,10 +103,10 @@ class NoNorm(nn.Identity):
 
 # the statistic of each map form, over a channel's H*W positions (p: pRMSNorm's share of them)
 _MAP_FUNCTIONS = {
-    "rmsnorm": lambda rows, eps, p: RF.rms_norm(rows, eps=eps),
-    "prmsnorm": lambda rows, eps, p: RF.rms_norm(rows, eps=eps, k=partial_size(rows.shape[-1], p)),
-    "l2norm": lambda rows, eps, p: RF.l2_norm(rows, eps=eps),
-    "layernorm": lambda rows, eps, p: RF.layer_norm(rows, eps=eps),
+    "rmsnorm": lambda rows, eps, p, impl: RF.rms_norm(rows, eps=eps, impl=impl),
+    "prmsnorm": lambda rows, eps, p, impl: RF.rms_norm(rows, eps=eps, k=partial_size(rows.shape[-1], p), impl=impl),
+    "l2norm": lambda rows, eps, p, impl: RF.l2_norm(rows, eps=eps, impl=impl),
+    "layernorm": lambda rows, eps, p, impl: RF.layer_norm(rows, eps=eps, impl=impl),
 }
 
 
@@ -128,7 +131,7 @@ class ChannelMapNorm(AffineNorm):
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects (N, C, H, W), got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
-        y = self._normalise(x.reshape(n, c, h * w), self.eps, self.p).view(n, c, h, w)
+        y = self._normalise(x.reshape(n, c, h * w), self.eps, self.p, self.impl).view(n, c, h, w)
         return affine(y, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from rmsnorm.functional import check_impl
+from rmsnorm.norms import AffineNorm
 from rmsnorm.reference import DEFAULT_P, NormConfigError, check_p
 from rmsnorm.registry import NormInfo, norm_info
 
@@ -18,8 +20,10 @@ class NormSpec:
     p: float = DEFAULT_P  # pRMSNorm's share of features
     affine: bool = True
     bias: bool | None = None  # None: the norm's usual shift
+    impl: str = "fused"  # fused | composite | torch (rmsnorm.functional.IMPLS): how the norm is computed
 
     def __post_init__(self):
+        check_impl(self.impl)
         info = norm_info(self.name)
         if self.eps is None:
             object.__setattr__(self, "eps", info.eps)
@@ -36,7 +40,8 @@ class NormSpec:
         """The norm over the last dimension of `num_features` features."""
         info = self.info
         bias = info.shift if self.bias is None else self.bias
-        return info.features(int(num_features), eps=self.eps, p=self.p, affine=self.affine, bias=bias)
+        return self._with_impl(info.features(int(num_features), eps=self.eps, p=self.p, affine=self.affine,
+                                             bias=bias))
 
     def build2d(self, num_channels: int) -> nn.Module:
         """The norm of (N, C, H, W) maps with `num_channels` channels."""
@@ -44,7 +49,13 @@ class NormSpec:
         if info.maps is None:
             raise NormConfigError(f"norm '{self.name}' has no form for (N, C, H, W) maps")
         bias = info.map_shift if self.bias is None else self.bias
-        return info.maps(int(num_channels), eps=self.eps, p=self.p, affine=self.affine, bias=bias)
+        return self._with_impl(info.maps(int(num_channels), eps=self.eps, p=self.p, affine=self.affine, bias=bias))
+
+    def _with_impl(self, layer: nn.Module) -> nn.Module:
+        """The layer computing as `impl` says (norms without the choice, such as torch's batch norm, as they are)."""
+        if self.impl != "fused" and isinstance(layer, AffineNorm):
+            layer.impl = self.impl
+        return layer
 
     def reparametrize(self, layer: nn.Module) -> nn.Module:
         """Weight normalisation is a property of the layer, not a separate norm: apply it here when asked."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from experiments.core.atomic import save_text
 from experiments.core.invariance import render, table
+from experiments.core.provenance import describe, stamp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = ("# Table 1, measured: which transformation leaves h = N(W x) unchanged\n\n"
             "Command: `python scripts/invariance.py`  \n"
+            f"Produced by: {describe(stamp())}  \n"
             "float64, 16 units, 12 inputs, a batch of 32 cases, eps negligible; `invariant` where the output is "
             "unchanged to 1e-9 (experiments/core/invariance.py defines each transformation).\n\n"
             + render(table()) + "\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from experiments.core.atomic import save_text
 from experiments.core.plots import finish, single_axes
+from experiments.core.provenance import describe, stamp
 from experiments.core.records import read_metrics
 from experiments.core.report import find_runs, norm_rank
 
@@ -32,7 +33,7 @@ def curves(summaries: list[dict], metric: str) -> dict[str, dict[int, list[float
 
 def render(by_norm: dict[str, dict[int, list[float]]], metric: str, command: str) -> str:
     steps = sorted({step for c in by_norm.values() for step in c})
-    lines = [f"# {metric} against training steps", "", f"Command: `{command}`  ",
+    lines = [f"# {metric} against training steps", "", f"Command: `{command}`  ", f"Produced by: {describe(stamp())}  ",
              "Mean over seeds at each evaluation.", "",
              "| norm | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
     for norm, curve in by_norm.items():

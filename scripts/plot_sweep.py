@@ -16,6 +16,7 @@ from pathlib import Path
 
 from experiments.core.atomic import save_text
 from experiments.core.plots import finish, single_axes
+from experiments.core.provenance import describe, stamp
 from experiments.core.report import find_runs
 
 
@@ -42,7 +43,7 @@ def collect(summaries: list[dict], param: str, metric: str, reference: str | Non
 
 
 def render(swept, ref, param: str, metric: str, reference: str | None, command: str, norms: list[str]) -> str:
-    lines = [f"# {metric} against {param}", "", f"Command: `{command}`  ",
+    lines = [f"# {metric} against {param}", "", f"Command: `{command}`  ", f"Produced by: {describe(stamp())}  ",
              f"Swept norm: {', '.join(norms)}; mean +- std over seeds (n per point in the last column).", "",
              f"| {param} | {metric} | n |", "|---|---|---|"]
     for x, values in swept.items():

@@ -11,6 +11,11 @@ from experiments.core.run import prepare_task_data
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
+# the scripts the tests start would re-execute themselves once to set these (experiments/core/malloc.py),
+# importing torch twice; set here, every child starts with them
+from experiments.core.malloc import MALLOC_ENV  # noqa: E402
+
+os.environ.update(MALLOC_ENV)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # parallel workers (make test): one thread each, so two workers share two cores without oversubscribing;
     # subprocesses the tests start inherit it

@@ -32,8 +32,9 @@ def register_norm_configs() -> None:
     store = ConfigStore.instance()
     for name in norm_names():
         # eps null: the task's upstream value (task.norm_eps) where it names one, else the norm's own default
+        # impl: fused (the fastest kernel), composite (the tensor ops the paper's frameworks ran) or torch
         node = {"_target_": "rmsnorm.NormSpec", "name": name, "eps": None, "p": DEFAULT_P,
-                "affine": True, "bias": None}
+                "affine": True, "bias": None, "impl": "fused"}
         store.store(group="norm", name=name, node=node)
 
 

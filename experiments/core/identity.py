@@ -59,11 +59,13 @@ def run_identity(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     norm = resolved.get("norm", {})
     return {"task": cfg.task.name, "norm": norm.get("name"), "norm_p": norm.get("p"), "norm_eps": norm.get("eps"),
+            "norm_impl": norm.get("impl", "fused"),
             "preset": cfg.preset.name, "seed": cfg.seed, "config_hash": config_hash(resolved),
             "config": identity_config(resolved), **stamp()}
 
 
-HEADLINE = {"task": "task.name", "norm": "norm.name", "preset": "preset.name", "seed": "seed"}
+HEADLINE = {"task": "task.name", "norm": "norm.name", "norm_impl": "norm.impl", "preset": "preset.name",
+            "seed": "seed"}
 
 
 def differences(saved: dict, current: dict, limit: int = 4) -> list[str]:

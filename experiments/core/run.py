@@ -216,6 +216,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "primary_metric": task.primary_metric,
         "lower_is_better": task.lower_is_better,
         "norm_eps": task.norm.eps,  # the eps the norms were built with (task.norm_eps, norm.eps or the default)
+        "norm_impl": task.norm.impl,  # fused kernels, or the composite ops the paper's frameworks ran
         "metrics": final,
         **at_best(task, read_metrics(trainer.run_dir) if trainer.group.is_main else []),
         "timing": timing,
