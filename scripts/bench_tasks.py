@@ -78,32 +78,50 @@ def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: 
     return {"batches_per_sec": rate, "note": f"{data_preset} data, batch {batch_size}, {count} batches"}
 
 
+def variant_key(norm: str, impl: str) -> str:
+    """A timed variant's name: the norm, with '/<impl>' unless it is the fused default."""
+    return norm if impl == "fused" else f"{norm}/{impl}"
+
+
+def has_impls(norm: str) -> bool:
+    """Whether the norm's implementation can be chosen (the RMS family, LayerNorm); batch and weight norm are
+    torch's own, the baseline has none."""
+    from rmsnorm import NormSpec
+    from rmsnorm.norms import AffineNorm
+
+    return isinstance(NormSpec(norm).build(64), AffineNorm)
+
+
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
                norms: list[str] | None, overrides: list[str], preset: str = "paper",
-               data_dir: Path | None = None, data_preset: str = "demo") -> dict:
+               data_dir: Path | None = None, data_preset: str = "demo", impls: tuple[str, ...] = ("fused",)) -> dict:
     first = task_config(task_name, REFERENCE_NORM, overrides, preset)
-    names = norms or list(first.task.norms)
+    base = norms or list(first.task.norms)
+    variants = [(n, "fused") for n in base] + [(n, i) for i in impls if i != "fused" for n in base if has_impls(n)]
+    names = [variant_key(n, i) for n, i in variants]
     tasks, batch_text, unit = {}, "", None
-    for name in names:
-        cfg = task_config(task_name, name, overrides, preset)
+    for (name, impl), key in zip(variants, names, strict=True):
+        cfg = task_config(task_name, name, [*overrides, f"norm.impl={impl}"], preset)
         torch.manual_seed(0)
         norm = norm_spec(cfg)
         task_class = hydra.utils.instantiate(cfg.task.builder).func
         task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm, device, seed=0)
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
-        tasks[name] = (task, batch)
+        tasks[key] = (task, batch)
         batch_text = task.describe_batch(scale)
     unit = next(iter(tasks.values()))[0].paper_time_unit(scale) or ("sec_per_1k_steps", 1000)
     print(f"{task_name}: {', '.join(names)} on {batch_text}; {rounds} rounds x {steps} steps", flush=True)
     times = time_interleaved({n: (lambda t=t, b=b: t.train_step(b)) for n, (t, b) in tasks.items()}, device,
                              rounds, steps, warmup, on_round=lambda r: print(f"  round {r + 1}/{rounds}", flush=True))
     rows = []
-    for name in names:
+    for (_, impl), name in zip(variants, names, strict=True):
         per_step = times.median(name)
-        row = {"norm": name, "sec_per_step": per_step, unit[0]: per_step * unit[1],
+        row = {"norm": name, "impl": impl, "sec_per_step": per_step, unit[0]: per_step * unit[1],
                "rounds": times.per_round[name]}
-        if REFERENCE_NORM in names and name != REFERENCE_NORM:
-            ref = times.per_round[REFERENCE_NORM]
+        # the speed-up against LayerNorm computed the same way (composite against composite: the paper's setting)
+        reference = variant_key(REFERENCE_NORM, impl)
+        if reference in names and name != reference:
+            ref = times.per_round[reference]
             row["speedup_vs_layernorm"] = speedup(ref, times.per_round[name])
             row["speedup_interval95"] = speedup_interval(ref, times.per_round[name])
         if "none" in names and name != "none":  # the norm's share of a step: (T - T_none) / T, paired by round
@@ -132,7 +150,9 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
              "(T_LN - T) / T_LN on medians, [95% paired bootstrap interval over rounds]; 'within noise' where the "
              "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way. The paper's column "
-             "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti).", ""]
+             "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti). `<norm>/composite` is the norm as the chain "
+             "of tensor ops the paper's frameworks ran (`norm.impl=composite`), its speed-up against LayerNorm "
+             "computed the same way; the plain name is the fused kernels.", ""]
     for res in results:
         paper = paper_times(res["task"])
         title = res["task"] + (f" ({res['variant']})" if res.get("variant") else "")
@@ -142,10 +162,10 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
                   "|---|---|---|---|---|---|"]
         for row in res["rows"]:
             sp = describe(row["speedup_vs_layernorm"], row["speedup_interval95"]) if "speedup_interval95" in row \
-                else ("reference" if row["norm"] == REFERENCE_NORM else "")
+                else ("reference" if row["norm"].split("/")[0] == REFERENCE_NORM else "")
             share = describe(row["norm_share"], row["norm_share_interval95"]) if "norm_share" in row else "-"
             lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
-                         f"{share} | {paper.get(row['norm'], '-')} |")
+                         f"{share} | {paper.get(row['norm'].split('/')[0], '-')} |")
         lines.append("")
         pipe = res.get("pipeline")
         if pipe:
@@ -179,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where `make demo-data` wrote the demo data sets: the data pipeline is timed on them")
     parser.add_argument("--data-preset", default="demo", help="whose data sets under --data-dir (demo, smoke)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip timing the data pipeline")
+    parser.add_argument("--impls", default="fused,composite",
+                        help="norm implementations timed side by side (fused, composite, torch): the norms as fused "
+                             "kernels and as the tensor ops the paper's frameworks ran")
     parser.add_argument("--stem", help="file name without suffix (default: device, machine and preset)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides applied to every task, e.g. task.model.hidden=256")
@@ -195,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
               for t in args.tasks.split(",")}
     results = [bench_task(t, device, scales[t], rounds, steps, args.warmup,
                           args.norms.split(",") if args.norms else None, args.overrides, args.preset,
-                          None if args.no_pipeline else args.data_dir, args.data_preset)
+                          None if args.no_pipeline else args.data_dir, args.data_preset,
+                          tuple(args.impls.split(",")))
                for t in args.tasks.split(",")]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()

@@ -161,9 +161,13 @@ def glance(source: Path) -> str:
         label = data["machine"].replace("(R)", "").replace("  ", " ") + (", STALE" if data.get("stale") else "")
         cells = {}
         for res in data["results"]:
-            row = next((r for r in res["rows"] if r["norm"] == "rmsnorm"), None)
-            if row and "speedup_interval95" in row and not res.get("variant"):
-                cells[res["task"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
+            if res.get("variant"):
+                continue
+            found = {r["norm"]: r for r in res["rows"] if "speedup_interval95" in r}
+            texts = [f"{label}{describe(found[key]['speedup_vs_layernorm'], tuple(found[key]['speedup_interval95']))}"
+                     for key, label in (("rmsnorm", ""), ("rmsnorm/composite", "composite ops: ")) if key in found]
+            if texts:
+                cells[res["task"]] = "; ".join(texts)
         machines.append((label, cells, f"[{path.name}](results/bench-tasks/{path.name}) (scale {data['scale']:g})"))
     demo = _demo_cells((source / "demo" / "tables.md").read_text())
     tasks = sorted({r["task"] for r in paper})

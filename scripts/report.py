@@ -23,6 +23,7 @@ from experiments.core.report import (
     plot_task,
     read_interleaved_timing,
     read_paper_long,
+    read_paper_speedups,
     read_paper_table,
     render_markdown,
     render_preactivation,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         # a table without interleaved timing shows the speed-up of its runs' own clocks
         parts.append(render_markdown(table, read_paper_table(args.paper_dir, table.task),
-                                     interleaved.get(table.stem)))
+                                     interleaved.get(table.stem), read_paper_speedups(args.paper_dir, table.task)))
         if table.variant:
             parts.append(f"The paper's columns are its own runs ({table.task}'s paper placement), beside ours for "
                          "reference.\n")

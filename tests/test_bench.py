@@ -32,16 +32,24 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
 def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     # the paper models at a tiny batch; widths stay the paper's, so only a few steps
     r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.02", "--rounds", "2", "--steps", "1",
-                   "--warmup", "1", "--tasks", "cifar10", "--out", str(tmp_path), "--data-dir", str(tmp_path / "none"))
+                   "--warmup", "1", "--tasks", "cifar10", "--out", str(tmp_path), "--data-dir", str(tmp_path / "none"),
+                   "--impls", "fused,composite")
     assert r.returncode == 0, r.stderr[-2000:]
     (md,) = tmp_path.glob("*.md")
     text = md.read_text()
     for norm in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"):
         assert f"| {norm} |" in text, norm
     assert "| layernorm | " in text and "reference" in text
-    # every norm but LayerNorm has a speed-up with its interval, every norm but none its share of the step
-    assert text.count("% [") == 5 + 5
+    # every norm but LayerNorm has a speed-up with its interval, every norm but none its share of the step; the
+    # composite rows (LayerNorm, RMSNorm, pRMSNorm) the same, their speed-ups against the composite LayerNorm
+    assert text.count("% [") == (5 + 5) + (2 + 3)
     rows = {row["norm"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["results"][0]["rows"]}
+    assert {"layernorm/composite", "rmsnorm/composite", "prmsnorm/composite"} <= set(rows)
+    assert "batchnorm/composite" not in rows and rows["rmsnorm/composite"]["impl"] == "composite"
+    from experiments.core.interleaved import speedup
+
+    ln_c, rms_c = rows["layernorm/composite"]["rounds"], rows["rmsnorm/composite"]["rounds"]
+    assert rows["rmsnorm/composite"]["speedup_vs_layernorm"] == pytest.approx(speedup(ln_c, rms_c))
     assert "norm_share" not in rows["none"]
     t, t_none = rows["rmsnorm"]["sec_per_step"], rows["none"]["sec_per_step"]
     assert rows["rmsnorm"]["norm_share"] == pytest.approx((t - t_none) / t)

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.core.atomic import save_json
 from experiments.core.report import build_tables, find_runs, render_markdown, speedup
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 
 
 def _summary(norm, seed, err, sec):
@@ -205,3 +205,25 @@ def test_the_test_score_at_the_best_dev_score_gets_its_own_column():
     text = render_markdown(table, {})
     assert "| sec/1k steps | sec_per_epoch | wall sec_per_epoch | speed-up vs LN |" in text
     assert "| 15 +- 0 | 50 +- 0 |" in text
+
+
+def test_the_translation_table_shows_the_papers_table_3_and_the_composite_speed_ups():
+    from experiments.core.report import read_paper_speedups, read_paper_table
+
+    speeds = read_paper_speedups(REPO / "results" / "paper", "translation")
+    assert speeds == {"Table 3 (Theano)": {"rmsnorm": "+34.0%", "prmsnorm": "+33.4%"},
+                      "Table 3 (PyTorch)": {"rmsnorm": "+11.0%", "prmsnorm": "+12.0%"}}
+    runs = [{"task": "translation", "norm": n, "seed": 0, "preset": "paper", "device": "cpu", "steps": 10,
+             "primary_metric": "test14_bleu", "metrics": {"test14_bleu": 20.0}, "timing": {"sec_per_1k_steps": t}}
+            for n, t in (("layernorm", 10.0), ("rmsnorm", 9.0))]
+    (table,) = build_tables(runs)
+    interleaved = {"layernorm": "reference", "rmsnorm": "+5.0% [+1.0, +9.0]",
+                   "layernorm/composite": "reference", "rmsnorm/composite": "+20.0% [+15.0, +25.0]"}
+    text = render_markdown(table, read_paper_table(REPO / "results" / "paper", "translation"), interleaved, speeds)
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head, rms = lines[0], next(line for line in lines if line.startswith("| rmsnorm |"))
+    assert "speed-up vs LN, composite ops [95% CI]" in head and "paper speed-up, Table 3 (Theano)" in head
+    cells = dict(zip(head.split(" | "), rms.split(" | "), strict=True))
+    assert cells["speed-up vs LN, composite ops [95% CI]"] == "+20.0% [+15.0, +25.0]"
+    assert cells["paper speed-up, Table 3 (Theano)"] == "+34.0%"
+    assert cells["paper speed-up, Table 3 (PyTorch)"] == "+11.0%"

@@ -203,10 +203,10 @@ def read_interleaved_timing(paths: list[Path]) -> dict[str, dict[str, str]]:
     for path in paths:
         for res in json.loads(Path(path).read_text())["results"]:
             cells = out.setdefault(timing_key(res), {})
-            for row in res["rows"]:
+            for row in res["rows"]:  # row["norm"] is '<norm>' (fused) or '<norm>/<impl>'
                 if "speedup_interval95" in row:
                     cells[row["norm"]] = describe(row["speedup_vs_layernorm"], tuple(row["speedup_interval95"]))
-                elif row["norm"] == REFERENCE_NORM:
+                elif row["norm"].split("/")[0] == REFERENCE_NORM:
                     cells[row["norm"]] = "reference"
     return out
 
@@ -254,9 +254,27 @@ def _fmt_metric(name: str, value: tuple[float, float]) -> str:
     return f"{mean:.2f} +- {std:.2f}" if std else f"{mean:.2f}"
 
 
-def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str, str] | None = None) -> str:
+def read_paper_speedups(paper_dir: Path, task: str) -> dict[str, dict[str, str]]:
+    """The paper's printed speed-ups of every table of a task beyond its main one (translation: Table 3's
+    Theano and PyTorch columns), table -> norm -> '34.0%', from results/paper/tables.csv."""
+    path = Path(paper_dir) / "tables.csv"
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))
+                if r["task"] == task and r["metric"] == "speedup"]
+    tables = list(dict.fromkeys(r["table"] for r in rows))
+    return {t: {r["row"]: f"{float(r['value']):+.1f}%" for r in rows if r["table"] == t} for t in tables[1:]}
+
+
+def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str, str] | None = None,
+                    paper_speedups: dict[str, dict[str, str]] | None = None) -> str:
     """The table; with `interleaved` (norm -> speed-up text from the interleaved step timing) its speed-up
-    column replaces the one computed from the runs' own clocks, which ran one after another."""
+    column replaces the one computed from the runs' own clocks, which ran one after another; where that timing
+    also ran the composite norms (`<norm>/composite`), a column for them; `paper_speedups` adds the paper's
+    other tables' speed-ups (translation's Table 3) beside its own."""
+    composite = {k.split("/")[0]: v for k, v in (interleaved or {}).items() if k.endswith("/composite")}
+    paper_speedups = paper_speedups or {}
     unit = table.time_unit
     pct = " (%)" if table.metric.endswith("_error") else ""
     speed_head = "speed-up vs LN, interleaved [95% CI]" if interleaved else "speed-up vs LN"
@@ -264,14 +282,16 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     # the wall clock with evaluation is the paper's measure: shown beside the training clock where runs have it
     walled = any(r.wall_unit for r in table.rows)
     wall_head = [f"wall {unit or 'sec/1k steps'}"] if walled else []
+    composite_head = ["speed-up vs LN, composite ops [95% CI]"] if composite else []
     head = ([f"{table.metric}{pct}", *selected, "sec/1k steps"] + ([unit] if unit else []) + wall_head
-            + [speed_head, "seeds"])
+            + [speed_head, *composite_head, "seeds"])
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
     paper_metrics = _paper_metric_columns(paper)
     shown = [table.metric] if table.metric in paper_metrics else paper_metrics
     if paper:
         head += [f"paper {m}" for m in shown] + ["paper time", "paper speed-up"]
+        head += [f"paper speed-up, {name}" for name in paper_speedups]
     lines = [
         f"### {table.title}, preset={table.preset}",
         f"device: {table.device}  ",
@@ -291,7 +311,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         if walled:
             cells.append(f"{r.wall_unit[0]:.3g} +- {r.wall_unit[1]:.2g}" if r.wall_unit else "-")
         own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
-        cells += [interleaved.get(r.norm, "-") if interleaved else own, str(r.seeds)]
+        cells += [interleaved.get(r.norm, "-") if interleaved else own]
+        if composite:
+            cells.append(composite.get(r.norm, "-"))
+        cells.append(str(r.seeds))
         if paper:
             p = paper.get(r.norm)
             if p is None:
@@ -300,6 +323,7 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                 sp = speedup(float(paper_ln["time"]), float(p["time"])) if paper_ln else None
                 cells += [p.get(m) or "-" for m in shown] + [f"{p['time']} +- {p['time_std']}",
                                                               f"{sp:+.1f}%" if sp is not None else "-"]
+            cells += [speeds.get(r.norm, "-") for speeds in paper_speedups.values()]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     for norm, steps in table.diverged.items():  # the paper's "fails" rows: shown as what happened, never dropped
         runs = f"{len(steps)} run{'s' if len(steps) > 1 else ''}"
