@@ -15,7 +15,9 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     text = md.read_text()
     assert "Command: `python scripts/bench.py --quick --device cpu" in text
     main, plain = text.split("## A plain process")
-    for impl in ("none (x*g)", "layernorm (torch)", "rms_norm (torch)", "rmsnorm (ours)", "prmsnorm (ours", "l2norm"):
+    for impl in ("none (x*g)", "layernorm (torch)", "rms_norm (torch)", "rmsnorm (ours)", "prmsnorm (ours",
+                 "l2norm (ours)", "layernorm (composite)", "rmsnorm (composite)", "prmsnorm (composite",
+                 "l2norm (composite)"):
         assert main.count(f"| {impl}") == 2, impl  # one row per shape
     assert main.count("Roofline: copy into a preallocated tensor") == 2
     assert "% copy" in main and "[" in main  # shares of the roofline, ratios with intervals
@@ -25,7 +27,7 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     # the measurements themselves, every round, with what produced them
     data = json.loads(md.with_suffix(".json").read_text())
     assert data["produced_by"]["commit"] and data["produced_by"]["torch"]
-    assert len(data["results"]) == 2 * 6 and all(len(x["times"]["fwd"]) == 2 for x in data["results"])
+    assert len(data["results"]) == 2 * 10 and all(len(x["times"]["fwd"]) == 2 for x in data["results"])
     assert f"Produced by: commit {data['produced_by']['commit'][:10]}" in text
 
 
