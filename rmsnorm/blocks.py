@@ -20,12 +20,14 @@ class BlockNorm(nn.Module):
         stats = [getattr(n, "row_stat", lambda: None)() for n in self.norms]
         same_eps = len({getattr(n, "eps", None) for n in self.norms}) == 1
         self._fused = None
-        if all(s is not None for s in stats) and same_eps:
+        # spec.build set each norm's impl: only the fused impl may take the fused block kernel
+        fused_impl = all(getattr(n, "impl", "fused") == "fused" for n in self.norms)
+        if all(s is not None for s in stats) and same_eps and fused_impl:
             self._fused = ([k for k, _ in stats], [inv for _, inv in stats], self.norms[0].eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The normalised blocks of x, in order (the blocks' own norms where they are not the fused impl)."""
-        if self._fused is not None and all(getattr(n, "impl", "fused") == "fused" for n in self.norms):
+        """The normalised blocks of x, in order."""
+        if self._fused is not None:
             ks, inv_ns, eps = self._fused
             y = dispatch.block_row_norm(x, [n.weight for n in self.norms], ks, inv_ns, eps)
             if y is not None:

@@ -49,9 +49,12 @@ def identity_config(resolved: dict, keep: tuple[str, ...] = ()) -> dict[str, Any
     return {k: v for k, v in sorted(flatten(resolved).items()) if not _left_out(k, keep)}
 
 
-def config_hash(resolved: dict) -> str:
-    text = json.dumps(identity_config(resolved), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def config_hash(resolved: dict, keep: tuple[str, ...] = (), drop: tuple[str, ...] = (), extra: str = "",
+                length: int = 16) -> str:
+    """sha256 of identity_config(resolved, keep) without the keys in `drop`, with `extra` appended."""
+    cfg = {k: v for k, v in identity_config(resolved, keep).items() if k not in drop}
+    text = json.dumps(cfg, sort_keys=True, default=str) + extra
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def run_identity(cfg: DictConfig) -> dict:

@@ -4,13 +4,12 @@ speed-up against LayerNorm as the paper computes it, the paper's own numbers bes
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.core.identity import RESULT_KEYS, identity_config
+from experiments.core.identity import RESULT_KEYS, config_hash, identity_config
 from experiments.core.plots import finish, single_axes
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from rmsnorm import REFERENCE_NORM, norm_names
@@ -100,9 +99,8 @@ def diverged_runs(errors: list[dict]) -> list[dict]:
 def settings_key(record: dict) -> str:
     """What a table row averages over seeds: runs whose trained settings (the identity's config without the
     seed) and device are the same. Computed from the config every summary carries, old ones too."""
-    cfg = {k: v for k, v in identity_config(record.get("config", {}), RESULT_KEYS).items() if k != "seed"}
-    text = json.dumps(cfg, sort_keys=True, default=str) + "|" + str(record.get("device", ""))
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return config_hash(record.get("config", {}), RESULT_KEYS, drop=("seed",), extra="|" + str(record.get("device", "")),
+                       length=8)
 
 
 def _settings_note(norm: str, groups: dict[str, list[dict]]) -> str:

@@ -58,7 +58,7 @@ def optimizer_step(task: Task, model: nn.Module, batch: Any) -> torch.Tensor:
             loss = task.loss(model, part)
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
-    rule, max_norm = task.clip_rule()
+    rule, max_norm = getattr(task, "clip", None) or task.clip_rule()
     clip_gradients(task.model.parameters(), rule, max_norm)
     task.optimizer.step()
     scheduler = getattr(task, "scheduler", None)

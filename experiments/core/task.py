@@ -68,7 +68,9 @@ class Task(abc.ABC):
         self.cfg, self.norm, self.device, self.seed = cfg, norm, device, seed
         self.primary_metric = cfg.primary_metric
         self.batch_size = int(cfg.batch_size)
-        check_clip_rule(self.clip_rule()[0], cfg.name)  # a misspelt rule fails before any data is read
+        # read once (the step would otherwise read the config on every step); a misspelt rule fails here
+        self.clip = self.clip_rule()
+        check_clip_rule(self.clip[0], cfg.name)
 
     # ---- data, prepared once before training --------------------------------------------------------------
     @classmethod
