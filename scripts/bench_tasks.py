@@ -15,6 +15,12 @@ Writes results/bench-tasks/<device>.md and .json.
 
 from __future__ import annotations
 
+from experiments.core import malloc
+
+if __name__ == "__main__":
+    # before torch and Hydra load: the re-execution with steady malloc settings then costs no second import
+    malloc.reexec_with_stable_malloc()
+
 import argparse
 import datetime
 import json
@@ -27,7 +33,6 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from experiments.core import malloc
 from experiments.core.config import compose_config, norm_spec, typed_task_config
 from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
@@ -242,5 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    malloc.reexec_with_stable_malloc()
     sys.exit(main())

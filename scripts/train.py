@@ -7,6 +7,12 @@ command exits non-zero at the end naming the runs that failed, read from the run
 
 from __future__ import annotations
 
+from experiments.core import malloc
+
+if __name__ == "__main__":
+    # before torch and Hydra load: the re-execution with steady malloc settings then costs no second import
+    malloc.reexec_with_stable_malloc()
+
 import logging
 import sys
 import traceback
@@ -17,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core import distributed, malloc, sweep
+from experiments.core import distributed, sweep
 from experiments.core.errors import NonFiniteLoss, user_message
 from experiments.core.identity import run_identity
 from experiments.core.records import write_error
@@ -64,7 +70,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    malloc.reexec_with_stable_malloc()  # steady step timings on CPU (experiments/core/malloc.py)
     main()
     if sweep.failed_runs:
         print(f"{len(sweep.failed_runs)} run(s) failed; each folder holds error.json (or was killed), "
