@@ -8,6 +8,7 @@ STAMP := .venv/.installed
 TASKS = $(shell $(PY) scripts/tasks.py list)
 SEEDS := 0,1,2
 DATA_DIR ?= data
+PRESET ?= paper
 # make replicate-<task> LAUNCHER=slurm SLURM="hydra.launcher.partition=gpu ...": the sweep through submitit
 # (configs/hydra/launcher/); LAUNCHER=local runs it as local processes, the same code path without a cluster
 LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
@@ -113,8 +114,8 @@ init-0.2: install ## Fig. 4: LayerNorm and RMSNorm on translation, weights drawn
 report: install ## tables and plots from every run under multirun/ and outputs/ into results/report/
 	$(PY) scripts/report.py multirun outputs --out results/report --command "make report"
 
-data-%: install ## data-<task>: the real data set into $(DATA_DIR) (needs internet, once) and what training derives from it
-	$(PY) scripts/prepare.py task=$* preset=paper data_dir=$(DATA_DIR)
+data-%: install ## data-<task>: the real data set into $(DATA_DIR) (needs internet, once) and what training derives from it (PRESET=demo|smoke: the generated set)
+	$(PY) scripts/prepare.py task=$* preset=$(PRESET) data_dir=$(DATA_DIR)
 
 replicate-%: install ## replicate-<task>: the paper's table: every norm of the task, preset=paper, 3 seeds, one Hydra multirun (LAUNCHER=slurm|local; transformer: NORM_POSITION=pre)
 	$(PY) scripts/train.py -m task=$* norm=$$($(PY) scripts/tasks.py norms $*) preset=paper seed=$(SEEDS) \

@@ -17,7 +17,7 @@ the commit, versions and the machine above the table.
 
 from __future__ import annotations
 
-from experiments.core import malloc
+from experiments.core.training import malloc
 
 if __name__ == "__main__":
     # before torch and Hydra load: the re-execution with steady malloc settings then costs no second import
@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 
 import rmsnorm
-from experiments.core.interleaved import speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
-from experiments.core.timing import synchronize
+from experiments.core.training.interleaved import speedup, speedup_interval, time_interleaved
+from experiments.core.training.timing import synchronize
 from rmsnorm import composite
 from rmsnorm.kernels import dispatch
 from rmsnorm.reference import rms_norm_reference
@@ -347,8 +347,8 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
                      "listed at the end); `Triton forced` our kernels whatever the dispatch would choose.")
     if device.type == "cpu":
         lines.append(f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead "
-                     "of page-faulting them in anew on some calls (experiments/core/malloc.py); the last section "
-                     "is a plain process without them.")
+                     "of page-faulting them in anew on some calls (experiments/core/training/malloc.py); the last "
+                     "section is a plain process without them.")
     lines = [line for line in lines if line] + [""]
     for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
         task, shape, rows, d = key

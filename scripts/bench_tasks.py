@@ -15,7 +15,7 @@ Writes results/bench-tasks/<device>.md and .json.
 
 from __future__ import annotations
 
-from experiments.core import malloc
+from experiments.core.training import malloc
 
 if __name__ == "__main__":
     # before torch and Hydra load: the re-execution with steady malloc settings then costs no second import
@@ -33,12 +33,12 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from experiments.core.config import compose_config, norm_spec, typed_task_config
-from experiments.core.interleaved import describe, speedup, speedup_interval, time_interleaved
 from experiments.core.machine import machine_name
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
-from experiments.core.report import read_paper_table, variant
+from experiments.core.reporting.report import read_paper_table, variant
+from experiments.core.training.config import compose_config, norm_spec, typed_task_config
+from experiments.core.training.interleaved import describe, speedup, speedup_interval, time_interleaved
 from rmsnorm.kernels import dispatch
 from rmsnorm.registry import REFERENCE_NORM
 
@@ -65,7 +65,7 @@ def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: 
     """Batches per second of the task's own batch building (`Task.batches`, on the CPU, in this process) on
     its demo data at the timed batch size: what one loader worker, or the training process, can feed."""
     from experiments.core.errors import UserError
-    from experiments.core.run import build_task
+    from experiments.core.training.run import build_task
 
     cfg = task_config(task_name, REFERENCE_NORM, [f"data_dir={data_dir}", f"task.batch_size={batch_size}",
                                                "logger=none"], data_preset)

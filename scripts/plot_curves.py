@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
-from experiments.core.plots import finish, single_axes
 from experiments.core.provenance import describe, stamp
 from experiments.core.records import read_metrics
-from experiments.core.report import find_runs, norm_rank
+from experiments.core.reporting.plots import finish, single_axes
+from experiments.core.reporting.report import find_runs, norm_rank
 
 
 def curves(summaries: list[dict], metric: str) -> dict[str, dict[int, list[float]]]:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from experiments.core.atomic import save_text
-from experiments.core.plots import finish, single_axes
 from experiments.core.provenance import describe, stamp
-from experiments.core.report import find_runs
+from experiments.core.reporting.plots import finish, single_axes
+from experiments.core.reporting.report import find_runs
 
 
 def lookup(config: dict, dotted: str):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from experiments.core.config import compose_config
 from experiments.core.errors import user_message
-from experiments.core.run import prepare_task_data
+from experiments.core.training.config import compose_config
+from experiments.core.training.run import prepare_task_data
 
 log = logging.getLogger("prepare")
 

@@ -81,7 +81,7 @@ def demo(source: Path) -> str:
 
 def bench_tasks(source: Path) -> str:
     """Seconds per step, speed-up vs LayerNorm and the norm's share of the step, with intervals, per task."""
-    from experiments.core.interleaved import describe
+    from experiments.core.training.interleaved import describe
 
     data = json.loads(source.read_text())
     stamp = data.get("produced_by")
@@ -150,7 +150,7 @@ def glance(source: Path) -> str:
     run at paper scale (SOURCE: the results folder)."""
     import csv
 
-    from experiments.core.interleaved import describe
+    from experiments.core.training.interleaved import describe
 
     with (source / "paper" / "tables.csv").open() as f:
         paper = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))

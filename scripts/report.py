@@ -15,7 +15,7 @@ from pathlib import Path
 from experiments.core.atomic import save_text
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
-from experiments.core.report import (
+from experiments.core.reporting.report import (
     build_tables,
     diverged_runs,
     find_runs,

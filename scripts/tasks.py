@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments.core.config import CONFIG_DIR, compose_config
+from experiments.core.training.config import CONFIG_DIR, compose_config
 
 
 def task_names() -> list[str]:

@@ -2,12 +2,12 @@
 
 `-m` with comma lists runs a sweep (Hydra multirun); one failed run does not stop the others, and the
 command exits non-zero at the end naming the runs that failed, read from the runs' own files
-(experiments/core/sweep.py), so the same holds under `hydra/launcher=local|slurm` (submitit).
+(experiments/core/reporting/sweep.py), so the same holds under `hydra/launcher=local|slurm` (submitit).
 """
 
 from __future__ import annotations
 
-from experiments.core import malloc
+from experiments.core.training import malloc
 
 if __name__ == "__main__":
     # before torch and Hydra load: the re-execution with steady malloc settings then costs no second import
@@ -23,11 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core import distributed, sweep
 from experiments.core.errors import NonFiniteLoss, user_message
 from experiments.core.identity import run_identity
 from experiments.core.records import write_error
-from experiments.core.run import run_info, run_training
+from experiments.core.reporting import sweep
+from experiments.core.training import distributed
+from experiments.core.training.run import run_info, run_training
 
 log = logging.getLogger("train")
 

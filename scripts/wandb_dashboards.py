@@ -1,6 +1,6 @@
 """Save each task's W&B comparison workspace in your project: python scripts/wandb_dashboards.py
 
-One saved view per task (experiments/core/dashboards.py): its runs filtered by task and preset (and
+One saved view per task (experiments/core/reporting/dashboards.py): its runs filtered by task and preset (and
 --sweep), grouped by norm, with loss against steps and against training seconds, the test and validation
 metrics against steps, time per norm in the paper's unit (training clock and wall clock) and a run table.
 Needs a network and a W&B login (`.venv/bin/wandb login`) here only; training logs offline.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments.core.config import CONFIG_DIR, compose_config
-from experiments.core.dashboards import workspace
-from experiments.core.run import build_task_class
+from experiments.core.reporting.dashboards import workspace
+from experiments.core.training.config import CONFIG_DIR, compose_config
+from experiments.core.training.run import build_task_class
 
 TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from experiments.core.run import prepare_task_data
+from experiments.core.training.run import prepare_task_data
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
-# the scripts the tests start would re-execute themselves once to set these (experiments/core/malloc.py),
+# the scripts the tests start would re-execute themselves once to set these (experiments/core/training/malloc.py),
 # importing torch twice; set here, every child starts with them
-from experiments.core.malloc import MALLOC_ENV  # noqa: E402
+from experiments.core.training.malloc import MALLOC_ENV  # noqa: E402
 
 os.environ.update(MALLOC_ENV)
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -128,7 +128,7 @@ def patch_train_step(monkeypatch, task_class, at_call: int, before=None, after=N
 # Every other module is marked `integration` (training runs, subprocesses, torchrun, submitit): `make test-fast`
 # leaves those out, `make test` runs everything.
 UNIT_MODULES = {"test_norms", "test_kernels", "test_cuda_dispatch", "test_lstm", "test_library_structure",
-                "test_stepping", "test_docs", "test_paper_tables", "test_readme", "test_configs"}
+                "test_stepping", "test_batching", "test_docs", "test_paper_tables", "test_readme", "test_configs"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ class SignalAfterStep(Callback):
         self.signal, self.step = getattr(signal, name), int(step)
 
     def on_job_start(self, config, **kwargs) -> None:
-        from experiments.core.trainer import Trainer
+        from experiments.core.training.trainer import Trainer
 
         real_step, fault = Trainer._step, self
 

@@ -13,7 +13,7 @@ from hydra.errors import MissingConfigException
 from experiments.core import atomic
 from experiments.core.errors import MissingData, UserError
 from experiments.core.records import MetricsFile, read_metrics
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from tests.conftest import compose_cfg, tiny_cifar
 
 

@@ -48,7 +48,7 @@ def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     rows = {row["norm"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["results"][0]["rows"]}
     assert {"layernorm/composite", "rmsnorm/composite", "prmsnorm/composite"} <= set(rows)
     assert "batchnorm/composite" not in rows and rows["rmsnorm/composite"]["impl"] == "composite"
-    from experiments.core.interleaved import speedup
+    from experiments.core.training.interleaved import speedup
 
     ln_c, rms_c = rows["layernorm/composite"]["rounds"], rows["rmsnorm/composite"]["rounds"]
     assert rows["rmsnorm/composite"]["speedup_vs_layernorm"] == pytest.approx(speedup(ln_c, rms_c))
@@ -74,7 +74,7 @@ def test_bench_tasks_times_the_data_pipeline_on_the_demo_data(smoke_data, tmp_pa
 def test_speedup_interval_separates_a_real_difference_from_noise():
     import random
 
-    from experiments.core.interleaved import describe, speedup, speedup_interval
+    from experiments.core.training.interleaved import describe, speedup, speedup_interval
 
     rng = random.Random(0)
     ref = [1.0 + rng.gauss(0, 0.02) for _ in range(10)]
@@ -89,7 +89,7 @@ def test_speedup_interval_separates_a_real_difference_from_noise():
 def test_time_interleaved_runs_every_variant_each_round():
     import torch
 
-    from experiments.core.interleaved import time_interleaved
+    from experiments.core.training.interleaved import time_interleaved
 
     calls = []
     times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},

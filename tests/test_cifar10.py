@@ -12,7 +12,7 @@ from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.core.errors import MissingData
 from experiments.core.records import read_metrics
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from rmsnorm import NormSpec
 from tests.conftest import compose_cfg, prepare, tiny_cifar
 
@@ -124,7 +124,7 @@ def test_a_norm_outside_the_papers_rows_runs_and_one_without_a_map_form_is_a_cle
 
     register_norm(NormInfo("featuresonly", "F", features=lambda d, **_: torch.nn.Identity()))
     try:
-        from experiments.core.config import register_norm_configs
+        from experiments.core.training.config import register_norm_configs
 
         register_norm_configs()
         with pytest.raises(NormConfigError, match="norm 'featuresonly' has no form for .N, C, H, W. maps"):

@@ -1,13 +1,16 @@
 """Every config composes, and preset=paper is the paper's setting (docs/paper.md)."""
 
+import dataclasses
 import functools
+import typing
 from pathlib import Path
 
 import hydra
 import pytest
+from omegaconf import MISSING
 
-from experiments.core.config import differences_from_paper, typed_task_config
-from experiments.core.task import Task
+from experiments.core.training.config import differences_from_paper, typed_task_config
+from experiments.core.training.task import Task
 from tests.conftest import CONFIGS, compose_cfg
 
 TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
@@ -68,7 +71,7 @@ def test_what_differs_from_the_paper_is_computed_from_the_config():
 @pytest.mark.parametrize("task, eps", [("translation", 1e-5), ("cifar10", 1e-6), ("reading", 1e-5),
                                        ("retrieval", 1e-5), ("transformer", 1e-8)])
 def test_each_task_builds_its_norms_with_its_upstream_eps(task, eps):
-    from experiments.core.config import norm_spec
+    from experiments.core.training.config import norm_spec
 
     assert norm_spec(compose_cfg([f"task={task}", "norm=rmsnorm", "preset=paper"])).eps == eps
     assert norm_spec(compose_cfg([f"task={task}", "norm=layernorm", "preset=demo"])).eps == eps
@@ -100,3 +103,22 @@ def test_every_upstream_protocol_row_is_complete():
     assert {r["task"] for r in rows} == set(TASKS)
     for r in rows:
         assert r["setting"] and r["upstream"] and r["source"] and r["ours"], r
+
+
+def _schemas(schema: type):
+    yield schema
+    for hint in typing.get_type_hints(schema).values():
+        for t in typing.get_args(hint) or (hint,):
+            if dataclasses.is_dataclass(t):
+                yield from _schemas(t)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_tasks_values_live_in_its_yaml_and_the_schema_only_types_them(task):
+    """One home per value: a default in the dataclass would be a second, silently shadowed by the YAML."""
+    cfg = compose_cfg([f"task={task}"])
+    schema = hydra.utils.instantiate(cfg.task.builder).func.Config
+    for s in _schemas(schema):
+        for f in dataclasses.fields(s):
+            assert f.default is MISSING and f.default_factory is dataclasses.MISSING, \
+                f"{s.__qualname__}.{f.name} has a default; put the value in configs/task/{task}.yaml"

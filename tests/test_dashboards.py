@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from experiments.core.dashboards import plotted_metrics, workspace
-from experiments.core.loggers import WandbLogger
 from experiments.core.records import read_metrics
-from experiments.core.run import build_task_class, run_training
+from experiments.core.reporting.dashboards import plotted_metrics, workspace
+from experiments.core.training.loggers import WandbLogger
+from experiments.core.training.run import build_task_class, run_training
 from tests.conftest import TASKS, compose_cfg, run_script
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from experiments.core import distributed
 from experiments.core.records import read_metrics
-from experiments.core.run import build_task, run_training
+from experiments.core.training import distributed
+from experiments.core.training.run import build_task, run_training
 from tests.conftest import REPO, TASKS, compose_cfg, run_script
 from tests.fault_injection import overrides as fault_at
 

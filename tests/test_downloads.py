@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.core.download import Offline, fetch, is_network_error
+from experiments.core.data.download import Offline, fetch, is_network_error
 from experiments.core.errors import MissingData
 
 CONTENT = bytes(range(256)) * 400  # 100 kB

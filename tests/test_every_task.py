@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from experiments.core.config import register_norm_configs
-from experiments.core.run import run_training
+from experiments.core.training.config import register_norm_configs
+from experiments.core.training.run import run_training
 from rmsnorm import NormInfo, register_norm, unregister_norm
 from tests.conftest import TASKS, compose_cfg, prepare, run_script
 

@@ -104,7 +104,7 @@ def test_an_unknown_impl_is_a_clear_error():
 
 @pytest.mark.parametrize("task", ["cifar10", "reading", "retrieval", "transformer", "translation"])
 def test_every_norm_of_every_task_trains_with_the_composite_impl(task, smoke_data, tmp_path):
-    from experiments.core.run import run_training
+    from experiments.core.training.run import run_training
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg([f"task={task}", "preset=smoke"])

@@ -5,7 +5,7 @@ import pytest
 
 from experiments.core.errors import UserError
 from experiments.core.records import read_metrics
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from tests.conftest import compose_cfg
 
 
@@ -37,7 +37,7 @@ def test_more_than_one_loader_worker_is_refused(smoke_data, tmp_path):
 
 
 def test_a_user_error_in_the_worker_keeps_its_one_line():
-    from experiments.core import loading
+    from experiments.core.data import loading
     from experiments.core.errors import MissingData
 
     def batches():

@@ -134,7 +134,7 @@ def test_invariant_to_weight_matrix_and_dataset_rescaling(name):
 def test_table_1_measured_is_the_papers():
     # the paper for LayerNorm, RMSNorm and pRMSNorm; the BatchNorm and WeightNorm rows as in Ba et al.'s Table 1,
     # which the paper's extends
-    from experiments.core.invariance import TRANSFORMS, table
+    from experiments.core.reporting.invariance import TRANSFORMS, table
 
     yes = {"batchnorm": {"weight matrix re-scaling", "weight vector re-scaling", "dataset re-scaling",
                          "dataset re-centering"},

@@ -10,8 +10,8 @@ import torch
 
 from experiments.core.errors import UserError
 from experiments.core.records import read_header, read_metrics
-from experiments.core.report import build_tables, render_markdown
-from experiments.core.run import run_training
+from experiments.core.reporting.report import build_tables, render_markdown
+from experiments.core.training.run import run_training
 from tests.conftest import compose_cfg, run_script, tiny_cifar, tiny_cifar_cli
 
 

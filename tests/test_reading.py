@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments.core.errors import MissingData
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from experiments.reading import data as D
 from experiments.reading.model import AttentiveReader
 from experiments.reading.questions import BadQuestionFile, format_question, parse_question, read_split
@@ -79,7 +79,7 @@ def test_entities_are_permuted_per_minibatch_consistently_and_reproducibly(readi
     from experiments.reading.task import ReadingTask
 
     cfg = compose_cfg(smoke(reading_data, "norm=rmsnorm"))
-    from experiments.core.config import typed_task_config
+    from experiments.core.training.config import typed_task_config
 
     task = ReadingTask(typed_task_config(ReadingTask.Config, cfg.task), NormSpec("rmsnorm"), reading_data,
                        torch.device("cpu"), seed=0)

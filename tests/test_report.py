@@ -5,7 +5,7 @@ import json
 import pytest
 
 from experiments.core.atomic import save_json
-from experiments.core.report import build_tables, find_runs, render_markdown, speedup
+from experiments.core.reporting.report import build_tables, find_runs, render_markdown, speedup
 from tests.conftest import REPO, run_script
 
 
@@ -94,7 +94,7 @@ def test_a_metric_the_paper_does_not_report_is_not_compared_with_its_columns(run
 
 
 def test_a_variants_interleaved_timing_fills_its_own_table_only(tmp_path):
-    from experiments.core.report import read_interleaved_timing
+    from experiments.core.reporting.report import read_interleaved_timing
 
     rows = lambda sp: [{"norm": "layernorm"}, {"norm": "rmsnorm", "speedup_vs_layernorm": sp,  # noqa: E731
                                                "speedup_interval95": [sp - 0.01, sp + 0.01]}]
@@ -208,7 +208,7 @@ def test_the_test_score_at_the_best_dev_score_gets_its_own_column():
 
 
 def test_the_translation_table_shows_the_papers_table_3_and_the_composite_speed_ups():
-    from experiments.core.report import read_paper_speedups, read_paper_table
+    from experiments.core.reporting.report import read_paper_speedups, read_paper_table
 
     speeds = read_paper_speedups(REPO / "results" / "paper", "translation")
     assert speeds == {"Table 3 (Theano)": {"rmsnorm": "+34.0%", "prmsnorm": "+33.4%"},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from experiments.core.errors import MissingData
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from experiments.retrieval import data as D
 from experiments.retrieval.metrics import order_violation, ranks_from_scores, retrieval_metrics
 from experiments.retrieval.model import contrastive_loss, order_penalty_matrix
@@ -82,7 +82,7 @@ def test_captions_end_with_eos_and_batch_with_padding():
     vocab = D.build_vocabulary([["a", "dog"], ["a", "cat"], ["a", "dog"]], min_count=1)
     assert vocab[:4] == ["<pad>", "<unk>", "<eos>", "a"]  # most frequent first
     caps = D.encode([["a", "dog"], ["a", "zebra", "cat"]], vocab)
-    words, mask = caps.batch(torch.tensor([1, 0]))
+    words, mask = caps.padded(torch.tensor([1, 0]))
     assert words[:, 0].tolist() == [vocab.index("a"), D.UNK, vocab.index("cat"), D.EOS]
     assert words[:, 1].tolist() == [vocab.index("a"), vocab.index("dog"), D.EOS, D.PAD]
     assert mask[:, 1].tolist() == [1, 1, 1, 0]

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.core.errors import UserError
-from experiments.core.stepping import check_clip_rule, clip_gradients, optimizer_step
+from experiments.core.training.stepping import check_clip_rule, clip_gradients, optimizer_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_micro_batches_give_the_whole_batch_step_and_the_schedule_advances():
 
 
 def test_no_task_steps_an_optimiser_itself():
-    # the loop owns backward, clipping and the optimiser (experiments/core/stepping.py)
+    # the loop owns backward, clipping and the optimiser (experiments/core/training/stepping.py)
     for path in sorted((REPO / "experiments").glob("*/task.py")):
         if path.parent.name == "core":
             continue

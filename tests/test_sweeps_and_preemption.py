@@ -6,8 +6,8 @@ import json
 import pytest
 
 from experiments.core.records import read_metrics
-from experiments.core.run import run_training
-from experiments.core.sweep import sweep_outcome
+from experiments.core.reporting.sweep import sweep_outcome
+from experiments.core.training.run import run_training
 from tests.conftest import REPO, compose_cfg, run_script, tiny_cifar, tiny_cifar_cli
 from tests.fault_injection import overrides as fault_at
 
@@ -85,7 +85,7 @@ def test_the_slurm_launcher_config_makes_an_sbatch_script_with_requeue_signal(tm
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from experiments.core.config import CONFIG_DIR
+    from experiments.core.training.config import CONFIG_DIR
 
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")

@@ -9,8 +9,8 @@ import torch
 from experiments.cifar10.task import Cifar10Task
 from experiments.core.errors import NonFiniteLoss
 from experiments.core.records import read_metrics
-from experiments.core.run import run_training
-from experiments.core.timing import StepTimer
+from experiments.core.training.run import run_training
+from experiments.core.training.timing import StepTimer
 from tests.conftest import Crash, compose_cfg, patch_train_step, run_script, tiny_cifar, tiny_cifar_cli
 
 
@@ -68,7 +68,7 @@ def test_the_three_clocks_on_a_fake_clock(monkeypatch):
     """Steps only, training stretches (with batch building between steps) and the wall clock with evaluation,
     on a clock that moves only where this test says: 1 s per step, 0.5 s building each next batch, 10 s
     evaluating, after one warm-up step."""
-    from experiments.core import timing
+    from experiments.core.training import timing
 
     now = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
@@ -144,7 +144,7 @@ def test_wandb_logger_names_configs_and_tags(cifar_dir, tmp_path, monkeypatch):
 
 
 def test_wandb_metric_names_are_the_same_across_tasks():
-    from experiments.core.loggers import wandb_key
+    from experiments.core.training.loggers import wandb_key
 
     assert wandb_key("train_loss") == "train/loss"
     assert wandb_key("eval/valid_error") == "val/error"  # reading
@@ -184,7 +184,8 @@ def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifa
     [
         (["norm=rmsnrom"], "Available options in 'norm'"),
         (["norm=prmsnorm", "norm.p=0"], "pRMSNorm needs 0 < p <= 1"),
-        (["norm=rmsnorm", "data_dir=/nonexistent/place"], "run `make data-cifar10`"),
+        (["norm=rmsnorm", "data_dir=/nonexistent/place"],
+         "run `make data-cifar10 PRESET=paper DATA_DIR=/nonexistent/place`"),
         (["norm=rmsnorm", "task.batch_size=many"], "task=cifar10: its config does not fit"),
         (["norm=rmsnorm", "+task.batchsize=7"], "Key 'batchsize' not in 'Cifar10Config'"),
         (["norm=rmsnorm", "task.norms=[rmsnorm,rmsnrom]"], "task.norms lists rmsnrom"),

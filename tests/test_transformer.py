@@ -93,7 +93,7 @@ def test_a_handful_of_pairs_overfits_to_bleu_above_90_with_beam_search(norm, pos
 
 
 def test_the_schedule_peaks_at_the_end_of_warm_up():
-    from experiments.core.config import typed_task_config
+    from experiments.core.training.config import typed_task_config
     from experiments.transformer.task import TransformerTask
     from tests.conftest import compose_cfg
 
@@ -120,7 +120,7 @@ def test_post_norm_has_no_final_norm_and_pre_norm_has_one():
 
 
 def test_token_batches_cover_every_pair_once_within_the_budget():
-    from experiments.core.batching import shuffled, token_batches
+    from experiments.core.data.batching import shuffled, token_batches
 
     lengths = torch.randint(1, 40, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
     batches = token_batches(lengths, 200, multiple=3)
@@ -135,7 +135,7 @@ def test_token_batches_cover_every_pair_once_within_the_budget():
 
 
 def _smoke_task(smoke_data, *extra):
-    from experiments.core.run import build_task
+    from experiments.core.training.run import build_task
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["task=transformer", "norm=rmsnorm", "preset=smoke", f"data_dir={smoke_data}", "logger=none",

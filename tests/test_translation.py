@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from experiments.core.batching import bucketed_batches, count_batches
+from experiments.core.data.batching import bucketed_batches, count_batches
 from experiments.core.errors import MissingData
 from experiments.core.records import read_metrics
-from experiments.core.run import run_training
+from experiments.core.training.run import run_training
 from experiments.translation import data as D
 from experiments.translation.beam import beam_search
 from experiments.translation.model import RNNSearch
@@ -162,10 +162,10 @@ def test_long_pairs_are_filtered_with_a_count(toy_corpus, caplog):
     D.encode_file(toy_corpus / "train.jsonl", sp, "en", "de", with_refs=True)
     full = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", None, "make data-translation")
     cut = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", 16, "make data-translation")
-    dropped = int(((full.src_lengths() > 16) | (full.tgt_lengths() > 16)).sum())
+    dropped = int(((full.src.lengths() > 16) | (full.tgt.lengths() > 16)).sum())
     assert 0 < dropped < len(full) and len(cut) == len(full) - dropped
     assert f"dropped {dropped} of {len(full)} pairs longer than 16" in caplog.text
-    kept = ((full.src_lengths() <= 16) & (full.tgt_lengths() <= 16)).nonzero().flatten().tolist()
+    kept = ((full.src.lengths() <= 16) & (full.tgt.lengths() <= 16)).nonzero().flatten().tolist()
     for i in (kept[0], kept[len(kept) // 2], kept[-1]):  # the flat subset keeps pairs intact
         j = kept.index(i)
         assert cut.pair(j) == full.pair(i) and cut.refs[j] == full.refs[i]
@@ -279,7 +279,7 @@ def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
 
 def test_preactivation_probe_reads_the_normalised_hidden_side(smoke_data):
     # with unit gains every RMSNorm'd row has mean square 1, so pooled over rows mean^2 + std^2 = 1 exactly;
-    from experiments.core.run import build_task
+    from experiments.core.training.run import build_task
     from experiments.translation.probe import preactivation_stats
 
     stats = {}
@@ -415,7 +415,7 @@ def test_translation_resumes_after_a_crash_to_the_same_result(smoke_data, tmp_pa
 def test_nematus_loss_sums_each_sentence_and_averages_over_sentences(smoke_data):
     """task.optim.loss=sentence_sum (Nematus, the paper preset's) is the token mean times the batch's target
     tokens per sentence: the gradient the clip at 1.0 sees is that much larger."""
-    from experiments.core.run import build_task
+    from experiments.core.training.run import build_task
 
     losses = {}
     for kind in ("sentence_sum", "token_mean"):

@@ -20,10 +20,10 @@ from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.cifar10.synthetic import make_images
 from experiments.core.atomic import save_json
-from experiments.core.download import fetch
+from experiments.core.data.download import fetch
 from experiments.core.errors import UserError
-from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task, TaskConfig
+from experiments.core.training.seeding import epoch_generator
+from experiments.core.training.task import Task, TaskConfig
 
 log = logging.getLogger(__name__)
 # the archive torchvision and the weight-norm code read, and the md5 its authors publish
@@ -37,10 +37,10 @@ class Cifar10Model:
     dropout: float = MISSING
     noise_std: float = MISSING  # Gaussian input noise
     leaky_slope: float = MISSING
-    init_batch: int = 500  # weightnorm: images for the data-dependent initialisation (0: none)
-    normalise_logits: bool = True  # the norm on the 10 logits too, as the reference wraps the final layer
-    bn_wn_init_std: float | None = 0.05  # the reference draws batch-/weight-norm layers from N(0, 0.05); null: Glorot
-    baseline_data_init: bool = True  # the reference's baseline: W = g * V, g fixed after the data-dependent init
+    init_batch: int = MISSING  # weightnorm: images for the data-dependent initialisation (0: none)
+    normalise_logits: bool = MISSING  # the norm on the 10 logits too, as the reference wraps its final layer
+    bn_wn_init_std: float | None = MISSING  # std of the normal init of batch-/weight-norm layers; null: Glorot
+    baseline_data_init: bool = MISSING  # the reference's baseline: W = g * V, g fixed after the data-dependent init
 
 
 @dataclass
@@ -49,8 +49,8 @@ class Cifar10Optim:
     beta1: float = MISSING
     beta1_late: float = MISSING  # from half-way
     beta2: float = MISSING
-    eps: float = 1e-8
-    eps_inside_root: bool = True  # the reference's Adam: m / sqrt(v + eps); false: torch's m / (sqrt(v) + eps)
+    eps: float = MISSING
+    eps_inside_root: bool = MISSING  # the reference's Adam: m / sqrt(v + eps); false: torch's m / (sqrt(v) + eps)
 
 
 @dataclass
@@ -61,9 +61,9 @@ class GeneratedImages:
 
 @dataclass
 class Cifar10Config(TaskConfig):
-    synthetic: GeneratedImages | None = None  # generate an image set of these sizes instead of CIFAR-10
-    train_limit: int | None = None  # only the first N training images
-    test_limit: int | None = None
+    synthetic: GeneratedImages | None = MISSING  # generate an image set of these sizes instead of CIFAR-10
+    train_limit: int | None = MISSING  # only the first N training images
+    test_limit: int | None = MISSING
     zca_eps: float = MISSING
     schedule_epochs: float = MISSING  # the epochs the learning-rate and beta1 schedule spans
     model: Cifar10Model = MISSING

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from experiments.core.atomic import save_torch
+from experiments.core.data.batching import Ragged
 from experiments.core.errors import MissingData
 from experiments.reading.questions import Question
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PAD, UNK = 0, 1
 SPECIALS = ["<pad>", "<unk>"]
+FORMAT = "r2"  # the cached splits' layout (ragged passages, questions); in the file name: an older cache is rebuilt
 SENTENCE_ENDS = {".", "!", "?"}
 
 
@@ -62,30 +64,27 @@ def build_vocabulary(questions: list[Question], min_count: int = 2) -> list[str]
 
 @dataclass
 class Encoded:
-    """One split: passages and questions as flat ids with offsets, answers as ids."""
+    """One split: passages and questions as ragged ids, answers as ids."""
 
-    passages: torch.Tensor
-    passage_offsets: torch.Tensor
-    questions: torch.Tensor
-    question_offsets: torch.Tensor
+    passages: Ragged
+    questions: Ragged
     answers: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.answers)
 
-    def passage_lengths(self) -> torch.Tensor:
-        return self.passage_offsets[1:] - self.passage_offsets[:-1]
+    def head(self, n: int) -> Encoded:
+        return Encoded(self.passages.head(n), self.questions.head(n), self.answers[:n])
 
     def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        p0, p1 = self.passage_offsets[i], self.passage_offsets[i + 1]
-        q0, q1 = self.question_offsets[i], self.question_offsets[i + 1]
-        return self.passages[p0:p1], self.questions[q0:q1], int(self.answers[i])
+        return self.passages[i], self.questions[i], int(self.answers[i])
 
+    def state(self) -> dict:
+        return {"passages": self.passages.state(), "questions": self.questions.state(), "answers": self.answers}
 
-def _flat(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor([len(s) for s in seqs], dtype=torch.int64).cumsum(0)
-    return torch.tensor([w for s in seqs for w in s], dtype=torch.int32), offsets
+    @classmethod
+    def from_state(cls, state: dict) -> Encoded:
+        return cls(Ragged.from_state(state["passages"]), Ragged.from_state(state["questions"]), state["answers"])
 
 
 def encode(questions: list[Question], vocab: list[str], top: int | None) -> tuple[Encoded, int]:
@@ -98,16 +97,16 @@ def encode(questions: list[Question], vocab: list[str], top: int | None) -> tupl
         passages.append([index.get(w.lower(), UNK) for w in passage])
         qs.append([index.get(w.lower(), UNK) for w in q.question])
         answers.append(index.get(q.answer.lower(), UNK))
-    return Encoded(*_flat(passages), *_flat(qs), torch.tensor(answers, dtype=torch.int64)), lost
+    return Encoded(Ragged.from_lists(passages), Ragged.from_lists(qs), torch.tensor(answers, dtype=torch.int64)), lost
 
 
 def cache_name(split: str, top: int | None, vocab: list[str]) -> str:
     key = hashlib.sha1("\n".join(vocab).encode()).hexdigest()[:12]
-    return f"{split}.{'full' if top is None else f'top{top}'}.{key}.pt"
+    return f"{split}.{'full' if top is None else f'top{top}'}.{key}.{FORMAT}.pt"
 
 
 def save_split(root: Path, split: str, top: int | None, vocab: list[str], enc: Encoded, facts: dict) -> None:
-    save_torch({"encoded": vars(enc), "facts": facts}, Path(root) / cache_name(split, top, vocab))
+    save_torch({"encoded": enc.state(), "facts": facts}, Path(root) / cache_name(split, top, vocab))
 
 
 def load_split(root: Path, split: str, top: int | None, vocab: list[str], make_target: str) -> tuple[Encoded, dict]:
@@ -115,12 +114,12 @@ def load_split(root: Path, split: str, top: int | None, vocab: list[str], make_t
     if not path.exists():
         raise MissingData(f"the {split} split is not prepared for top_sentences={top} ({path}); run `{make_target}`")
     saved = torch.load(path, weights_only=False)
-    return Encoded(**saved["encoded"]), saved["facts"]
+    return Encoded.from_state(saved["encoded"]), saved["facts"]
 
 
 def most_frequent_entity_error(enc: Encoded, entity_ids: torch.Tensor) -> float:
     """The error of answering with the entity the passage mentions most (ties: the lowest id)."""
-    is_entity = torch.zeros(int(max(enc.passages.max(), entity_ids.max())) + 1, dtype=torch.bool)
+    is_entity = torch.zeros(int(max(enc.passages.flat.max(), entity_ids.max())) + 1, dtype=torch.bool)
     is_entity[entity_ids] = True
     wrong = 0
     for i in range(len(enc)):

@@ -7,19 +7,19 @@ from __future__ import annotations
 import logging
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from experiments.core.batching import bucketed_batches, count_batches, padded
-from experiments.core.download import Offline, is_network_error, offline_message
+from experiments.core.data.batching import bucketed_batches, count_batches
+from experiments.core.data.download import Offline, is_network_error, offline_message
+from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData, UserError
-from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task, TaskConfig
-from experiments.core.vocabulary import load_vocabulary, save_vocabulary
+from experiments.core.training.seeding import epoch_generator
+from experiments.core.training.task import Task, TaskConfig
 from experiments.reading import data as D
 from experiments.reading.model import AttentiveReader
 from experiments.reading.questions import SPLITS, read_split
@@ -36,14 +36,14 @@ DRIVE_IDS = {"cnn": "0BwmD_VLjROrfTTljRDVZMFJnVWM", "dailymail": "0BwmD_VLjROrfN
 class ReadingModel:
     dim: int = MISSING  # embedding, LSTM and projection width (240 in the paper)
     dropout: float = MISSING
-    project_norms: list[str] = field(default_factory=list)  # norms that also normalise the projections
+    project_norms: list[str] = MISSING  # norms that also normalise the projections
 
 
 @dataclass
 class ReadingOptim:
     lr: float = MISSING
     clip_norm: float = MISSING
-    clip: str = "global"  # how clip_norm applies (experiments/core/stepping.py): the norm of all gradients
+    clip: str = MISSING  # how clip_norm applies: global | per_tensor | none (experiments/core/training/stepping.py)
 
 
 @dataclass
@@ -56,10 +56,10 @@ class ReadingConfig(TaskConfig):
     corpus: str = MISSING  # cnn or dailymail: data_dir/<data_subdir>/<corpus>/questions/...
     top_sentences: int | None = MISSING  # the paper's "top4"; null: whole stories
     min_count: int = MISSING  # a word enters the vocabulary when seen this often in training
-    synthetic: GeneratedStories | None = None
-    train_limit: int | None = None  # read only the first N training files
-    eval_limit: int | None = None  # evaluate on the first N questions of each split
-    eval_batch_size: int = 128
+    synthetic: GeneratedStories | None = MISSING
+    train_limit: int | None = MISSING  # read only the first N training files
+    eval_limit: int | None = MISSING  # evaluate on the first N questions of each split
+    eval_batch_size: int = MISSING
     bucket_pool: int = MISSING
     permute_entities: bool = MISSING  # a fresh entity permutation per training minibatch
     model: ReadingModel = MISSING
@@ -146,7 +146,7 @@ class ReadingTask(Task):
         if len(self.entity_ids) == 0:
             raise MissingData(f"the vocabulary in {corpus} holds no @entity markers; the data are not DeepMind Q&A")
         train = self.splits["train"]
-        self._lengths = train.passage_lengths().tolist()
+        self._lengths = train.passages.lengths().tolist()
         self._steps = count_batches(len(train), self.batch_size, cfg.bucket_pool)
         self.baselines = {f"{s}_error_most_frequent_entity": round(D.most_frequent_entity_error(
             self._eval_subset(s), self.entity_ids), 4) for s in ("valid", "test")}
@@ -164,10 +164,7 @@ class ReadingTask(Task):
         n = min(self.cfg.eval_limit or len(enc), len(enc))
         if n == len(enc):
             return enc
-        keep = slice(0, n)
-        p_end, q_end = int(enc.passage_offsets[n]), int(enc.question_offsets[n])
-        return D.Encoded(enc.passages[:p_end], enc.passage_offsets[: n + 1], enc.questions[:q_end],
-                         enc.question_offsets[: n + 1], enc.answers[keep])
+        return enc.head(n)
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build_model(self) -> None:
@@ -184,8 +181,8 @@ class ReadingTask(Task):
 
     def _batch(self, enc: D.Encoded, ids: list[int], mapping: torch.Tensor | None, device: torch.device):
         index = torch.as_tensor(ids, dtype=torch.int64)
-        passage, passage_mask = padded(enc.passages, enc.passage_offsets, index)
-        question, question_mask = padded(enc.questions, enc.question_offsets, index)
+        passage, passage_mask = enc.passages.padded(index)
+        question, question_mask = enc.questions.padded(index)
         answers = enc.answers[index]
         if mapping is not None:  # one entity permutation for the whole minibatch, as upstream
             passage, question, answers = mapping[passage], mapping[question], mapping[answers]

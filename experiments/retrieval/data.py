@@ -13,20 +13,20 @@ and the numbers.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from experiments.core.atomic import save_torch
-from experiments.core.batching import padded
+from experiments.core.data.batching import Ragged
 from experiments.core.errors import MissingData
 
 PAD, UNK, EOS = 0, 1, 2
 SPLITS = ("train", "dev", "test")
 FILE_NAMES = {"train": "train", "dev": "val", "test": "test"}
 CAPTIONS_PER_IMAGE = 5
+FORMAT = "r2"  # the id caches' layout; in the file name, so an older cache is rebuilt
 
 
 def caption_path(root: Path, split: str) -> Path:
@@ -73,41 +73,25 @@ def build_vocabulary(captions: list[list[str]], min_count: int) -> list[str]:
     return ["<pad>", "<unk>", "<eos>", *words]
 
 
-@dataclass
-class Captions:
-    ids: torch.Tensor  # flat int32
-    offsets: torch.Tensor  # (N + 1,)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, B) ids padded with PAD and the (T, B) 0/1 mask of the captions at `index`."""
-        return padded(self.ids, self.offsets, index)
-
-
-def encode(captions: list[list[str]], vocab: list[str]) -> Captions:
+def encode(captions: list[list[str]], vocab: list[str]) -> Ragged:
     """Ids with <eos> after every caption: the GRU reads it, as upstream's encoder does."""
     index = {w: i for i, w in enumerate(vocab)}
-    offsets = torch.zeros(len(captions) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor([len(c) + 1 for c in captions]).cumsum(0)
-    ids = torch.tensor([i for c in captions for i in (*(index.get(w, UNK) for w in c), EOS)], dtype=torch.int32)
-    return Captions(ids, offsets)
+    return Ragged.from_lists([[*(index.get(w, UNK) for w in c), EOS] for c in captions])
 
 
 def ids_path(root: Path, split: str) -> Path:
-    return Path(root) / f".{split}.ids.pt"
+    return Path(root) / f".{split}.ids.{FORMAT}.pt"
 
 
-def save_ids(root: Path, split: str, caps: Captions) -> None:
-    save_torch(vars(caps), ids_path(root, split))
+def save_ids(root: Path, split: str, caps: Ragged) -> None:
+    save_torch(caps.state(), ids_path(root, split))
 
 
-def load_split(root: Path, split: str, width: int, make_target: str) -> tuple[Captions, torch.Tensor]:
+def load_split(root: Path, split: str, width: int, make_target: str) -> tuple[Ragged, torch.Tensor]:
     """A split's encoded captions and its features (checked against each other)."""
     path = ids_path(root, split)
     if not path.exists():
         raise MissingData(f"the {split} captions are not encoded ({path}); run `{make_target}`")
-    caps = Captions(**torch.load(path, weights_only=False))
+    caps = Ragged.from_state(torch.load(path, weights_only=False))
     features = read_features(root, split, len(caps) // CAPTIONS_PER_IMAGE, width, make_target)
     return caps, torch.from_numpy(np.array(features, dtype=np.float32))  # a copy: the file is mapped read-only

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
-from experiments.core import distributed
-from experiments.core.download import fetch
+from experiments.core.data.download import fetch
+from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData
-from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task, TaskConfig
-from experiments.core.vocabulary import load_vocabulary, save_vocabulary
+from experiments.core.training import distributed
+from experiments.core.training.seeding import epoch_generator
+from experiments.core.training.task import Task, TaskConfig
 from experiments.retrieval import data as D
 from experiments.retrieval.metrics import order_violation, retrieval_metrics
 from experiments.retrieval.model import OrderEmbedding, contrastive_loss
@@ -41,7 +41,7 @@ class RetrievalModel:
 class RetrievalOptim:
     lr: float = MISSING
     clip_norm: float = MISSING
-    clip: str = "per_tensor"  # each parameter tensor's gradient norm on its own, as upstream
+    clip: str = MISSING  # each parameter tensor's gradient norm on its own, as upstream
     margin: float = MISSING
 
 
@@ -52,7 +52,7 @@ class GeneratedPairs:
 
 @dataclass
 class RetrievalConfig(TaskConfig):
-    synthetic: GeneratedPairs | None = None
+    synthetic: GeneratedPairs | None = MISSING
     min_count: int = MISSING  # a word enters the vocabulary when seen this often in train + dev captions
     dev_images: int = MISSING  # validation on the first N dev images
     fold_images: int = MISSING  # test folds of this many images (1000 in the paper, five of them)
@@ -138,7 +138,7 @@ class RetrievalTask(Task):
         choice = torch.randint(0, D.CAPTIONS_PER_IMAGE, (self.n_train,), generator=g)  # one caption per image
         for i in range(start, self.steps_per_epoch):
             images = order[i * self.batch_size : (i + 1) * self.batch_size]
-            words, mask = self.captions["train"].batch(images * D.CAPTIONS_PER_IMAGE + choice[images])
+            words, mask = self.captions["train"].padded(images * D.CAPTIONS_PER_IMAGE + choice[images])
             # on the CPU (the trainer moves batches to the device; a loader worker may build them)
             yield words, mask, self.train_features[images]
 
@@ -165,7 +165,7 @@ class RetrievalTask(Task):
         caps, chunks = self.captions[split], []
         n_captions = n_images * D.CAPTIONS_PER_IMAGE
         for a in range(0, n_captions, 1000):
-            words, mask = caps.batch(torch.arange(a, min(a + 1000, n_captions)))
+            words, mask = caps.padded(torch.arange(a, min(a + 1000, n_captions)))
             chunks.append(self.model.encode_captions(words.to(self.device), mask.to(self.device)))
         return torch.cat(chunks), self.model.encode_images(self.features[split][:n_images])
 

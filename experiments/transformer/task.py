@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from experiments.core import distributed
-from experiments.core.batching import shuffled, token_batches
+from experiments.core.data.batching import shuffled, token_batches
 from experiments.core.errors import UserError
-from experiments.core.seeding import epoch_generator
+from experiments.core.training import distributed
+from experiments.core.training.seeding import epoch_generator
 from experiments.transformer.model import Transformer
 from experiments.translation import data as D
 from experiments.translation.task import Decoding, GeneratedPairs, TranslationConfig, TranslationTask
@@ -28,20 +28,20 @@ class TransformerModel:
     enc_layers: int = MISSING
     dec_layers: int = MISSING
     dropout: float = MISSING
-    norm_position: str = "post"  # post: x = N(x + F(x)), as the paper (zero); pre: x = x + F(N(x)), final norm
+    norm_position: str = MISSING  # post: x = N(x + F(x)), as the paper (zero); pre: x = x + F(N(x)), final norm
 
 
 @dataclass
 class TransformerOptim:
     lr: float = MISSING  # the peak, reached at the end of warm-up; then lr * sqrt(warmup / step)
     warmup: int = MISSING
-    beta1: float = 0.9
-    beta2: float = 0.98
-    adam_eps: float = 1e-8
+    beta1: float = MISSING
+    beta2: float = MISSING
+    adam_eps: float = MISSING
     label_smoothing: float = MISSING
-    clip_norm: float | None = None  # zero does not clip
-    clip: str = "global"
-    accumulate: int = 1  # each batch runs as this many micro-batches, gradients summed: less memory, same step
+    clip_norm: float | None = MISSING  # zero does not clip
+    clip: str = MISSING
+    accumulate: int = MISSING  # each batch runs as this many micro-batches, gradients summed: less memory, same step
 
 
 @dataclass
@@ -49,8 +49,8 @@ class TransformerConfig(TranslationConfig):
     model: TransformerModel = MISSING
     optim: TransformerOptim = MISSING
     decode: Decoding = MISSING
-    synthetic: GeneratedPairs | None = None
-    batch_tokens: int | None = None  # batches of at most this many padded tokens a side; null: batch_size sentences
+    synthetic: GeneratedPairs | None = MISSING
+    batch_tokens: int | None = MISSING  # batches of at most this many padded tokens a side; null: batch_size sentences
 
 
 class TransformerTask(TranslationTask):

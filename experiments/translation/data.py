@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 
 from experiments.core.atomic import save_torch
+from experiments.core.data.batching import Ragged
 from experiments.core.errors import MissingData
 
 log = logging.getLogger(__name__)
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 MAKE_TARGET = "make data-translation"
+FORMAT = "r2"  # the id caches' layout (ragged sides); in the file name, so an older cache is re-encoded
 
 
 def read_pairs(path: Path, src: str, tgt: str, make_target: str = MAKE_TARGET) -> list[tuple[str, str]]:
@@ -110,54 +112,37 @@ def train_bpe(sentences: list[str], model_path: Path, vocab_size: int) -> None:
 
 @dataclass
 class Encoded:
-    """BPE ids of one side of a corpus as one flat int32 tensor plus offsets: 4.5M pairs as Python lists
-    would need gigabytes. `refs` (the raw target sentences BLEU compares with) only for evaluation sets."""
+    """BPE ids of a corpus, each side ragged (one flat int32 tensor plus offsets: 4.5M pairs as Python lists would
+    need gigabytes). `refs` (the raw target sentences BLEU compares with) only for evaluation sets."""
 
-    src: torch.Tensor  # flat ids
-    src_offsets: torch.Tensor  # (N + 1,)
-    tgt: torch.Tensor
-    tgt_offsets: torch.Tensor
+    src: Ragged
+    tgt: Ragged
     refs: list[str] | None = None
 
     def __len__(self) -> int:
-        return len(self.src_offsets) - 1
-
-    def src_lengths(self) -> torch.Tensor:
-        return self.src_offsets[1:] - self.src_offsets[:-1]
-
-    def tgt_lengths(self) -> torch.Tensor:
-        return self.tgt_offsets[1:] - self.tgt_offsets[:-1]
+        return len(self.src)
 
     def pair(self, i: int) -> tuple[list[int], list[int]]:
-        s0, s1, t0, t1 = self.src_offsets[i], self.src_offsets[i + 1], self.tgt_offsets[i], self.tgt_offsets[i + 1]
-        return self.src[s0:s1].tolist(), self.tgt[t0:t1].tolist()
+        return self.src[i].tolist(), self.tgt[i].tolist()
 
     def subset(self, keep: torch.Tensor) -> Encoded:
         """The pairs at indices `keep` (a 1-d integer tensor), gathered with tensor ops only."""
         keep = torch.as_tensor(keep, dtype=torch.int64)
         refs = None if self.refs is None else [self.refs[i] for i in keep.tolist()]
-        return Encoded(*_take(self.src, self.src_offsets, keep), *_take(self.tgt, self.tgt_offsets, keep), refs)
+        return Encoded(self.src.take(keep), self.tgt.take(keep), refs)
 
+    def state(self) -> dict:
+        return {"src": self.src.state(), "tgt": self.tgt.state(), "refs": self.refs}
 
-def _take(flat: torch.Tensor, offsets: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    starts, lengths = offsets[keep], offsets[keep + 1] - offsets[keep]
-    new_offsets = torch.zeros(len(keep) + 1, dtype=torch.int64)
-    new_offsets[1:] = lengths.cumsum(0)
-    # token j of the output comes from starts[i] + (j - new_offsets[i]) for the pair i it belongs to
-    shift = torch.repeat_interleave(starts - new_offsets[:-1], lengths)
-    return flat[shift + torch.arange(int(new_offsets[-1]))], new_offsets
-
-
-def _flatten(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([0] + [len(s) for s in seqs], dtype=torch.int64)
-    flat = torch.tensor([tok for s in seqs for tok in s], dtype=torch.int32)
-    return flat, lengths.cumsum(0)
+    @classmethod
+    def from_state(cls, state: dict) -> Encoded:
+        return cls(Ragged.from_state(state["src"]), Ragged.from_state(state["tgt"]), state["refs"])
 
 
 def encoded_path(path: Path, sp, src: str, tgt: str) -> Path:
     """Where the ids of a text file under one BPE model are kept: next to it, keyed by the model."""
     key = hashlib.sha1(sp.serialized_model_proto()).hexdigest()[:12]
-    return Path(path).with_name(f".{Path(path).name}.{src}-{tgt}.{key}.pt")
+    return Path(path).with_name(f".{Path(path).name}.{src}-{tgt}.{key}.{FORMAT}.pt")
 
 
 def encode_file(path: Path, sp, src: str, tgt: str, with_refs: bool) -> Path:
@@ -165,9 +150,9 @@ def encode_file(path: Path, sp, src: str, tgt: str, with_refs: bool) -> Path:
     cache = encoded_path(path, sp, src, tgt)
     if not cache.exists() or cache.stat().st_mtime < Path(path).stat().st_mtime:
         pairs = read_pairs(path, src, tgt)
-        enc = Encoded(*_flatten(sp.encode([s for s, _ in pairs])), *_flatten(sp.encode([t for _, t in pairs])),
-                      [t for _, t in pairs] if with_refs else None)
-        save_torch(vars(enc), cache)
+        enc = Encoded(Ragged.from_lists(sp.encode([s for s, _ in pairs])),
+                      Ragged.from_lists(sp.encode([t for _, t in pairs])), [t for _, t in pairs] if with_refs else None)
+        save_torch(enc.state(), cache)
         log.info("%s: %d pairs encoded into %s", Path(path).name, len(enc), cache.name)
     return cache
 
@@ -180,10 +165,11 @@ def load_encoded(path: Path, sp, src: str, tgt: str, max_len: int | None, make_t
     cache = encoded_path(path, sp, src, tgt)
     if not cache.exists():
         raise MissingData(f"{path.name} is not encoded with this BPE model yet ({cache.name}); run `{make_target}`")
-    enc = Encoded(**torch.load(cache, weights_only=False))
+    enc = Encoded.from_state(torch.load(cache, weights_only=False))
     if max_len is None:
         return enc
-    ok = (enc.src_lengths() <= max_len) & (enc.tgt_lengths() <= max_len) & (enc.src_lengths() > 0)
+    src_len, tgt_len = enc.src.lengths(), enc.tgt.lengths()
+    ok = (src_len <= max_len) & (tgt_len <= max_len) & (src_len > 0)
     if not bool(ok.all()):
         log.info("%s: dropped %d of %d pairs longer than %d BPE tokens", path.name, int((~ok).sum()), len(enc),
                  max_len)

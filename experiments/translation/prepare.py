@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from experiments.core.atomic import save_lines
-from experiments.core.download import Offline, check_digest, is_network_error, offline_message
+from experiments.core.data.download import Offline, check_digest, is_network_error, offline_message
 from experiments.translation import data as D
 from experiments.translation.synthetic import write_synthetic
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from experiments.core import distributed
-from experiments.core.batching import bucketed_batches, count_batches
+from experiments.core.data.batching import bucketed_batches, count_batches
 from experiments.core.errors import UserError
-from experiments.core.seeding import epoch_generator
-from experiments.core.task import Task, TaskConfig
+from experiments.core.training import distributed
+from experiments.core.training.seeding import epoch_generator
+from experiments.core.training.task import Task, TaskConfig
 from experiments.translation import data as D
 from experiments.translation.beam import beam_search
 from experiments.translation.model import RNNSearch
@@ -39,8 +39,8 @@ class TranslationModel:
     emb: int = MISSING
     hidden: int = MISSING
     dropout: float = MISSING
-    init_mean: float = 0.0  # centre of the N(., 0.01) weight init; Fig. 4's robustness test sets 0.2
-    gru2_bias_on_state: bool = True  # Nematus: the cGRU's second GRU adds its bias to U h, inside the norm
+    init_mean: float = MISSING  # centre of the N(., 0.01) weight init; Fig. 4's robustness test sets 0.2
+    gru2_bias_on_state: bool = MISSING  # Nematus: the cGRU's second GRU adds its bias to U h, inside the norm
 
 
 class LossScale(enum.Enum):
@@ -53,10 +53,10 @@ class TranslationOptim:
     lr: float = MISSING
     label_smoothing: float = MISSING
     clip_norm: float | None = MISSING  # gradient norm clipping; null: none
-    clip: str = "global"  # over all parameters together, as Nematus
+    clip: str = MISSING  # over all parameters together, as Nematus
     # sentence_sum: each sentence's token losses summed, the mean over sentences (Nematus: the clip acts on the
     # gradient of that); token_mean: the mean over target tokens
-    loss: LossScale = LossScale.sentence_sum
+    loss: LossScale = MISSING
 
 
 @dataclass
@@ -78,11 +78,11 @@ class TranslationConfig(TaskConfig):
     files: dict[str, str] = MISSING  # split -> JSON-lines file in the WMT schema; `train` and the eval sets
     bpe_model: str = MISSING
     bpe_vocab_size: int = MISSING
-    synthetic: GeneratedPairs | None = None  # generate a toy task of these sizes instead
+    synthetic: GeneratedPairs | None = MISSING  # generate a toy task of these sizes instead
     max_len: int = MISSING  # longer training pairs (in BPE tokens) are dropped, with a count in the log
     bucket_pool: int = MISSING  # batches sorted by length within pools of this many
-    eval_limit: int | None = None  # evaluate on the first N sentences of each set
-    probe_limit: int | None = None  # Table 5's pre-activation statistics over the first N dev sentences (null: all)
+    eval_limit: int | None = MISSING  # evaluate on the first N sentences of each set
+    probe_limit: int | None = MISSING  # Table 5's pre-activation statistics over the first N dev sentences (null: all)
     model: TranslationModel = MISSING
     optim: TranslationOptim = MISSING
     decode: Decoding = MISSING
@@ -115,7 +115,7 @@ class TranslationTask(Task):
                 enc = D.load_encoded(root / file, self.sp, src, tgt, None, cfg.make_target)
                 limit = min(cfg.eval_limit or len(enc), len(enc))
                 self.eval_sets[name] = enc.subset(torch.arange(limit)) if limit < len(enc) else enc
-        self._lengths = torch.maximum(self.train.src_lengths(), self.train.tgt_lengths()).tolist()
+        self._lengths = torch.maximum(self.train.src.lengths(), self.train.tgt.lengths()).tolist()
         self._steps = count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         self.vocab = self.sp.get_piece_size()
 

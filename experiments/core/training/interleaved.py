@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from experiments.core.timing import synchronize
+from experiments.core.training.timing import synchronize
 
 
 @dataclass

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.core.identity import RESULT_KEYS, config_hash, identity_config
-from experiments.core.plots import finish, single_axes
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
+from experiments.core.reporting.plots import finish, single_axes
 from rmsnorm import REFERENCE_NORM, norm_names
 
 
@@ -195,7 +195,7 @@ def timing_key(result: dict) -> str:
 
 def read_interleaved_timing(paths: list[Path]) -> dict[str, dict[str, str]]:
     """From `scripts/bench_tasks.py` JSONs: table stem -> norm -> 'speed-up vs LayerNorm [95% interval]'."""
-    from experiments.core.interleaved import describe
+    from experiments.core.training.interleaved import describe
 
     out: dict[str, dict[str, str]] = {}
     for path in paths:

@@ -11,12 +11,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.core import distributed, seeding
 from experiments.core.atomic import save_json, write_or_explain
-from experiments.core.config import differences_from_paper, norm_spec, typed_task_config
 from experiments.core.errors import UserError
 from experiments.core.identity import IDENTITY_FILE, read_folder_identity, refusal, run_identity
-from experiments.core.loggers import NullLogger
 from experiments.core.machine import machine_name
 from experiments.core.records import (
     ERROR_FILE,
@@ -26,8 +23,11 @@ from experiments.core.records import (
     read_summary,
     write_summary,
 )
-from experiments.core.task import Task
-from experiments.core.trainer import Trainer, TrainSettings
+from experiments.core.training import distributed, seeding
+from experiments.core.training.config import differences_from_paper, norm_spec, typed_task_config
+from experiments.core.training.loggers import NullLogger
+from experiments.core.training.task import Task
+from experiments.core.training.trainer import Trainer, TrainSettings
 from rmsnorm.kernels import dispatch
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
     timing = {
         # steps of the whole job: under torchrun every rank steps together, each on its slice of the batch
         "processes": trainer.group.world,
-        # three clocks (experiments/core/timing.py): training with its data pipeline (the suite's column),
+        # three clocks (experiments/core/training/timing.py): training with its data pipeline (the suite's column),
         # the steps alone (the norm's cost), and the wall clock with evaluation (the paper's scripts' measure)
         "sec_per_1k_steps": trainer.timer.sec_per_1k_steps,
         "step_sec_per_1k_steps": trainer.timer.step_sec_per_1k_steps,

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments.core.errors import UserError
 from rmsnorm import DEFAULT_P, norm_names
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 #: settings that change what is logged or saved, not what is trained
 BOOKKEEPING = {"train.progress", "train.log_every", "train.ckpt_every", "train.eval_every", "task.make_target",
                "task.loader_workers"}

@@ -5,7 +5,7 @@ in `tests/test_dashboards.py` instead of as an empty panel."""
 
 from __future__ import annotations
 
-from experiments.core.loggers import wandb_key
+from experiments.core.training.loggers import wandb_key
 
 
 def task_metrics(task: str, primary_metric: str, selection_metric: str | None = None,

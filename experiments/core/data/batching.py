@@ -1,9 +1,65 @@
-"""Length-bucketed batches in an order fixed by a generator: shuffle, sort within pools of batches, shuffle the
-batches. Little padding, random order, and a batch count that depends on the number of items only."""
+"""Sequences and the batches made of them. `Ragged`: variable-length id sequences stored as one flat tensor plus
+offsets (millions of sentences as Python lists would need gigabytes), padded per batch in one indexing op.
+Length-bucketed batches in an order fixed by a generator (shuffle, sort within pools of batches, shuffle the
+batches: little padding, random order, a batch count that depends on the number of items only), and the
+token-budget batches a Transformer takes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Ragged:
+    """N variable-length sequences of ids: `flat` holds them end to end (int32), `offsets` (N + 1, int64) where
+    each starts; sequence i is flat[offsets[i]:offsets[i + 1]]."""
+
+    flat: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]]) -> Ragged:
+        offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
+        offsets[1:] = torch.tensor([len(s) for s in seqs], dtype=torch.int64).cumsum(0)
+        return cls(torch.tensor([w for s in seqs for w in s], dtype=torch.int32), offsets)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Ragged:
+        return cls(state["flat"], state["offsets"])
+
+    def state(self) -> dict:
+        """The two tensors as a dict, for torch.save (the saved form names no class)."""
+        return {"flat": self.flat, "offsets": self.offsets}
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def head(self, n: int) -> Ragged:
+        """The first n sequences (views, no copy)."""
+        return Ragged(self.flat[: int(self.offsets[n])], self.offsets[: n + 1])
+
+    def take(self, keep: torch.Tensor) -> Ragged:
+        """The sequences at indices `keep` (1-d integers), gathered with tensor ops only."""
+        keep = torch.as_tensor(keep, dtype=torch.int64)
+        starts, lengths = self.offsets[keep], self.offsets[keep + 1] - self.offsets[keep]
+        offsets = torch.zeros(len(keep) + 1, dtype=torch.int64)
+        offsets[1:] = lengths.cumsum(0)
+        # token j of the output comes from starts[i] + (j - offsets[i]) for the sequence i it belongs to
+        shift = torch.repeat_interleave(starts - offsets[:-1], lengths)
+        return Ragged(self.flat[shift + torch.arange(int(offsets[-1]))], offsets)
+
+    def padded(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequences `index` as (T, B) int64 ids padded with 0 and the (T, B) 0/1 float mask."""
+        return padded(self.flat, self.offsets, index)
 
 
 def count_batches(n: int, batch_size: int, pool: int = 20) -> int:

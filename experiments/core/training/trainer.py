@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from experiments.core import distributed, loading, seeding
 from experiments.core.atomic import save_json, save_torch, write_or_explain
+from experiments.core.data import loading
 from experiments.core.errors import NonFiniteLoss, Preempted, UserError
 from experiments.core.identity import refusal as identity_refusal
-from experiments.core.loggers import NullLogger
 from experiments.core.records import CHECKPOINT_FILE, PREEMPTED_FILE, PREVIOUS_CHECKPOINT_FILE, MetricsFile
-from experiments.core.task import Task
-from experiments.core.timing import StepTimer
+from experiments.core.training import distributed, seeding
+from experiments.core.training.loggers import NullLogger
+from experiments.core.training.task import Task
+from experiments.core.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
 

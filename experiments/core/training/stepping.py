@@ -20,7 +20,7 @@ from torch import nn
 from experiments.core.errors import UserError
 
 if TYPE_CHECKING:
-    from experiments.core.task import Task
+    from experiments.core.training.task import Task
 
 CLIP_RULES = ("none", "global", "per_tensor")
 

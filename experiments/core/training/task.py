@@ -1,7 +1,7 @@
 """What a task gives the training loop, and the keys its config must define.
 
 A task owns its data, model, optimiser, loss and metrics; the loop owns time, order, checkpoints and records,
-and the optimiser step itself (`experiments/core/stepping.py`: backward, clipping, accumulation, DDP).
+and the optimiser step itself (`experiments/core/training/stepping.py`: backward, clipping, accumulation, DDP).
 Its data is prepared before training (`scripts/prepare.py`, `Task.prepare`); the constructor only reads.
 """
 
@@ -12,7 +12,7 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from experiments.core import distributed
+from experiments.core.training import distributed
 from rmsnorm import NormSpec
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ class TaskConfig:
     batch_size: int = MISSING
     # 1: a DataLoader worker builds the training batches beside the model, pinned for the copy to the GPU
     # (the paper presets of the tasks that build batches in Python); 0: in the training process (CPU runs)
-    loader_workers: int = 0
+    loader_workers: int = MISSING
     # eps of each norm in the code the paper ran for this task (norm name -> eps), used unless norm.eps is set
-    norm_eps: dict[str, float] = field(default_factory=dict)
+    norm_eps: dict[str, float] = MISSING
 
 
 class Task(abc.ABC):
@@ -63,7 +63,7 @@ class Task(abc.ABC):
         self.build_model()
 
     def _setup(self, cfg, norm: NormSpec, device: torch.device, seed: int) -> None:
-        from experiments.core.stepping import check_clip_rule
+        from experiments.core.training.stepping import check_clip_rule
 
         self.cfg, self.norm, self.device, self.seed = cfg, norm, device, seed
         self.primary_metric = cfg.primary_metric
@@ -163,7 +163,7 @@ class Task(abc.ABC):
 
     def train_step(self, batch: Any, model: nn.Module | None = None) -> torch.Tensor:
         """One optimiser step (`stepping.optimizer_step`); returns the detached loss (a tensor: no host sync)."""
-        from experiments.core.stepping import optimizer_step
+        from experiments.core.training.stepping import optimizer_step
 
         return optimizer_step(self, self.model if model is None else model, batch)
 
