@@ -3,7 +3,7 @@
 Forward, backward and forward+backward of every norm at the shapes the paper's tasks use. Per shape, every
 measurement (each norm's three, and the roofline's copies) runs round-robin over several rounds after warm-up,
 on all of torch's threads, CUDA synchronised; the table gives medians over rounds, ratios to torch's fused
-LayerNorm with a 95% bootstrap interval, achieved GB/s and their share of the roofline measured in the same
+LayerNorm with a 95% t interval over rounds, achieved GB/s and their share of the roofline measured in the same
 rounds: a copy of the shape's tensor into a preallocated buffer (the memory limit) and into a fresh one (what
 an allocating op pays). On CUDA, also the share of the card's data-sheet peak bandwidth. On CPU, a second,
 short run in a plain process (no malloc settings) shows what a user who imports `rmsnorm` in a script gets.
@@ -24,7 +24,6 @@ if __name__ == "__main__":
     malloc.reexec_with_stable_malloc()
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -94,6 +93,7 @@ def implementations(d: int, device: torch.device | None = None, rows: int = 0):
         f"prmsnorm (composite, p={P:g})": lambda x, w, b: composite.rms_norm(x, w, None, EPS, k),
         "l2norm (composite)": lambda x, w, b: composite.l2_norm(x, w, None, EPS),
     }
+    impls.update(_registered(d))
     if device is not None and device.type == "cuda":
         from rmsnorm.kernels import triton_kernels
 
@@ -103,6 +103,29 @@ def implementations(d: int, device: torch.device | None = None, rows: int = 0):
         if rows * d >= COMPILE_MIN_ELEMENTS:
             compiled = torch.compile(lambda x, w: rms_norm_reference(x, w, None, EPS), dynamic=False)
             impls["rmsnorm (reference, torch.compile)"] = lambda x, w, b: compiled(x, w)
+    return impls
+
+
+# the registry's norms that the rows above write out by name
+BENCHED = {"none", "layernorm", "rmsnorm", "prmsnorm", "l2norm"}
+
+
+def _registered(d: int) -> dict:
+    """A row for every other registered norm of a single layer's rows (`recurrent=True`: batch norm and weight
+    norm are not row norms), as its module: a norm added in rmsnorm/ is benched with no edit here."""
+    impls = {}
+    for name in rmsnorm.norm_names():
+        info = rmsnorm.norm_info(name)
+        if name in BENCHED or not info.recurrent:
+            continue
+        built = {"module": info.features(d, eps=EPS, p=P, affine=True, bias=info.shift)}
+
+        def call(x, w, b, built=built):
+            if "on" not in built:  # to the input's device and dtype once, outside the timed calls' steady state
+                built["module"], built["on"] = built["module"].to(x.device, x.dtype), True
+            return built["module"](x)
+
+        impls[f"{name} (registered)"] = call
     return impls
 
 
@@ -290,25 +313,25 @@ def render_rnn(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def peak_bandwidth(device: torch.device) -> tuple[float | None, str]:
-    if device.type != "cuda":
+def peak_bandwidth(device_name: str) -> tuple[float | None, str]:
+    """The data-sheet bandwidth of a CUDA card by its name; (None, "") for a CPU."""
+    if not device_name:
         return None, ""
-    name = torch.cuda.get_device_name(device)
     for fragment, gbps in PEAK_GBPS.items():
-        if fragment in name:
+        if fragment in device_name:
             return float(gbps), f"{gbps} GB/s (data sheet, '{fragment}')"
     return None, "unknown for this card"
 
 
 def ratio_interval(result: Result, ref: Result, mode: str) -> tuple[float, float, float]:
-    """Time over the reference's (median ratio) and its 95% paired-bootstrap interval over rounds."""
+    """Time over the reference's (geometric mean of the rounds' ratios) and its 95% t interval."""
     est = 1 - speedup(ref.times[mode], result.times[mode])
     lo, hi = speedup_interval(ref.times[mode], result.times[mode])
     return est, 1 - hi, 1 - lo
 
 
 def _ratio(result: Result, ln: Result, mode: str) -> str:
-    """Time over LayerNorm's, with the 95% interval from a paired bootstrap over rounds."""
+    """Time over LayerNorm's, with its 95% t interval over the rounds' paired ratios."""
     if result is ln:
         return "1"
     est, lo, hi = ratio_interval(result, ln, mode)
@@ -318,26 +341,28 @@ def _ratio(result: Result, ln: Result, mode: str) -> str:
 OURS = ("rmsnorm (ours)", "prmsnorm (ours,", "l2norm (ours)")
 
 
-def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torch.device, dtype: torch.dtype,
-           command: str, machine: str, rounds: int, kernel_note: str, produced_by: str = "") -> str:
-    peak, peak_note = peak_bandwidth(device)
-    size = torch.finfo(dtype).bits // 8
-    cuda = device.type == "cuda"
+def render(results: list[Result], rooflines: dict[tuple, Roofline], run: dict) -> str:
+    """The markdown of one run from its measurements and `run`'s facts (the JSON's: device, dtype, command,
+    machine, rounds, threads, kernel note, provenance, CUDA device name and dispatch choices)."""
+    peak, peak_note = peak_bandwidth(run.get("cuda_device", ""))
+    size = torch.finfo(getattr(torch, run["dtype"])).bits // 8
+    cuda = run["device"] == "cuda"
+    produced = run["produced_by"]
     lines = [
-        f"# Norm benchmark: {machine}",
+        f"# Norm benchmark: {run['machine']}",
         "",
-        f"Command: `{command}`  ",
-        f"Produced by: {produced_by}  " if produced_by else "",
-        f"Date: {datetime.date.today()}, torch {torch.__version__}, dtype {str(dtype).replace('torch.', '')}, "
-        f"eps {EPS:g}, {torch.get_num_threads()} threads{kernel_note}  ",
-        f"Per shape, every measurement below and the two copies run round-robin over {rounds} rounds after "
+        f"Command: `{run['command']}`  ",
+        f"Produced by: {describe_stamp(produced)}  ",
+        f"Date: {produced['date']}, torch {produced['torch']}, dtype {run['dtype']}, "
+        f"eps {EPS:g}, {run['threads']} threads{run['kernel_note']}  ",
+        f"Per shape, every measurement below and the two copies run round-robin over {run['rounds']} rounds after "
         "warm-up; times are medians over rounds in microseconds, `/LN` is the time over torch's fused LayerNorm "
-        "(for the `composite` rows, the norms as chains of tensor ops, over the composite LayerNorm) "
-        "with a 95% paired-bootstrap interval over rounds. GB/s counts the minimal traffic (forward reads x and "
-        "writes y, backward reads x and dy and writes dx). `% copy` is that rate over the roofline measured in "
-        "the same rounds: a copy of the shape's tensor into a preallocated buffer (reads one, writes one); "
-        "above 100% where part of the traffic is served from cache. The copy into a fresh tensor shows what an "
-        "op that allocates its output pays." + (f" Peak bandwidth: {peak_note}." if peak else ""),
+        "(for the `composite` rows, the norms as chains of tensor ops, over the composite LayerNorm): the "
+        "geometric mean of the rounds' paired ratios, with a 95% t interval. GB/s counts the minimal traffic "
+        "(forward reads x and writes y, backward reads x and dy and writes dx). `% copy` is that rate over the "
+        "roofline measured in the same rounds: a copy of the shape's tensor into a preallocated buffer (reads "
+        "one, writes one); above 100% where part of the traffic is served from cache. The copy into a fresh "
+        "tensor shows what an op that allocates its output pays." + (f" Peak bandwidth: {peak_note}." if peak else ""),
     ]
     if cuda:
         lines.append("Times are eager: back-to-back calls from Python, so at a recurrent step's size they are the "
@@ -345,8 +370,8 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
                      "the device time of the kernels one forward+backward launches (profiler), `/rms_norm` the "
                      "time over torch's `F.rms_norm`. `(ours)` is the library's dispatch (its measured choice, "
                      "listed at the end); `Triton forced` our kernels whatever the dispatch would choose.")
-    if device.type == "cpu":
-        lines.append(f"On Linux the script runs with {malloc.describe()} so that glibc keeps freed blocks instead "
+    if run["device"] == "cpu":
+        lines.append(f"On Linux the script runs with {run['malloc']} so that glibc keeps freed blocks instead "
                      "of page-faulting them in anew on some calls (experiments/core/training/malloc.py); the last "
                      "section is a plain process without them.")
     lines = [line for line in lines if line] + [""]
@@ -385,7 +410,7 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], device: torc
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if cuda:
-        lines += render_targets(gpu_targets(results, rooflines, size))
+        lines += render_targets(gpu_targets(results, rooflines, size), run.get("dispatch", {}))
     return "\n".join(lines)
 
 
@@ -426,12 +451,11 @@ def gpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: i
     return out
 
 
-def render_targets(targets: list[dict]) -> list[str]:
+def render_targets(targets: list[dict], chosen: dict[str, str]) -> list[str]:
     met = sum(t["met"] for t in targets)
     lines = ["## The GPU targets", "", f"{met} of {len(targets)} met.", "",
              "| target | shape, norm | measured | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['where']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
-    chosen = dispatch.describe()["cuda"]
     lines += ["", "The dispatch's choices in this run (norm/dtype/width/rows -> path):", ""]
     lines += [f"- `{k}`: {v}" for k, v in sorted(chosen.items())] or ["- none"]
     return lines + [""]
@@ -444,12 +468,27 @@ def to_json(results: list[Result], rooflines: dict[tuple, Roofline]) -> dict:
             "rooflines": [{"key": list(k), "copy": v.copy, "fresh": v.fresh} for k, v in rooflines.items()]}
 
 
+def from_json(data: dict) -> tuple[list[Result], dict[tuple, Roofline]]:
+    results = [Result(r["task"], r["shape"], r["rows"], r["d"], r["impl"], r["times"], r.get("kernel"))
+               for r in data["results"]]
+    return results, {tuple(r["key"]): Roofline(r["copy"], r["fresh"]) for r in data["rooflines"]}
+
+
+def render_all(data: dict) -> str:
+    """The whole markdown file from a run's JSON: shapes, recurrent layers, the plain process."""
+    text = render(*from_json(data), data)
+    text += "\n" + render_rnn(data["rnn"])
+    if data.get("plain") is not None:
+        text += "\n" + render_plain(data["plain"], data["dtype"])
+    return text
+
+
 # what a user's own script gets: the largest shapes, ours against LayerNorm, no malloc settings
 USER_IMPLS = (REFERENCE_NORM, "rmsnorm (ours)")
 
 
-def plain_process_section(cases, dtype: str, rounds: int, seconds_per_round: float) -> str:
-    """Runs this script again in a process without the malloc settings and renders what it measured."""
+def measure_plain(cases, dtype: str, rounds: int, seconds_per_round: float) -> list | str:
+    """Runs this script again in a process without the malloc settings: its measurements, or its error."""
     env = {k: v for k, v in os.environ.items() if k not in malloc.MALLOC_ENV}
     env["RMSNORM_KEEP_MALLOC"] = "1"
     largest = sorted(cases, key=lambda c: c[2] * c[3])[-2:]
@@ -457,8 +496,13 @@ def plain_process_section(cases, dtype: str, rounds: int, seconds_per_round: flo
             "--dtype", dtype, "--rounds", str(rounds), "--seconds-per-round", str(seconds_per_round)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return f"## A plain process\n\nThe plain-process run failed:\n\n```\n{done.stderr[-2000:]}\n```\n"
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+        return done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def render_plain(measured: list | str, dtype: str) -> str:
+    if isinstance(measured, str):
+        return f"## A plain process\n\nThe plain-process run failed:\n\n```\n{measured}\n```\n"
     lines = ["## A plain process: a user's script that imports `rmsnorm`, no malloc settings", "",
              "| shape | norm | fwd us | fwd+bwd us | fwd /LN | fwd+bwd /LN | copy GB/s | fresh copy GB/s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -527,7 +571,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="about how long each measurement runs in each round")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "bench")
     parser.add_argument("--plain-process-json", help=argparse.SUPPRESS)
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="write the markdown of an earlier run from its .json, measuring nothing")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_suffix(".md").write_text(render_all(json.loads(args.render.read_text())))
+        print(f"wrote {args.render.with_suffix('.md')}")
+        return 0
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -550,20 +600,21 @@ def main(argv: list[str] | None = None) -> int:
     results, rooflines = run(cases, device, dtype, rounds, args.seconds_per_round)
     given = argv if argv is not None else sys.argv[1:]
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in given)
-    produced = stamp(machine)
-    text = render(results, rooflines, device, dtype, command.strip(), machine, rounds, kernel_note,
-                  describe_stamp(produced))
-    text += "\n" + render_rnn(run_rnn(device, dtype, rounds, args.quick))
-    if device.type == "cpu":
-        text += "\n" + plain_process_section(cases, args.dtype, rounds, args.seconds_per_round)
+    data = {"command": command.strip(), "produced_by": stamp(machine), "machine": machine, "device": device.type,
+            "dtype": args.dtype, "rounds": rounds, "threads": torch.get_num_threads(), "kernel_note": kernel_note,
+            "malloc": malloc.describe(),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            **to_json(results, rooflines), "rnn": run_rnn(device, dtype, rounds, args.quick),
+            "plain": measure_plain(cases, args.dtype, rounds, args.seconds_per_round) if device.type == "cpu" else None}
+    data["dispatch"] = dispatch.describe()["cuda"] if device.type == "cuda" else {}
+    text = render_all(data)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", f"{device.type}-{machine}-{args.dtype}").strip("-").lower()
     if args.quick:
         stem += "-quick"
     args.out.mkdir(parents=True, exist_ok=True)
+    # measured to JSON, the markdown rendered from it (python scripts/bench.py --render <json> does it again)
+    (args.out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command.strip(), "produced_by": produced,
-                                                       "dtype": args.dtype, **to_json(results, rooflines)},
-                                                      indent=1) + "\n")
     plot(results, args.out / f"{stem}.png", f"{machine}, {args.dtype}")
     print(text)
     print(f"wrote {args.out / (stem + '.md')}, .json and .png")

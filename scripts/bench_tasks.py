@@ -4,8 +4,8 @@ For each task, the `preset=paper` model and optimiser are built once per norm; e
 own `train_step` (forward, loss, backward, optimiser) on a fixed synthetic batch of the paper's shape. The
 norms run round-robin in a fresh random order each round, after warm-up, CUDA synchronised, so drift on a
 shared machine hits every norm alike. Reported: the median seconds per step in the paper's unit, and the
-speed-up over LayerNorm, (T_LN - T_norm) / T_LN, with a 95% bootstrap interval over rounds; an interval
-that spans 0 reads "within noise".
+speed-up over LayerNorm, (T_LN - T_norm) / T_LN, from the geometric mean over rounds of each round's paired
+time ratio, with a 95% t interval; an interval that spans 0 reads "within noise".
 
 `--scale` shrinks the batch (and, for the RNN translation, the sentence length), never a hidden width: the
 norm's share of a step depends on the width. The default on a CPU is 0.5 (the Transformer 0.01, CPU_SCALE: 8 of
@@ -153,7 +153,8 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              + " model runs whole training steps (forward, loss, backward, optimiser) on a "
              "fixed synthetic batch; norms interleaved round-robin in a shuffled order, after warm-up, CUDA "
              "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
-             "(T_LN - T) / T_LN on medians, [95% paired bootstrap interval over rounds]; 'within noise' where the "
+             "(T_LN - T) / T_LN, T / T_LN the geometric mean of each round's ratio [95% t interval over rounds]; "
+             "'within noise' where the "
              "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way. The paper's column "
              "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti). `<norm>/composite` is the norm as the chain "
              "of tensor ops the paper's frameworks ran (`norm.impl=composite`), its speed-up against LayerNorm "

@@ -19,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from experiments.core.provenance import describe as describe_stamp
 from rmsnorm.registry import REFERENCE_NORM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,49 +27,30 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
-def _md_tables(text: str) -> dict[str, list[list[str]]]:
-    """'## heading' -> the rows (cells) of the table under it."""
-    tables, heading = {}, None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            heading = line[3:].strip()
-            tables[heading] = []
-        elif heading and line.startswith("|") and not line.startswith("|---"):
-            tables[heading].append([c.strip() for c in line.strip("|").split("|")])
-    return tables
 
 
 def bench_cpu(source: Path) -> str:
     """Our RMSNorm against torch's LayerNorm (with intervals) and rms_norm at each shape, its share of the copy
-    roofline, the GRU and LSTM tables, and the plain-process rows."""
-    text = source.read_text()
-    tables = _md_tables(text)
-    produced = re.search(r"^Produced by: (.+?)\s*$", text, re.M)
-    lines = [f"Produced by: {produced.group(1)}", ""] if produced else []
-    lines += ["| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
-              "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
-    for heading, rows in tables.items():
-        found = re.match(r"(\w+): (\d+) x (\d+)", heading)
-        if not found or len(rows) < 2:
-            continue
-        head, body = rows[0], {r[0]: r for r in rows[1:]}
-        ours, torch_rms = body.get("rmsnorm (ours)"), body.get("rms_norm (torch)")
-        if not ours or not torch_rms:
-            continue
-        both = head.index("fwd+bwd us")
-        share = [ours[head.index(c)] if c in head else "-" for c in ("fwd % copy", "bwd % copy")]
-        lines.append(f"| {found.group(2)} x {found.group(3)} ({found.group(1)}) | {ours[head.index('fwd /LN')]} | "
-                     f"{ours[head.index('fwd+bwd /LN')]} | {share[0]} | {share[1]} | "
-                     f"{float(ours[both]) / float(torch_rms[both]):.2f} |")
-    for heading, rows in tables.items():
-        if " layer: " in heading and rows:  # the GRU and LSTM tables, as bench.py wrote them
-            lines += ["", f"{heading}:", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
-            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    plain = next((rows for heading, rows in tables.items() if heading.startswith("A plain process")), None)
-    if plain:
-        lines += ["", "A plain process (a user's script, no malloc settings):", "",
-                  "| " + " | ".join(plain[0]) + " |", "|---" * len(plain[0]) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in plain[1:]]
+    roofline, the GRU and LSTM tables, and the plain-process rows: computed from the bench's JSON with the
+    bench's own functions (SOURCE: results/bench/<machine>.json)."""
+    import bench  # scripts/bench.py, beside this script
+
+    data = json.loads(source.read_text())
+    results, rooflines = bench.from_json(data)
+    size = 4 if data["dtype"] == "float32" else 8 if data["dtype"] == "float64" else 2
+    lines = [f"Produced by: {describe_stamp(data['produced_by'])}", "",
+             "| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
+             "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
+        group = {r.impl: r for r in results if (r.task, r.shape, r.rows, r.d) == key}
+        ours, ln, torch_rms = group["rmsnorm (ours)"], group["layernorm (torch)"], group["rms_norm (torch)"]
+        nbytes = key[2] * key[3] * size
+        copy = rooflines[key].gbps(nbytes)
+        lines.append(f"| {key[2]} x {key[3]} ({key[0]}) | {bench._ratio(ours, ln, 'fwd')} | "
+                     f"{bench._ratio(ours, ln, 'fwd_bwd')} | {100 * 2 * nbytes / ours.fwd / 1e9 / copy:.0f}% | "
+                     f"{100 * 3 * nbytes / ours.bwd / 1e9 / copy:.0f}% | {ours.fwd_bwd / torch_rms.fwd_bwd:.2f} |")
+    for part in (bench.render_rnn(data["rnn"]), bench.render_plain(data["plain"], data["dtype"])):
+        lines += [""] + [f"{line[3:]}:" if line.startswith("## ") else line for line in part.strip().splitlines()]
     return "\n".join(lines)
 
 

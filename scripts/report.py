@@ -30,6 +30,7 @@ from experiments.core.reporting.report import (
     timing_key,
     variant,
 )
+from experiments.core.training.interleaved import RATIO_RULE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.timing:
         parts.append(f"The speed-up column of {', '.join(sorted({timing_key(r) for r in _results(path)}))} comes "
                      f"from `{json.loads(path.read_text())['command']}` ({path}): every norm's model timed over "
-                     "whole training steps, interleaved round-robin, median over rounds with a 95% bootstrap "
-                     "interval; 'within noise' where it spans 0. The sec columns are each run's own clock (norms "
+                     "whole training steps, interleaved round-robin; the speed-up from "
+                     f"{RATIO_RULE}; 'within noise' where it spans 0. The sec columns are each run's own clock (norms "
                      "run one after another).\n")
     for table in tables:
         # a table without interleaved timing shows the speed-up of its runs' own clocks
@@ -76,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         same = [s for s in summaries if s["task"] == table.task and s["preset"] == table.preset
                 and variant(s) == table.variant]
         baselines = same[0].get("baselines") if same else None
-        if baselines:  # norm-free references from the data, as fractions (reading's most frequent entity, chance)
+        if baselines:  # model-free references from the data: fractions (most frequent answer, chance) or BLEU
             parts.append("Baselines without a model: " + ", ".join(
-                f"{name} = {100 * value:.1f}%" for name, value in baselines.items()) + "\n")
+                f"{name} = {value:.2f}" if "bleu" in name else f"{name} = {100 * value:.1f}%"
+                for name, value in baselines.items()) + "\n")
         # what every run of the table changed against preset=paper (per-norm settings aside)
         common = [set(s.get("differs_from_paper", [])) for s in same]
         shared = sorted(set.intersection(*common)) if common else []

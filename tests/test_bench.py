@@ -29,6 +29,11 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     assert data["produced_by"]["commit"] and data["produced_by"]["torch"]
     assert len(data["results"]) == 2 * 10 and all(len(x["times"]["fwd"]) == 2 for x in data["results"])
     assert f"Produced by: commit {data['produced_by']['commit'][:10]}" in text
+    # the markdown is a rendering of the JSON: rendered again from it, nothing measured, it is the same file
+    md.unlink()
+    r = run_script("scripts/bench.py", "--render", str(md.with_suffix(".json")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert md.read_text() == text
 
 
 def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
@@ -53,8 +58,8 @@ def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     ln_c, rms_c = rows["layernorm/composite"]["rounds"], rows["rmsnorm/composite"]["rounds"]
     assert rows["rmsnorm/composite"]["speedup_vs_layernorm"] == pytest.approx(speedup(ln_c, rms_c))
     assert "norm_share" not in rows["none"]
-    t, t_none = rows["rmsnorm"]["sec_per_step"], rows["none"]["sec_per_step"]
-    assert rows["rmsnorm"]["norm_share"] == pytest.approx((t - t_none) / t)
+    t, t_none = rows["rmsnorm"]["rounds"], rows["none"]["rounds"]
+    assert rows["rmsnorm"]["norm_share"] == pytest.approx(speedup(t, t_none))  # (T - T_none) / T, paired
     assert "| 39 +- 0.4 |" in text  # the paper's LayerNorm time beside ours
     # no demo data in this data_dir: the pipeline line says so instead of a number
     assert "Data pipeline: not measured" in text
@@ -122,7 +127,7 @@ def test_the_gpu_targets_are_read_from_the_measurements():
     assert not by[("forward >= 80% of copy", "l2norm (ours)")]["met"]
     assert not by[("fwd+bwd <= 1.0x LayerNorm (upper end)", "l2norm (ours)")]["met"]
     assert by[("fwd+bwd <= 1.05x F.rms_norm (upper end)", "rmsnorm (ours)")]["met"]
-    text = "\n".join(render_targets(targets))
+    text = "\n".join(render_targets(targets, {}))
     assert f"{sum(t['met'] for t in targets)} of {len(targets)} met." in text and "**no**" in text
 
 
@@ -146,3 +151,20 @@ def test_gpu_checks_keeps_to_its_budget_and_says_what_produced_the_log(tmp_path)
     bad = subprocess.run(["bash", "scripts/gpu_checks.sh", str(tmp_path), "slow"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "mode must be full or quick" in bad.stderr
+
+
+def test_a_registered_norm_is_benched_with_no_edit_to_the_bench():
+    import torch
+
+    from rmsnorm import NormInfo, register_norm, unregister_norm
+    from scripts import bench
+
+    register_norm(NormInfo("toy_rms", "Toy RMS", features=lambda d, eps, **_: torch.nn.RMSNorm(d, eps=eps)))
+    try:
+        impls = bench.implementations(16)
+    finally:
+        unregister_norm("toy_rms")
+    assert "toy_rms (registered)" in impls and "batchnorm (registered)" not in impls
+    x = torch.randn(4, 16)
+    expected = torch.nn.functional.rms_norm(x, (16,), eps=1e-8)
+    torch.testing.assert_close(impls["toy_rms (registered)"](x, None, None), expected)

@@ -207,3 +207,15 @@ def test_k_below_one_is_a_clear_error():
         rmsnorm.PartialRMSNorm(10, p=0.05)
     with pytest.raises(NormConfigError, match="k=int"):
         build_norm2d("prmsnorm", 2, p=0.01)(torch.randn(1, 2, 4, 4))
+
+
+def test_a_registered_norm_gets_its_own_row_of_table_1():
+    from experiments.core.reporting.invariance import table
+    from rmsnorm import NormInfo, register_norm, unregister_norm
+
+    register_norm(NormInfo("doubled_rms", "Doubled RMS", features=lambda d, eps, **_: torch.nn.RMSNorm(d, eps=eps)))
+    try:
+        row = table()["doubled_rms"]
+    finally:
+        unregister_norm("doubled_rms")
+    assert row["dataset re-scaling"] and not row["weight matrix re-centering"]

@@ -146,11 +146,18 @@ def test_reader_errors_are_clear(tmp_path):
         D.load_bpe(tmp_path / "bad.model")
 
 
+def smoke_generator(sizes: dict):
+    """The smoke preset's generated task (its easy difficulty), at other sizes."""
+    gen = compose_cfg(["task=translation", "preset=smoke"]).task.synthetic
+    gen.sizes = sizes
+    return gen
+
+
 @pytest.fixture(scope="module")
 def toy_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("translation")
     files = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
-    write_synthetic(root, {"train": 400, "dev": 20, "test": 20}, files)
+    write_synthetic(root, smoke_generator({"train": 400, "dev": 20, "test": 20}), files)
     pairs = D.read_pairs(root / "train.jsonl", "en", "de")
     D.train_bpe([s for p in pairs for s in p], root / "bpe.model", 120)
     return root
@@ -324,7 +331,7 @@ def test_prepare_script_learns_bpe_from_local_files_and_encodes_them(tmp_path):
     root = tmp_path / "translation"
     files = {"train": "train.jsonl", "dev": "newstest2013.jsonl", "test14": "newstest2014.jsonl",
              "test17": "newstest2017.jsonl"}
-    write_synthetic(root, {"train": 300, "dev": 10, "test14": 10, "test17": 10}, files)  # no download needed
+    write_synthetic(root, smoke_generator({"train": 300, "dev": 10, "test14": 10, "test17": 10}), files)
     r = run_script("scripts/prepare.py", "task=translation", "preset=paper", f"data_dir={tmp_path}",
                    "task.bpe_vocab_size=100")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -3,7 +3,6 @@ decay to zero over the second half and beta1 0.9 -> 0.5 at half-way, test error 
 
 from __future__ import annotations
 
-import json
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -12,15 +11,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from experiments.cifar10.adam import RootEpsAdam
 from experiments.cifar10.data import FOLDER, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.cifar10.synthetic import make_images
-from experiments.core.atomic import save_json
 from experiments.core.data.download import fetch
+from experiments.core.data.generated import RECORD, ensure_generated
 from experiments.core.errors import UserError
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
@@ -55,8 +54,14 @@ class Cifar10Optim:
 
 @dataclass
 class GeneratedImages:
+    """The generated set's size and difficulty (experiments/cifar10/synthetic.py)."""
+
     n_train: int = MISSING
     n_test: int = MISSING
+    colour_jitter: float = MISSING  # spread of an object's colour around its warm or cool centre
+    noise: float = MISSING  # pixel noise
+    distractors: int = MISSING  # grey shapes beside the object
+    sizes: list[int] = MISSING  # the objects' sizes in pixels
 
 
 @dataclass
@@ -80,17 +85,18 @@ class Cifar10Task(Task):
         if cfg.synthetic:
             # what was generated is recorded beside it, so a preset that asks for other sizes regenerates
             # instead of silently training on the old set
-            wanted = {"n_train": cfg.synthetic.n_train, "n_test": cfg.synthetic.n_test, "seeds": [1, 2]}
-            record = root / "generated.json"
-            have = json.loads(record.read_text()) if record.exists() else None
-            if have != wanted or not (root / FOLDER / "test_batch").exists():
-                log.info("writing %d + %d generated images to %s", cfg.synthetic.n_train, cfg.synthetic.n_test, root)
-                train_x, train_y = make_images(cfg.synthetic.n_train, seed=1)
-                test_x, test_y = make_images(cfg.synthetic.n_test, seed=2)
+            gen = OmegaConf.to_container(cfg.synthetic, resolve=True)
+            knobs = {k: v for k, v in gen.items() if k not in ("n_train", "n_test")}
+            knobs["sizes"] = tuple(knobs["sizes"])
+            if not (root / FOLDER / "test_batch").exists():
+                (root / RECORD).unlink(missing_ok=True)
+
+            def write() -> None:
+                train_x, train_y = make_images(gen["n_train"], seed=1, **knobs)
+                test_x, test_y = make_images(gen["n_test"], seed=2, **knobs)
                 write_cifar_folder(root, train_x, train_y, test_x, test_y, replace=True)
-                for stale in root.glob("zca-*.pt"):  # fitted on the images just replaced
-                    stale.unlink()
-                save_json(wanted, record)
+
+            ensure_generated(root, {"generator": 2, "seeds": [1, 2], **gen}, write)
         elif download and not (root / FOLDER / "test_batch").exists():
             archive = fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", cfg.make_target, {"md5": CIFAR_MD5},
                             "CIFAR-10")
@@ -111,6 +117,11 @@ class Cifar10Task(Task):
 
     def data_facts(self) -> dict:
         return {"train_images": len(self.train_x), "test_images": len(self.test_x), "folder": str(self.root)}
+
+    def summary_extras(self) -> dict:
+        # the model-free baseline: always answer the test set's most frequent class
+        counts = torch.bincount(self.test_y.cpu().long(), minlength=10)
+        return {"baselines": {"test_error_most_frequent_class": round(1 - float(counts.max()) / len(self.test_y), 4)}}
 
     def build_model(self) -> None:
         cfg, norm = self.cfg, self.norm

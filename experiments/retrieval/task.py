@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from experiments.core.data.download import fetch
+from experiments.core.data.generated import RECORD, ensure_generated
 from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData
 from experiments.core.training import distributed
@@ -47,7 +48,13 @@ class RetrievalOptim:
 
 @dataclass
 class GeneratedPairs:
+    """The generated set's size and difficulty (experiments/retrieval/synthetic.py)."""
+
     sizes: dict[str, int] = MISSING  # split (train/dev/test) -> images
+    concepts: int = MISSING  # latent concepts in all
+    per_item: int = MISSING  # concepts an image shows
+    synonyms: int = MISSING  # words that name one concept
+    feature_noise: float = MISSING  # noise added to an image's feature, relative to one concept's direction
 
 
 @dataclass
@@ -71,8 +78,10 @@ class RetrievalTask(Task):
     def prepare_data(cls, cfg, root: Path, download: bool) -> None:
         if cfg.synthetic:
             if not all(D.caption_path(root, s).exists() for s in D.SPLITS):
-                log.info("writing the generated paired set to %s", root)
-                write_paired_folder(root, dict(cfg.synthetic.sizes), cfg.model.image_dim)
+                (root / RECORD).unlink(missing_ok=True)
+            wanted = {"generator": 2, "image_dim": cfg.model.image_dim,
+                      **OmegaConf.to_container(cfg.synthetic, resolve=True)}
+            ensure_generated(root, wanted, lambda: write_paired_folder(root, cfg.synthetic, cfg.model.image_dim))
         elif download and not D.caption_path(root, "train").exists():
             cls._download(root, cfg.make_target)
         captions = {s: D.read_captions(root, s, cfg.make_target) for s in D.SPLITS}

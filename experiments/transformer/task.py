@@ -115,7 +115,8 @@ class TransformerTask(TranslationTask):
                                label_smoothing=self.cfg.optim.label_smoothing) * scale
 
     def summary_extras(self) -> dict:
-        return {"bleu_signature": self.signature, "norm_position": self.cfg.model.norm_position}
+        return {"bleu_signature": self.signature, "norm_position": self.cfg.model.norm_position,
+                "baselines": self.copy_baselines()}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "scheduler": self.scheduler.state_dict()}

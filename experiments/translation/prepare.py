@@ -9,8 +9,11 @@ import logging
 import random
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from experiments.core.atomic import save_lines
 from experiments.core.data.download import Offline, check_digest, is_network_error, offline_message
+from experiments.core.data.generated import RECORD, ensure_generated
 from experiments.translation import data as D
 from experiments.translation.synthetic import write_synthetic
 
@@ -84,9 +87,10 @@ def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None
 def prepare(cfg, root: Path, download: bool) -> None:
     files = dict(cfg.files)
     if cfg.synthetic:
+        wanted = {"generator": 2, "files": files, **OmegaConf.to_container(cfg.synthetic, resolve=True)}
         if not all((root / f).exists() for f in files.values()):
-            log.info("writing the generated translation task to %s", root)
-            write_synthetic(root, dict(cfg.synthetic.sizes), files)
+            (root / RECORD).unlink(missing_ok=True)
+        ensure_generated(root, wanted, lambda: write_synthetic(root, cfg.synthetic, files))
     elif download:
         for split, file in files.items():
             if not (root / file).exists():

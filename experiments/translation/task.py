@@ -68,7 +68,13 @@ class Decoding:
 
 @dataclass
 class GeneratedPairs:
+    """The generated task's size and difficulty (experiments/translation/synthetic.py)."""
+
     sizes: dict[str, int] = MISSING  # split -> pairs
+    lexicon: dict[str, int] = MISSING  # word class (subject, verb, adjective, noun, place) -> words
+    zipf: float = MISSING  # word frequencies fall as rank^-zipf: larger, more rare words
+    compound: float = MISSING  # chance an adjective + noun become one German compound
+    clauses: int = MISSING  # at most this many clauses a sentence
 
 
 @dataclass
@@ -198,10 +204,17 @@ class TranslationTask(Task):
             metrics[f"{name}_bleu"] = round(score.score, 2)
         return metrics
 
+    def copy_baselines(self) -> dict[str, float]:
+        """The model-free baseline: BLEU of the source sentence itself as the translation (shared words, names
+        and numbers score; a model has to beat it to have learnt anything)."""
+        return {f"{name}_bleu_copy_source": round(bleu(self.sp.decode([enc.pair(i)[0] for i in range(len(enc))]),
+                                                       enc.refs)[0].score, 2)
+                for name, enc in self.eval_sets.items()}
+
     def summary_extras(self) -> dict:
         # Table 5: the decoder GRU's hidden-to-hidden pre-activation on the dev set (newstest2013 in the paper)
         name = "dev" if "dev" in self.eval_sets else next(iter(self.eval_sets))
         stats = preactivation_stats(self.model, self.eval_sets[name], self.device, limit=self.cfg.probe_limit)
-        return {"bleu_signature": self.signature,
+        return {"bleu_signature": self.signature, "baselines": self.copy_baselines(),
                 "preactivation": {"set": name, **{k: list(v) for k, v in stats.items()}}}
 

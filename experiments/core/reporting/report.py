@@ -12,6 +12,7 @@ from pathlib import Path
 from experiments.core.identity import RESULT_KEYS, config_hash, identity_config
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from experiments.core.reporting.plots import finish, single_axes
+from experiments.core.stats import difference_interval, mean_interval, within_noise
 from rmsnorm import REFERENCE_NORM, norm_names
 
 
@@ -42,17 +43,24 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean over seeds and its 95% t interval (experiments/core/stats.py); the mean alone for one seed."""
+    return mean_interval(values)
+
+
 @dataclass
 class Row:
     norm: str
     seeds: int
-    metric: tuple[float, float]
+    metric: tuple[float, float, float]  # mean over seeds and its 95% t interval
     sec_per_1k: tuple[float, float]
     paper_unit: tuple[float, float] | None
     speedup: float | None = None
-    at_best: tuple[float, float] | None = None  # the metric at the evaluation with the best validation score
+    at_best: tuple[float, float, float] | None = None  # the metric at the evaluation with the best validation score
     wall_unit: tuple[float, float] | None = None  # wall clock with evaluation, in the paper's unit (its measure)
     label: str = ""  # the norm, and where runs of it trained other settings, which of them (never averaged)
+    values: list[float] = field(default_factory=list)  # the metric of each seed
+    vs_reference: tuple[float, float, float] | None = None  # mean - LayerNorm's mean, 95% Welch interval
 
     def __post_init__(self) -> None:
         self.label = self.label or self.norm
@@ -158,10 +166,11 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
-                metric=_mean_std([r["metrics"][metric] for r in rs]),
+                metric=_mean_ci([r["metrics"][metric] for r in rs]),
+                values=[r["metrics"][metric] for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
                 paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
-                at_best=_mean_std(picked) if picked and len(picked) == len(rs) else None,
+                at_best=_mean_ci(picked) if picked and len(picked) == len(rs) else None,
                 wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
                 label=f"{norm} [{key}]" if several else norm,
             ))
@@ -169,6 +178,8 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         for r in rows:
             if ln is not None:
                 r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
+                if r is not ln:
+                    r.vs_reference = difference_interval(r.values, ln.values)
         devices = sorted({r["device"] for r in runs})
         declared = [n for r in runs for n in r.get("config", {}).get("task", {}).get("norms", [])]
         diverged = {n: sorted(v) for n, v in blown.get((task, preset, kind), {}).items()}
@@ -246,10 +257,25 @@ def render_preactivation(summaries: list[dict], paper: dict[tuple[str, str], str
     return "\n".join(lines) + "\n"
 
 
-def _fmt_metric(name: str, value: tuple[float, float]) -> str:
+def _fmt_metric(name: str, value: tuple[float, ...]) -> str:
+    """'46.00 [44.12, 47.88]' (mean over seeds, 95% t interval) or the value of a single seed."""
     scale = 100.0 if name.endswith("_error") else 1.0
-    mean, std = value[0] * scale, value[1] * scale
-    return f"{mean:.2f} +- {std:.2f}" if std else f"{mean:.2f}"
+    mean, lo, hi = (v * scale for v in value)
+    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]" if hi > lo else f"{mean:.2f}"
+
+
+def _fmt_difference(name: str, diff: tuple[float, float, float] | None) -> str:
+    """The difference to LayerNorm's mean with its 95% Welch interval, 'within noise' where it spans 0."""
+    if diff is None:
+        return "-"
+    scale = 100.0 if name.endswith("_error") else 1.0
+    est, lo, hi = (v * scale for v in diff)
+    return f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" within noise" if within_noise((lo, hi)) else "")
+
+
+def _fmt_time(value: tuple[float, float], seeds: int) -> str:
+    """Mean +- std over seeds; one seed's value alone (a single run has no spread to give)."""
+    return f"{value[0]:.3g} +- {value[1]:.2g}" if seeds > 1 else f"{value[0]:.3g}"
 
 
 def read_paper_speedups(paper_dir: Path, task: str) -> dict[str, dict[str, str]]:
@@ -281,8 +307,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     walled = any(r.wall_unit for r in table.rows)
     wall_head = [f"wall {unit or 'sec/1k steps'}"] if walled else []
     composite_head = ["speed-up vs LN, composite ops [95% CI]"] if composite else []
-    head = ([f"{table.metric}{pct}", *selected, "sec/1k steps"] + ([unit] if unit else []) + wall_head
-            + [speed_head, *composite_head, "seeds"])
+    several = any(r.seeds > 1 for r in table.rows)
+    diff_head = [f"{table.metric} vs LN [95% CI]"] if several else []
+    head = ([f"{table.metric}{pct}" + (" [95% CI]" if several else ""), *diff_head, *selected, "sec/1k steps"]
+            + ([unit] if unit else []) + wall_head + [speed_head, *composite_head, "seeds"])
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
     paper_metrics = _paper_metric_columns(paper)
@@ -301,13 +329,16 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     paper_ln = paper.get(REFERENCE_NORM)
     for r in table.rows:
         cells = [_fmt_metric(table.metric, r.metric)]
+        if several:
+            cells.append("reference" if r.norm == REFERENCE_NORM and r.vs_reference is None
+                         else _fmt_difference(table.metric, r.vs_reference))
         if table.selection:  # Nematus' model selection: the test score where validation peaked
             cells.append(_fmt_metric(table.metric, r.at_best) if r.at_best else "-")
-        cells.append(f"{r.sec_per_1k[0]:.3g} +- {r.sec_per_1k[1]:.2g}")
+        cells.append(_fmt_time(r.sec_per_1k, r.seeds))
         if unit:
-            cells.append(f"{r.paper_unit[0]:.3g} +- {r.paper_unit[1]:.2g}")
+            cells.append(_fmt_time(r.paper_unit, r.seeds))
         if walled:
-            cells.append(f"{r.wall_unit[0]:.3g} +- {r.wall_unit[1]:.2g}" if r.wall_unit else "-")
+            cells.append(_fmt_time(r.wall_unit, r.seeds) if r.wall_unit else "-")
         own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
         cells += [interleaved.get(r.norm, "-") if interleaved else own]
         if composite:

@@ -1,9 +1,10 @@
 """Timing several variants of one workload so that a 10-25% difference stands out from a shared machine's
 drift: the variants run round-robin (a fresh random order each round), each round times a few steps of
-every variant after warm-up, and the speed-up comes with a bootstrap interval over rounds."""
+every variant after warm-up, and the speed-up comes with a t interval over the rounds' paired ratios."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -11,7 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from experiments.core.stats import mean_interval, within_noise
 from experiments.core.training.timing import synchronize
+
+#: how a speed-up and its interval are computed, for the tables that quote them
+RATIO_RULE = "the geometric mean over rounds of each round's paired time ratio, with a 95% t interval"
 
 
 @dataclass
@@ -56,29 +61,30 @@ def time_interleaved(
     return times
 
 
-def speedup(reference: list[float], other: list[float]) -> float:
-    """The paper's speed-up, (T_ref - T_other) / T_ref, on medians."""
-    ref, oth = float(torch.tensor(reference).median()), float(torch.tensor(other).median())
-    return (ref - oth) / ref
-
-
-def speedup_interval(reference: list[float], other: list[float], level: float = 0.95, samples: int = 2000,
-                     seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap over rounds, paired (a resampled round keeps both variants' times from it)."""
-    ref, oth = torch.tensor(reference, dtype=torch.float64), torch.tensor(other, dtype=torch.float64)
-    if len(ref) != len(oth) or len(ref) < 2:
+def _log_ratios(reference: list[float], other: list[float]) -> list[float]:
+    """log(T_other / T_ref) per round: paired, so a round's drift (both variants slower) cancels."""
+    if len(reference) != len(other) or len(reference) < 2:
         raise ValueError("need the same number (>= 2) of rounds for both variants")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(ref), (samples, len(ref)), generator=g)
-    r, o = ref[idx].median(dim=1).values, oth[idx].median(dim=1).values
-    stats = ((r - o) / r).sort().values
-    lo = stats[int((1 - level) / 2 * (samples - 1))]
-    hi = stats[int((1 + level) / 2 * (samples - 1))]
-    return float(lo), float(hi)
+    return [math.log(o / r) for r, o in zip(reference, other, strict=True)]
+
+
+def speedup(reference: list[float], other: list[float]) -> float:
+    """The paper's speed-up, (T_ref - T_other) / T_ref, with T_other / T_ref the geometric mean over rounds of
+    each round's ratio."""
+    ratios = _log_ratios(reference, other)
+    return 1 - math.exp(sum(ratios) / len(ratios))
+
+
+def speedup_interval(reference: list[float], other: list[float]) -> tuple[float, float]:
+    """The 95% t interval of that speed-up (over the rounds' log ratios): symmetric around the estimate on the
+    log scale, so the estimate always lies inside it."""
+    _, lo, hi = mean_interval(_log_ratios(reference, other))
+    return 1 - math.exp(hi), 1 - math.exp(lo)
 
 
 def describe(estimate: float, interval: tuple[float, float]) -> str:
-    """'+24.7% [+20.1, +29.0]', or the same followed by 'within noise' when the interval spans 0."""
+    """'+24.7% [+20.1, +29.0]', or the same followed by 'within noise' when the interval spans 0 (the one
+    rule of experiments/core/stats.py)."""
     lo, hi = interval
     text = f"{100 * estimate:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-    return text + (" within noise" if lo <= 0.0 <= hi else "")
+    return text + (" within noise" if within_noise((lo, hi)) else "")
