@@ -14,6 +14,10 @@ PRESET ?= paper
 LAUNCH_ARGS = $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER) $(SLURM))
 # make demo WANDB=1 logs every demo run to W&B (offline; the end of the demo prints the sync command)
 DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
+# the demo's seeds, its parallel training lanes (one thread each) and its interleaved timing rounds
+DEMO_SEEDS ?= 0 1 2
+DEMO_JOBS ?= 2
+DEMO_ROUNDS ?= 10
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo demo-data test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
@@ -33,24 +37,18 @@ $(STAMP): pyproject.toml
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
 	status=0; for t in $(TASKS); do $(PY) scripts/prepare.py task=$$t preset=demo || status=1; done; exit $$status
 
-demo: demo-data ## every task x every norm on built-in data (the Transformer post- and pre-norm; CPU, offline, minutes); table + plots in results/demo/
+demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline, ~15 min on 2 cores); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
-	for t in $(TASKS); do \
-	  $(PY) scripts/train.py -m task=$$t norm=$$($(PY) scripts/tasks.py norms $$t) preset=demo $(DEMO_LOGGER) \
-	    train.progress=false hydra.sweep.dir=multirun/demo/$$t || status=1; \
-	done; \
-	$(PY) scripts/train.py -m task=transformer norm=$$($(PY) scripts/tasks.py norms transformer) preset=demo \
-	  task.model.norm_position=pre $(DEMO_LOGGER) train.progress=false hydra.sweep.dir=multirun/demo/transformer-pre \
+	PY=$(PY) JOBS=$(DEMO_JOBS) SEEDS="$(DEMO_SEEDS)" LOGGER=$(DEMO_LOGGER) bash scripts/demo_runs.sh multirun/demo || status=1; \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --out results/demo --stem timing \
 	  || status=1; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing \
-	  || status=1; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds 4 --steps 2 --out results/demo --stem timing-pre \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --out results/demo --stem timing-pre \
 	  --tasks transformer task.model.norm_position=pre || status=1; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" \
 	  --timing results/demo/timing.json results/demo/timing-pre.json || status=1; \
 	$(PY) scripts/readme.py || status=1; \
-	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/wandb/offline-run-*"; fi; \
+	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/*/wandb/offline-run-*"; fi; \
 	exit $$status
 
 # two workers of one thread each on a 2-core machine (tests/conftest.py sets the threads)

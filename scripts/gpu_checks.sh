@@ -44,7 +44,7 @@ step() {
   echo "gpu_checks.sh $MODE, budget ${BUDGET} s, commit $($PY -c 'from experiments.core.provenance import describe, stamp; print(describe(stamp()))')"
   step nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
   step $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  step $PY -m pytest -q -x -p no:cacheprovider -m cuda tests/test_kernels.py tests/test_cuda_dispatch.py
+  step $PY -m pytest -q -x -p no:cacheprovider -m cuda tests/rmsnorm/test_kernels.py tests/rmsnorm/test_cuda_dispatch.py
   if [ "$MODE" = quick ]; then
     step $PY scripts/bench.py --device cuda --dtype bfloat16 --rounds 5 --seconds-per-round 0.01 --out "$OUT"
     step $PY scripts/bench_tasks.py --device cuda --scale 1 --rounds 6 --steps 3 --no-pipeline --out "$OUT"

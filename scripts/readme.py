@@ -24,7 +24,8 @@ from rmsnorm.registry import REFERENCE_NORM
 
 REPO = Path(__file__).resolve().parents[1]
 
-BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+# <!-- generated: KIND SOURCE [PART] -->: PART picks one piece of the source (one task's demo table)
+BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
 
@@ -61,6 +62,17 @@ def demo(source: Path) -> str:
     return text[start:].strip() if start >= 0 else text.strip()
 
 
+def demo_task(source: Path, title: str) -> str:
+    """One table of the demo's tables.md with its notes: the section headed '### <title>, preset=...'
+    (title: the task, or e.g. 'transformer (pre-norm)' written with '_' for the spaces)."""
+    sections = demo(source).split("\n### ")
+    wanted = title.replace("_", " ") + ", preset="
+    found = [s for s in sections if s.removeprefix("### ").startswith(wanted)]
+    if not found:
+        raise SystemExit(f"{source} has no table '{wanted}...'")
+    return "### " + found[0].removeprefix("### ").strip()
+
+
 def bench_tasks(source: Path) -> str:
     """Seconds per step, speed-up vs LayerNorm and the norm's share of the step, with intervals, per task."""
     from experiments.core.training.interleaved import describe
@@ -90,7 +102,7 @@ def table(source: Path) -> str:
 
 
 def protocol(source: Path) -> str:
-    """The upstream protocol against preset=paper, one table per task, from its CSV (tests/test_configs.py
+    """The upstream protocol against preset=paper, one table per task, from its CSV (tests/experiments/core/test_configs.py
     checks every row that names a config key against the composed config)."""
     import csv
 
@@ -183,17 +195,18 @@ def paper_csv(source: Path) -> str:
 
 
 KINDS = {"glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
-         "table": table, "protocol": protocol}
+         "table": table, "protocol": protocol, "demo-task": demo_task}
 
 
 def render(readme: str) -> str:
     def fill(match: re.Match) -> str:
-        kind, source = match.group(2), REPO / match.group(3)
+        kind, source, part = match.group(2), REPO / match.group(3), match.group(4)
         if kind not in KINDS:
             raise SystemExit(f"README block of unknown kind '{kind}'; known: {', '.join(KINDS)}")
         if not source.exists():
             raise SystemExit(f"README block {kind} reads {source}, which does not exist")
-        return f"{match.group(1)}{KINDS[kind](source)}\n{match.group(5)}"
+        body = KINDS[kind](source, part) if part else KINDS[kind](source)
+        return f"{match.group(1)}{body}\n{match.group(6)}"
 
     return BLOCK.sub(fill, readme)
 

@@ -1,7 +1,7 @@
 """Each task's W&B comparison workspace as code (wandb-workspaces): runs filtered by task and preset (and
 sweep, if asked), grouped by norm, with the paper's views as panels. Built offline; `scripts/wandb_dashboards.py`
 saves them. The metric names come from the loggers' scheme (`loggers.wandb_key`), so a renamed metric shows up
-in `tests/test_dashboards.py` instead of as an empty panel."""
+in `tests/experiments/core/test_dashboards.py` instead of as an empty panel."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from experiments.core.errors import UserError
 from experiments.core.training.stepping import check_clip_rule, clip_gradients, optimizer_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _params_with_grads(*grads):

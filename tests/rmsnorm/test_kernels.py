@@ -12,7 +12,7 @@ import rmsnorm
 from rmsnorm.kernels import cpu, dispatch
 from rmsnorm.reference import l2_norm_reference, rms_norm_reference
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 SHAPES = [(1, 1), (1, 7), (3, 33), (17, 64), (5, 1000), (2, 4097), (64, 240)]

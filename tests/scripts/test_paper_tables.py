@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 TABLES = PAPER_DIR / "tables.csv"
 HEADER = ["task", "table", "row", "metric", "value", "std", "unit", "source"]
 REQUIRED = ["task", "table", "row", "metric", "value", "unit"]
