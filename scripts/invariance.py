@@ -1,8 +1,8 @@
 """The paper's Table 1, measured: python scripts/invariance.py [--out results/invariance.md]
 
 Applies each transformation of Table 1 to random weights and cases and checks, in float64, whether each
-norm's layer output is unchanged (experiments/core/reporting/invariance.py; tests/rmsnorm/test_norms.py checks the same table
-against the paper's). Writes the table with the command; `make report` and `scripts/readme.py` show it.
+norm's layer output is unchanged (experiments/core/reporting/invariance.py; tests/rmsnorm/test_norms.py checks the
+same table against the paper's). Writes the table with the command; `make report` and `scripts/readme.py` show it.
 """
 
 from __future__ import annotations

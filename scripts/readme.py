@@ -102,8 +102,8 @@ def table(source: Path) -> str:
 
 
 def protocol(source: Path) -> str:
-    """The upstream protocol against preset=paper, one table per task, from its CSV (tests/experiments/core/test_configs.py
-    checks every row that names a config key against the composed config)."""
+    """The upstream protocol against preset=paper, one table per task, from its CSV
+    (tests/experiments/core/test_configs.py checks every row that names a config key against the composed config)."""
     import csv
 
     with source.open() as f:
