@@ -35,3 +35,18 @@ def test_the_readme_is_a_front_door():
     assert len(text.splitlines()) <= 300
     assert "make demo" in text[:1500] and "make test" in text[:1500]
     assert "<!-- generated: glance results -->" in text  # the results at a glance, from the results files
+
+
+def test_no_source_or_config_file_is_ignored_by_git():
+    """A new module or config under a folder whose name an ignore rule matches (data/, outputs/) would work in
+    the checkout that wrote it and be missing from every clone."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(REPO)) for d in ("rmsnorm", "experiments", "configs", "scripts", "tests")
+             for p in (REPO / d).rglob("*") if p.suffix in (".py", ".yaml", ".csv", ".sh", ".cpp")
+             and "__pycache__" not in p.parts]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=REPO, capture_output=True, text=True)
+    assert r.stdout.strip() == "", f"ignored by .gitignore, so missing from a clone:\n{r.stdout}"
