@@ -35,10 +35,11 @@ def bench_cpu(source: Path) -> str:
     roofline, the GRU and LSTM tables, and the plain-process rows: computed from the bench's JSON with the
     bench's own functions (SOURCE: results/bench/<machine>.json)."""
     import bench  # scripts/bench.py, beside this script
+    import torch
 
     data = json.loads(source.read_text())
     results, rooflines = bench.from_json(data)
-    size = 4 if data["dtype"] == "float32" else 8 if data["dtype"] == "float64" else 2
+    size = torch.finfo(getattr(torch, data["dtype"])).bits // 8
     lines = [f"Produced by: {describe_stamp(data['produced_by'])}", "",
              "| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
              "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]

@@ -128,7 +128,7 @@ def patch_train_step(monkeypatch, task_class, at_call: int, before=None, after=N
 # Every other module is marked `integration` (training runs, subprocesses, torchrun, submitit): `make test-fast`
 # leaves those out, `make test` runs everything.
 UNIT_MODULES = {"test_norms", "test_kernels", "test_cuda_dispatch", "test_lstm", "test_gru", "test_library_structure",
-                "test_stepping", "test_batching", "test_stats",
+                "test_stepping", "test_batching", "test_stats", "test_generated",
                 "test_docs", "test_paper_tables", "test_readme", "test_configs"}
 
 

@@ -19,7 +19,7 @@ from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.cifar10.synthetic import make_images
 from experiments.core.data.download import fetch
-from experiments.core.data.generated import RECORD, ensure_generated
+from experiments.core.data.generated import ensure_generated
 from experiments.core.errors import UserError
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
@@ -88,15 +88,13 @@ class Cifar10Task(Task):
             gen = OmegaConf.to_container(cfg.synthetic, resolve=True)
             knobs = {k: v for k, v in gen.items() if k not in ("n_train", "n_test")}
             knobs["sizes"] = tuple(knobs["sizes"])
-            if not (root / FOLDER / "test_batch").exists():
-                (root / RECORD).unlink(missing_ok=True)
-
             def write() -> None:
                 train_x, train_y = make_images(gen["n_train"], seed=1, **knobs)
                 test_x, test_y = make_images(gen["n_test"], seed=2, **knobs)
                 write_cifar_folder(root, train_x, train_y, test_x, test_y, replace=True)
 
-            ensure_generated(root, {"generator": 2, "seeds": [1, 2], **gen}, write)
+            ensure_generated(root, {"generator": 2, "seeds": [1, 2], **gen}, write,
+                             complete=(root / FOLDER / "test_batch").exists())
         elif download and not (root / FOLDER / "test_batch").exists():
             archive = fetch(CIFAR_URL, root / "cifar-10-python.tar.gz", cfg.make_target, {"md5": CIFAR_MD5},
                             "CIFAR-10")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from experiments.core.data.download import fetch
-from experiments.core.data.generated import RECORD, ensure_generated
+from experiments.core.data.generated import ensure_generated
 from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData
 from experiments.core.training import distributed
@@ -77,11 +77,10 @@ class RetrievalTask(Task):
     @classmethod
     def prepare_data(cls, cfg, root: Path, download: bool) -> None:
         if cfg.synthetic:
-            if not all(D.caption_path(root, s).exists() for s in D.SPLITS):
-                (root / RECORD).unlink(missing_ok=True)
             wanted = {"generator": 2, "image_dim": cfg.model.image_dim,
                       **OmegaConf.to_container(cfg.synthetic, resolve=True)}
-            ensure_generated(root, wanted, lambda: write_paired_folder(root, cfg.synthetic, cfg.model.image_dim))
+            ensure_generated(root, wanted, lambda: write_paired_folder(root, cfg.synthetic, cfg.model.image_dim),
+                             complete=all(D.caption_path(root, s).exists() for s in D.SPLITS))
         elif download and not D.caption_path(root, "train").exists():
             cls._download(root, cfg.make_target)
         captions = {s: D.read_captions(root, s, cfg.make_target) for s in D.SPLITS}

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from experiments.core.atomic import save_lines
 from experiments.core.data.download import Offline, check_digest, is_network_error, offline_message
-from experiments.core.data.generated import RECORD, ensure_generated
+from experiments.core.data.generated import ensure_generated
 from experiments.translation import data as D
 from experiments.translation.synthetic import write_synthetic
 
@@ -88,9 +88,8 @@ def prepare(cfg, root: Path, download: bool) -> None:
     files = dict(cfg.files)
     if cfg.synthetic:
         wanted = {"generator": 2, "files": files, **OmegaConf.to_container(cfg.synthetic, resolve=True)}
-        if not all((root / f).exists() for f in files.values()):
-            (root / RECORD).unlink(missing_ok=True)
-        ensure_generated(root, wanted, lambda: write_synthetic(root, cfg.synthetic, files))
+        ensure_generated(root, wanted, lambda: write_synthetic(root, cfg.synthetic, files),
+                         complete=all((root / f).exists() for f in files.values()))
     elif download:
         for split, file in files.items():
             if not (root / file).exists():

@@ -17,13 +17,14 @@ RECORD = "generated.json"
 KEEP = {".prepare.lock"}  # the lock the preparing process holds
 
 
-def ensure_generated(root: Path, wanted: dict, write: Callable[[], None]) -> bool:
-    """Run `write` into an emptied `root` unless root/generated.json records exactly `wanted`; True if it
-    wrote. Called under the preparation lock (experiments/core/training/task.py)."""
+def ensure_generated(root: Path, wanted: dict, write: Callable[[], None], complete: bool) -> bool:
+    """Run `write` into an emptied `root` unless root/generated.json records exactly `wanted` and the set is
+    `complete` (the caller's check that the files its loader reads are there); True if it wrote. Called under
+    the preparation lock (experiments/core/training/task.py)."""
     root = Path(root)
     record = root / RECORD
     have = json.loads(record.read_text()) if record.exists() else None
-    if have == wanted:
+    if have == wanted and complete:
         return False
     if root.exists():
         for path in root.iterdir():

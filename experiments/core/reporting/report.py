@@ -43,11 +43,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean over seeds and its 95% t interval (experiments/core/stats.py); the mean alone for one seed."""
-    return mean_interval(values)
-
-
 @dataclass
 class Row:
     norm: str
@@ -166,11 +161,11 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
-                metric=_mean_ci([r["metrics"][metric] for r in rs]),
+                metric=mean_interval([r["metrics"][metric] for r in rs]),
                 values=[r["metrics"][metric] for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
                 paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
-                at_best=_mean_ci(picked) if picked and len(picked) == len(rs) else None,
+                at_best=mean_interval(picked) if picked and len(picked) == len(rs) else None,
                 wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
                 label=f"{norm} [{key}]" if several else norm,
             ))
