@@ -1,9 +1,11 @@
 """The reading-comprehension task: DeepMind Q&A cloze questions (CNN, or Daily Mail with
-`task.corpus=dailymail`), the bidirectional Attentive Reader, Adam with global gradient clipping, entities
-re-permuted per training minibatch as upstream, validation and test error, the best validation kept."""
+`task.corpus=dailymail`), the bidirectional Attentive Reader, Adam with gradient clipping (upstream's rule under
+preset=paper), entities re-permuted per training minibatch as upstream, validation and test error, the best
+validation kept."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from experiments.core.errors import MissingData, UserError
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 from experiments.reading import data as D
-from experiments.reading.model import AttentiveReader
+from experiments.reading.model import AttentiveReader, batch_statistics
 from experiments.reading.questions import SPLITS, read_split
 from experiments.reading.synthetic import write_cloze_folder
 
@@ -37,13 +39,16 @@ class ReadingModel:
     dim: int = MISSING  # embedding, LSTM and projection width (240 in the paper)
     dropout: float = MISSING
     project_norms: list[str] = MISSING  # norms that also normalise the projections
+    dq_square: bool = MISSING  # the question-passage similarity matrix 2d x 2d (upstream) or 2d -> d
+    bias_after_norm: bool = MISSING  # batch-normalised projections: BN(x W) + b (upstream) or BN(x W + b)
+    backward_from_end: bool = MISSING  # backward LSTM step t = t-th token from each sequence's end (upstream)
 
 
 @dataclass
 class ReadingOptim:
     lr: float = MISSING
     clip_norm: float = MISSING
-    clip: str = MISSING  # how clip_norm applies: global | per_tensor | none (experiments/core/training/stepping.py)
+    clip: str = MISSING  # how clip_norm applies: upstream | global | per_tensor | none (core/training/stepping.py)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ReadingConfig(TaskConfig):
     train_limit: int | None = MISSING  # read only the first N training files
     eval_limit: int | None = MISSING  # evaluate on the first N questions of each split
     eval_batch_size: int = MISSING
+    eval_batch_statistics: bool = MISSING  # batch norms evaluate with each batch's own statistics (upstream)
     bucket_pool: int = MISSING
     permute_entities: bool = MISSING  # a fresh entity permutation per training minibatch
     model: ReadingModel = MISSING
@@ -70,6 +76,7 @@ class ReadingTask(Task):
     Config = ReadingConfig
     batch_dims = (1, 1, 1, 1, 0)  # passage, its mask, question, its mask (time-major), answers
     PAPER_TIME_UNIT = ("sec_per_100_steps", 100)  # Tables 6 and 8: seconds per 0.1k steps
+    PAPER_CLOCK = "step"  # upstream timed only f_grad_shared + f_update (attentive_reader.py:450-458, bn branch)
     lower_is_better = True
     selection_metric = "valid_error"  # the reader keeps the model of the best validation error
 
@@ -170,7 +177,8 @@ class ReadingTask(Task):
     def build_model(self) -> None:
         m = self.cfg.model
         self.model = AttentiveReader(len(self.vocab), m.dim, self.norm, self.norm.name in m.project_norms,
-                                     m.dropout).to(self.device)
+                                     m.dropout, dq_square=m.dq_square, bias_after_norm=m.bias_after_norm,
+                                     backward_from_end=m.backward_from_end).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.best: dict = {"valid_error": None, "test_error": None}
 
@@ -226,11 +234,13 @@ class ReadingTask(Task):
     def _error(self, split: str) -> tuple[float, float]:
         enc = self._eval_subset(split)
         wrong, loss, size = 0, 0.0, self.cfg.eval_batch_size
-        for start in range(0, len(enc), size):
-            *inputs, answers = self._batch(enc, list(range(start, min(start + size, len(enc)))), None, self.device)
-            logits = self.model(*inputs)
-            wrong += int((logits.argmax(-1) != answers).sum())
-            loss += float(F.cross_entropy(logits, answers, reduction="sum"))
+        with batch_statistics(self.model) if self.cfg.eval_batch_statistics else contextlib.nullcontext():
+            for start in range(0, len(enc), size):
+                ids = list(range(start, min(start + size, len(enc))))
+                *inputs, answers = self._batch(enc, ids, None, self.device)
+                logits = self.model(*inputs)
+                wrong += int((logits.argmax(-1) != answers).sum())
+                loss += float(F.cross_entropy(logits, answers, reduction="sum"))
         return wrong / len(enc), loss / len(enc)
 
     def evaluate(self) -> dict[str, float]:

@@ -160,3 +160,123 @@ def test_the_real_archive_is_unpacked_prepared_and_trained_on(tmp_path, monkeypa
     summary = run_training(compose_cfg(overrides), tmp_path / "run")
     assert summary["data"]["train"] == {"questions": 40, "skipped_files": 1, "answer_cut_by_top": 0}
     assert summary["steps"] == 2 and "valid_error" in summary["metrics"]
+
+
+# ---- upstream's choices under preset=paper (issue 23) ------------------------------------------------------------
+
+UPSTREAM_MODEL = ("dq_square", "bias_after_norm", "backward_from_end")
+
+
+def _batch(lengths, generator, vocab=30, steps=None):
+    lengths = torch.tensor(lengths)
+    mask = (torch.arange(steps or int(lengths.max())).unsqueeze(1) < lengths).float()
+    return torch.randint(1, vocab, mask.shape, generator=generator) * mask.long(), mask
+
+
+def test_paper_takes_upstreams_choices_and_demo_and_smoke_keep_their_own():
+    paper = compose_cfg(["task=reading", "preset=paper"]).task
+    assert all(paper.model[k] for k in UPSTREAM_MODEL) and paper.optim.clip == "upstream"
+    assert paper.eval_batch_statistics and paper.eval_batch_size == paper.batch_size == 64
+    for preset in ("demo", "smoke"):  # the model and training these presets were measured with
+        t = compose_cfg(["task=reading", f"preset={preset}"]).task
+        assert not any(t.model[k] for k in UPSTREAM_MODEL) and t.optim.clip == "global"
+        assert not t.eval_batch_statistics and t.eval_batch_size == 128
+
+
+def test_the_question_passage_similarity_is_square_and_orthogonal_times_0_05_as_upstream():
+    d = 8
+    torch.manual_seed(0)
+    w = AttentiveReader(20, d, NormSpec("rmsnorm"), dq_square=True).dq.weight.detach()
+    assert w.shape == (2 * d, 2 * d)  # upstream's ff_att_bi_dq: norm_weight(2d, 2d), an ortho_weight
+    torch.testing.assert_close(w @ w.t(), 0.05**2 * torch.eye(2 * d), rtol=0, atol=1e-6)
+    torch.testing.assert_close(w.t() @ w, 0.05**2 * torch.eye(2 * d), rtol=0, atol=1e-6)
+    assert AttentiveReader(20, d, NormSpec("rmsnorm")).dq.weight.shape == (d, 2 * d)  # the demo's 2d -> d
+
+
+def test_upstream_clipping_compares_the_norm_with_the_bound_squared_and_rescales_by_its_root():
+    from experiments.core.training.stepping import clip_gradients
+
+    def grads(*values):
+        params = [torch.nn.Parameter(torch.zeros(2)) for _ in values]
+        for p, v in zip(params, values, strict=True):
+            p.grad = torch.tensor(v)
+        return params
+
+    below = grads([3.0, 0.0], [0.0, 0.0])  # norm 3: over the bound 2, under 2**2 = 4: left as it is
+    clip_gradients(below, "upstream", 2.0)
+    torch.testing.assert_close(below[0].grad, torch.tensor([3.0, 0.0]), rtol=0, atol=0)
+    above = grads([6.0, 0.0], [0.0, 8.0])  # norm 10 > 4: g * 2 / sqrt(10 + 1e-8), norm 2 * sqrt(10)
+    clip_gradients(above, "upstream", 2.0)
+    factor = 2.0 / (10.0 + 1e-8) ** 0.5
+    torch.testing.assert_close(above[0].grad, torch.tensor([6.0 * factor, 0.0]))
+    torch.testing.assert_close(above[1].grad, torch.tensor([0.0, 8.0 * factor]))
+    norm = torch.linalg.vector_norm(torch.cat([p.grad for p in above]))
+    torch.testing.assert_close(norm, torch.tensor(2.0 * 10**0.5))  # not the bound 2: above it, as upstream
+
+
+def test_bn_everywhere_adds_the_projection_bias_after_the_norm():
+    after = AttentiveReader(20, 8, NormSpec("bn_everywhere"), project_norm=True, bias_after_norm=True)
+    before = AttentiveReader(20, 8, NormSpec("bn_everywhere"), project_norm=True)
+    assert after.att_ctx.linear.bias is None and after.att_ctx.norm.bias is not None
+    assert after.att_q.linear.bias is None and after.att_q.norm.bias is None  # no bias upstream either
+    assert before.att_ctx.linear.bias is not None and before.att_ctx.norm.bias is None
+    with torch.no_grad():
+        after.att_ctx.norm.bias.fill_(0.5)
+    x, mask = torch.randn(5, 3, 16), torch.ones(5, 3)
+    y = after.att_ctx(x, mask)
+    torch.testing.assert_close(y.mean((0, 1)), torch.full((8,), 0.5), rtol=0, atol=1e-5)  # the shift survives
+
+
+def test_the_backward_lstm_counts_steps_from_each_sequences_end():
+    from experiments.reading.model import realign_index
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]).float()  # lengths 3, 2, 1
+    assert realign_index(mask).tolist() == [[2, 1, 0], [1, 0, 0], [0, 1, 0]]
+    g = torch.Generator().manual_seed(0)
+    a, m = _batch([6, 3, 4, 1], g)
+    b = a.clone()
+    last = m.sum(0).long() - 1
+    others = torch.ones_like(m, dtype=torch.bool)
+    others[last, torch.arange(4)] = False
+    b[others & (m > 0)] = (b[others & (m > 0)] % 29) + 1  # every token but each sequence's last one changes
+    for norm, same_at_last in (("batchnorm", True), ("rmsnorm", False)):
+        torch.manual_seed(0)
+        model = AttentiveReader(30, 8, NormSpec(norm), dropout=0.0, backward_from_end=True)
+        plain = AttentiveReader(30, 8, NormSpec(norm), dropout=0.0)
+        plain.load_state_dict(model.state_dict())
+        outs = {}
+        for name, net in (("from_end", model), ("plain", plain)):
+            for key, ids in (("a", a), ("b", b)):
+                h, _ = net._encode(net.passage, net.embedding(ids), m)
+                outs[name, key] = h[last, torch.arange(4), 8:]  # the backward half at each last token
+        if same_at_last:  # step 0 of the backward LSTM, its batch norm's statistics too, sees only last tokens
+            torch.testing.assert_close(outs["from_end", "a"], outs["from_end", "b"])
+            assert not torch.allclose(outs["plain", "a"], outs["plain", "b"])  # statistics by absolute position
+        else:  # without per-step statistics both orders give the same outputs
+            torch.testing.assert_close(outs["from_end", "a"], outs["plain", "a"])
+
+
+def test_evaluation_with_batch_statistics_matches_training_mode_and_keeps_the_running_estimates():
+    from experiments.reading.model import batch_statistics
+
+    g = torch.Generator().manual_seed(1)
+    (p, pm), (q, qm) = _batch([5, 2, 4], g), _batch([3, 3, 1], g)
+    torch.manual_seed(0)
+    model = AttentiveReader(30, 8, NormSpec("bn_everywhere"), project_norm=True, dropout=0.0).eval()
+    running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    with torch.no_grad(), batch_statistics(model):
+        own = model(p, pm, q, qm)
+    assert not any(m.training for m in model.modules())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in running.items())
+    with torch.no_grad():
+        estimates = model(p, pm, q, qm)
+        trained = model.train()(p, pm, q, qm)
+    torch.testing.assert_close(own, trained)
+    assert not torch.allclose(own, estimates)
+
+
+def test_smoke_runs_with_every_upstream_choice(reading_data, tmp_path):
+    upstream = [f"task.model.{k}=true" for k in UPSTREAM_MODEL]
+    summary = run_training(compose_cfg(smoke(reading_data, "norm=bn_everywhere", "task.optim.clip=upstream",
+                                             "task.eval_batch_statistics=true", *upstream)), tmp_path)
+    assert summary["steps"] == 4 and 0.0 <= summary["metrics"]["valid_error"] <= 1.0

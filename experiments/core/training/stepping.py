@@ -6,7 +6,9 @@ task's named rule, step the optimiser and its schedule.
 Clip rules (`task.optim.clip`, bound `task.optim.clip_norm`; a null bound clips nothing):
 - `global`: the norm of all gradients together (torch's clip_grad_norm_; Nematus, the reader's torch port);
 - `per_tensor`: each parameter tensor's gradient norm on its own (order-embedding's Theano code);
-- `none`: no clipping (the weight-norm code, zero's Transformer).
+- `none`: no clipping (the weight-norm code, zero's Transformer);
+- `upstream`: the Attentive Reader's Theano rule as written: the global norm n (not its square) is compared with
+  bound**2, and above it every gradient becomes g * bound / sqrt(n + 1e-8) (norm bound * sqrt(n)); below, nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from experiments.core.errors import UserError
 if TYPE_CHECKING:
     from experiments.core.training.task import Task
 
-CLIP_RULES = ("none", "global", "per_tensor")
+CLIP_RULES = ("none", "global", "per_tensor", "upstream")
 
 
 def check_clip_rule(rule: str, task: str) -> None:
@@ -40,6 +42,11 @@ def clip_gradients(parameters, rule: str, max_norm: float | None) -> None:
     elif rule == "per_tensor":
         for p in params:
             torch.nn.utils.clip_grad_norm_([p], max_norm)
+    elif rule == "upstream":  # Attentive_reader bn attentive_reader.py:349-354 with training.py:111-120
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scale = torch.where(norm > max_norm**2, max_norm / torch.sqrt(norm + 1e-8), torch.ones_like(norm))
+        for p in params:
+            p.grad.mul_(scale.to(p.grad.dtype))
     else:
         raise ValueError(f"unknown clip rule {rule!r}")
 
