@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from rmsnorm import functional as RF
-from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, affine, check_p, partial_size
+from rmsnorm.reference import (
+    DEFAULT_EPS,
+    DEFAULT_P,
+    NormConfigError,
+    affine,
+    check_p,
+    partial_size,
+    spread_positions,
+)
 
 
 class AffineNorm(nn.Module):
@@ -101,10 +109,25 @@ class NoNorm(nn.Identity):
         super().__init__()
 
 
+def _partial_map_rms(rows: torch.Tensor, eps: float, p: float, impl: str) -> torch.Tensor:
+    """pRMSNorm of each channel's H*W positions, its statistic from the evenly spread `spread_positions`
+    (torch ops for every impl: the fused kernels take the first k features only)."""
+    d = rows.shape[-1]
+    positions = spread_positions(d, p)
+    k = positions.numel()
+    if k == d:
+        return RF.rms_norm(rows, eps=eps, impl=impl)
+    x = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+    stride = d // k
+    # an exact stride is a strided view of the same positions, no gather
+    sub = x[..., stride // 2 :: stride] if d % k == 0 else x.index_select(-1, positions.to(x.device))
+    return (x * torch.rsqrt(sub.square().mean(-1, keepdim=True) + eps)).to(rows.dtype)
+
+
 # the statistic of each map form, over a channel's H*W positions (p: pRMSNorm's share of them)
 _MAP_FUNCTIONS = {
     "rmsnorm": lambda rows, eps, p, impl: RF.rms_norm(rows, eps=eps, impl=impl),
-    "prmsnorm": lambda rows, eps, p, impl: RF.rms_norm(rows, eps=eps, k=partial_size(rows.shape[-1], p), impl=impl),
+    "prmsnorm": _partial_map_rms,
     "l2norm": lambda rows, eps, p, impl: RF.l2_norm(rows, eps=eps, impl=impl),
     "layernorm": lambda rows, eps, p, impl: RF.layer_norm(rows, eps=eps, impl=impl),
 }
@@ -113,7 +136,8 @@ _MAP_FUNCTIONS = {
 class ChannelMapNorm(AffineNorm):
     """A norm over H x W for each channel of an (N, C, H, W) map, with per-channel gain and bias.
 
-    pRMSNorm takes its statistic from the first k = int(H*W*p) positions in row-major order.
+    pRMSNorm takes its statistic from k = int(H*W*p) positions (at least `PARTIAL_MIN_FEATURES`) spread
+    evenly over the map (`rmsnorm.reference.spread_positions`), not from the first k: those are the top rows.
     """
 
     KINDS = tuple(_MAP_FUNCTIONS)

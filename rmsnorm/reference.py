@@ -35,6 +35,22 @@ def partial_size(d: int, p: float) -> int:
     return k
 
 
+# pRMSNorm on a conv map never estimates its RMS from fewer positions than this (a 6 x 6 map at p = 12.5% would
+# give 4); and a vector shorter than it (CIFAR-10's 10 logits) takes its statistic over all its features
+PARTIAL_MIN_FEATURES = 16
+
+
+def spread_positions(d: int, p: float, minimum: int = PARTIAL_MIN_FEATURES) -> torch.Tensor:
+    """The positions of a d = H*W map that pRMSNorm's map form takes its statistic from: k = max(int(d*p),
+    min(minimum, d)) positions spread evenly over the whole map in row-major order (position
+    floor((i + 1/2) d / k), every (d/k)-th, centred), the same for every channel. The first k positions would
+    be the image's top rows: mostly background where objects are small and placed anywhere, a biased estimate
+    of the whole map's RMS; an even spread estimates it without bias for objects placed anywhere."""
+    check_p(p)
+    k = min(d, max(int(d * p), minimum))
+    return ((torch.arange(k, dtype=torch.float64) + 0.5) * d / k).floor().long()
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 

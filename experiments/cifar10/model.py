@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rmsnorm import NormSpec
+from rmsnorm.reference import PARTIAL_MIN_FEATURES
 
 
 class GaussianNoise(nn.Module):
@@ -90,7 +91,10 @@ class ConvPoolCNNC(nn.Module):
         )
         # the reference wraps the final dense layer in the normaliser too: the 10 logits are RMS-, layer- or
         # batch-normalised, with the norm's gain and shift (as on the maps) in place of the layer's bias
-        logit_norm = replace(norm, bias=norm.info.map_shift if norm.bias is None else norm.bias).build(num_classes)
+        logit_spec = replace(norm, bias=norm.info.map_shift if norm.bias is None else norm.bias)
+        if norm.info.uses_p:  # pRMSNorm: 12.5% of 10 logits is one logit; the statistic takes all 10 instead
+            logit_spec = replace(logit_spec, p=max(norm.p, min(1.0, PARTIAL_MIN_FEATURES / num_classes)))
+        logit_norm = logit_spec.build(num_classes)
         if not normalise_logits or isinstance(logit_norm, nn.Identity):
             logit_norm = nn.Identity()
         has_shift = getattr(logit_norm, "bias", None) is not None

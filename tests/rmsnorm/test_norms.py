@@ -205,8 +205,45 @@ def test_p_out_of_range_is_a_clear_error(p):
 def test_k_below_one_is_a_clear_error():
     with pytest.raises(NormConfigError, match="k=int"):
         rmsnorm.PartialRMSNorm(10, p=0.05)
-    with pytest.raises(NormConfigError, match="k=int"):
-        build_norm2d("prmsnorm", 2, p=0.01)(torch.randn(1, 2, 4, 4))
+
+
+def test_prmsnorm_map_never_takes_fewer_than_the_minimum_positions():
+    # 1% of a 4 x 4 map would be no position at all: the map form takes all 16 (the minimum), i.e. RMSNorm
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    partial = build_norm2d("prmsnorm", 3, p=0.01, eps=1e-6).double()
+    torch.testing.assert_close(partial(x), build_norm2d("rmsnorm", 3, eps=1e-6).double()(x))
+
+
+def test_spread_positions_cover_the_whole_map_evenly():
+    from rmsnorm.reference import PARTIAL_MIN_FEATURES, spread_positions
+
+    assert spread_positions(1024, 0.125).tolist() == list(range(4, 1024, 8))  # every 8th, centred
+    assert spread_positions(36, 0.125).numel() == PARTIAL_MIN_FEATURES  # int(4.5) = 4 is below the minimum
+    positions = spread_positions(20, 0.25)
+    assert positions.numel() == 16 and positions.unique().numel() == 16 and 0 <= positions.min() < positions.max() < 20
+    assert spread_positions(10, 0.125).tolist() == list(range(10))  # shorter than the minimum: all of it
+
+
+def test_prmsnorm_map_statistic_is_not_the_top_rows():
+    # an object in the bottom half of the map only: the first k = 25% positions (the top rows) would see
+    # nothing and blow the map up; the spread positions see the whole map's mean square
+    x = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
+    x[..., 16:, :] = 1.0
+    y = build_norm2d("prmsnorm", 1, p=0.25, eps=0.0, bias=False).double()(x)
+    torch.testing.assert_close(y, x * 2**0.5)  # the whole map's RMS is sqrt(1/2)
+
+
+@pytest.mark.parametrize("hw", [(4, 5), (8, 8)])  # a gather (16 of 20 positions) and an exact stride (16 of 64)
+def test_prmsnorm_map_equals_its_formula(hw):
+    from rmsnorm.reference import spread_positions
+
+    layer = _randomise_affine(build_norm2d("prmsnorm", 3, p=0.25, eps=1e-6).double())
+    x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    rows = x.reshape(2, 3, -1)
+    ms = rows[..., spread_positions(rows.shape[-1], 0.25)].pow(2).mean(-1, keepdim=True)
+    want = (rows / (ms + 1e-6).sqrt()).view_as(x) * layer.weight + layer.bias
+    torch.testing.assert_close(layer(x), want)
+    assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *layer.parameters()))
 
 
 def test_a_registered_norm_gets_its_own_row_of_table_1():
