@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "python scripts/report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     parts = [f"Produced by `{command}` ({describe_stamp(stamp())}); each table names the commit(s) its runs came "
              "from.\n",
-             "Time (sec/1k steps and the paper's unit) is training after warm-up: the steps with the building of "
-             "their batches, evaluation and checkpoints paused out; 'wall' adds those back, as the paper's scripts "
-             "timed (the column to hold against the paper's time); speed-up = (T_LayerNorm - T_norm) / "
-             "T_LayerNorm.\n"]
+             "Time after warm-up: sec/1k steps is training, the steps with the building of their batches, "
+             "evaluation and checkpoints paused out; the column in the paper's unit is in the clock the paper's "
+             "time matches (each task's `Task.PAPER_CLOCK`), named in its header where it is not training "
+             "('steps only': the steps alone, without building their batches, where the paper's scripts timed only "
+             "the gradient and update calls); 'wall' adds evaluation and checkpoints back (each task's upstream "
+             "clock: docs/protocol.md); speed-up = (T_LayerNorm - T_norm) / T_LayerNorm.\n"]
     interleaved = read_interleaved_timing(args.timing)
     for path in args.timing:
         parts.append(f"The speed-up column of {', '.join(sorted({timing_key(r) for r in _results(path)}))} comes "

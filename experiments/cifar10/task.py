@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, OmegaConf
 
-from experiments.cifar10.adam import RootEpsAdam
 from experiments.cifar10.data import FOLDER, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
@@ -21,6 +20,7 @@ from experiments.cifar10.synthetic import make_images
 from experiments.core.data.download import fetch
 from experiments.core.data.generated import ensure_generated
 from experiments.core.errors import UserError
+from experiments.core.training.adam import RootEpsAdam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 

@@ -26,7 +26,8 @@ PAD, UNK, EOS = 0, 1, 2
 SPLITS = ("train", "dev", "test")
 FILE_NAMES = {"train": "train", "dev": "val", "test": "test"}
 CAPTIONS_PER_IMAGE = 5
-FORMAT = "r2"  # the id caches' layout; in the file name, so an older cache is rebuilt
+# the id caches' layout and tokenisation; in the file name, so an older cache (r2: lower-cased) is rebuilt
+FORMAT = "r3"
 
 
 def caption_path(root: Path, split: str) -> Path:
@@ -47,7 +48,9 @@ def read_captions(root: Path, split: str, make_target: str) -> list[list[str]]:
             raise MissingData(f"{path}, line {i + 1}: an empty caption; every image needs five non-empty lines")
     if len(lines) % CAPTIONS_PER_IMAGE:
         raise MissingData(f"{path} holds {len(lines)} caption lines, not a multiple of {CAPTIONS_PER_IMAGE}")
-    return [line.lower().split() for line in lines]
+    # split at whitespace, case kept: upstream reads the archive's pre-tokenised lines as they are
+    # (order-embedding datasets.py:27-29, vocab.py:13-14, datasource.py:55)
+    return [line.split() for line in lines]
 
 
 def read_features(root: Path, split: str, n_images: int, width: int, make_target: str) -> np.ndarray:

@@ -17,8 +17,9 @@ from omegaconf import MISSING, OmegaConf
 from experiments.core.data.download import fetch
 from experiments.core.data.generated import ensure_generated
 from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
-from experiments.core.errors import MissingData
+from experiments.core.errors import MissingData, UserError
 from experiments.core.training import distributed
+from experiments.core.training.adam import OrderEmbeddingAdam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 from experiments.retrieval import data as D
@@ -27,6 +28,9 @@ from experiments.retrieval.model import OrderEmbedding, contrastive_loss
 from experiments.retrieval.synthetic import write_paired_folder
 
 log = logging.getLogger(__name__)
+
+# task.optim.adam: the order-embedding code's hand-written Adam (experiments/core/training/adam.py), or torch's
+ADAMS = {"upstream": OrderEmbeddingAdam, "torch": torch.optim.Adam}
 
 ARCHIVE_URL = "http://www.cs.toronto.edu/~vendrov/order/coco.zip"
 
@@ -41,6 +45,7 @@ class RetrievalModel:
 @dataclass
 class RetrievalOptim:
     lr: float = MISSING
+    adam: str = MISSING  # upstream: the order-embedding code's Adam (no bias correction in effect); torch
     clip_norm: float = MISSING
     clip: str = MISSING  # each parameter tensor's gradient norm on its own, as upstream
     margin: float = MISSING
@@ -71,6 +76,7 @@ class RetrievalTask(Task):
     Config = RetrievalConfig
     batch_dims = (1, 1, 0)  # caption words, their mask (time-major), image features
     PAPER_TIME_UNIT = ("sec_per_100_steps", 100)  # Tables 6 and 8: seconds per 0.1k steps
+    PAPER_CLOCK = "step"  # upstream timed f_grad_shared + f_update only (order-embedding train.py:139-142)
     lower_is_better = False
     selection_metric = "dev_image_rsum"  # order-embedding keeps the model of the best dev recall sum
 
@@ -86,9 +92,9 @@ class RetrievalTask(Task):
         captions = {s: D.read_captions(root, s, cfg.make_target) for s in D.SPLITS}
         for split, caps in captions.items():  # features and captions must agree before anything is cached
             D.read_features(root, split, len(caps) // D.CAPTIONS_PER_IMAGE, cfg.model.image_dim, cfg.make_target)
-        if (root / "vocab.json").exists():
+        if (root / "vocab.json").exists() and D.ids_path(root, "train").exists():
             vocab = load_vocabulary(root, cfg.make_target)
-        else:
+        else:  # first preparation, or one by older code (its ids at another FORMAT: another tokenisation)
             # train + the dev captions validation uses, as upstream
             dev = captions["dev"][: cfg.dev_images * D.CAPTIONS_PER_IMAGE]
             vocab = D.build_vocabulary(captions["train"] + dev, cfg.min_count)
@@ -132,7 +138,10 @@ class RetrievalTask(Task):
     def build_model(self) -> None:
         m = self.cfg.model
         self.model = OrderEmbedding(len(self.vocab), m.word_dim, m.dim, m.image_dim, self.norm).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
+        if self.cfg.optim.adam not in ADAMS:
+            raise UserError(f"task.optim.adam={self.cfg.optim.adam}: one of {', '.join(ADAMS)}")
+        # betas 0.9/0.999 and eps 1e-8 in both, as upstream hard-codes them (optim.py:15-17)
+        self.optimizer = ADAMS[self.cfg.optim.adam](self.model.parameters(), lr=self.cfg.optim.lr)
         self.best: dict = {"dev_image_rsum": None, "test": {}}
 
     # ---- training ------------------------------------------------------------------------------------------

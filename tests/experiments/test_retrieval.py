@@ -78,6 +78,12 @@ def test_bad_files_are_errors_naming_the_file_and_the_numbers(tmp_path, captions
         D.read_captions(tmp_path, "dev", "make data-retrieval")
 
 
+def test_captions_are_split_at_whitespace_with_their_case_kept_as_upstream(tmp_path):
+    # order-embedding reads the pre-tokenised lines as they are and splits them (vocab.py:14, datasource.py:55)
+    _write(tmp_path, ["A man  rides a Horse ."] * 5, np.zeros((1, 4), dtype=np.float32))
+    assert D.read_captions(tmp_path, "train", "make data-retrieval")[0] == ["A", "man", "rides", "a", "Horse", "."]
+
+
 def test_captions_end_with_eos_and_batch_with_padding():
     vocab = D.build_vocabulary([["a", "dog"], ["a", "cat"], ["a", "dog"]], min_count=1)
     assert vocab[:4] == ["<pad>", "<unk>", "<eos>", "a"]  # most frequent first

@@ -168,3 +168,19 @@ def test_a_registered_norm_is_benched_with_no_edit_to_the_bench():
     x = torch.randn(4, 16)
     expected = torch.nn.functional.rms_norm(x, (16,), eps=1e-8)
     torch.testing.assert_close(impls["toy_rms (registered)"](x, None, None), expected)
+
+
+@pytest.mark.parametrize("scale, steps", [(0.5, 1000), (1.0, 500)])
+def test_bench_tasks_cifar10_epoch_is_the_papers_50k_images_at_the_timed_batch(scale, steps):
+    """sec_per_epoch from the task's own unit (Cifar10Task.paper_time_unit) at the batch timed: at scale 0.5 a
+    batch of 50, so an epoch of the paper's 50k images is 1000 steps, not the 500 of batch 100."""
+    import torch
+
+    from scripts.bench_tasks import bench_task
+
+    res = bench_task("cifar10", torch.device("cpu"), scale, rounds=1, steps=1, warmup=1, norms=["none"],
+                     overrides=["task.model.widths=[4,8]"])  # narrow: the unit depends on the batch only
+    assert res["batch"].startswith(f"batch {round(100 * scale)} ")
+    assert res["unit"] == "sec_per_epoch" and res["unit_steps"] == steps
+    (row,) = res["rows"]
+    assert row["sec_per_epoch"] == pytest.approx(row["sec_per_step"] * steps)

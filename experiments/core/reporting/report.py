@@ -34,6 +34,23 @@ def find_runs(roots: list[Path]) -> tuple[list[dict], list[dict]]:
     return summaries, errors
 
 
+#: a run's clocks (experiments/core/training/timing.py): the prefix of their keys in summary.json's timing, and
+#: their name in a table's header
+CLOCKS = {"train": ("", "training"), "step": ("step_", "steps only"), "wall": ("wall_", "wall clock")}
+
+
+def paper_clock(record: dict) -> str:
+    """The clock the paper's time for the run's task matches (`Task.PAPER_CLOCK` of the task class its config
+    builds); a record without that config gets the default."""
+    from hydra.utils import get_class
+
+    from experiments.core.training.task import Task
+
+    builder = record.get("config", {}).get("task", {}).get("builder")
+    target = builder.get("_target_") if isinstance(builder, dict) else None
+    return get_class(target).PAPER_CLOCK if target else Task.PAPER_CLOCK
+
+
 def speedup(t_layernorm: float, t: float) -> float:
     """The paper's speed-up in percent: (T_LN - T_X) / T_LN."""
     return 100.0 * (t_layernorm - t) / t_layernorm
@@ -49,7 +66,7 @@ class Row:
     seeds: int
     metric: tuple[float, float, float]  # mean over seeds and its 95% t interval
     sec_per_1k: tuple[float, float]
-    paper_unit: tuple[float, float] | None
+    paper_unit: tuple[float, float] | None  # in the paper's unit and clock (`Table.clock`): held against its time
     speedup: float | None = None
     at_best: tuple[float, float, float] | None = None  # the metric at the evaluation with the best validation score
     wall_unit: tuple[float, float] | None = None  # wall clock with evaluation, in the paper's unit (its measure)
@@ -75,6 +92,7 @@ class Table:
     selection: str | None = None  # the validation metric of the runs' at_best_<metric> (model selection)
     commits: list[str] = field(default_factory=list)  # the code the runs came from
     notes: list[str] = field(default_factory=list)  # e.g. which settings set two rows of one norm apart
+    clock: str = "train"  # the clock of the paper's time (CLOCKS): the paper-unit column's and the speed-up's
 
     @property
     def title(self) -> str:
@@ -139,6 +157,10 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
     for (task, preset, kind), runs in sorted(groups.items()):
         metric = runs[0]["primary_metric"]
         unit = next((k for k in runs[0]["timing"] if k.startswith("sec_per_") and k != "sec_per_1k_steps"), None)
+        clock = paper_clock(runs[0])
+        # the column beside the paper's time: its unit in its clock (the training clock in sec/1k steps is the
+        # table's own column already)
+        paper_key = CLOCKS[clock][0] + (unit or "sec_per_1k_steps") if unit or clock != "train" else None
         by_norm: dict[str, dict[str, list[dict]]] = {}
         for r in runs:
             by_norm.setdefault(r["norm"], {}).setdefault(settings_key(r), []).append(r)
@@ -158,13 +180,15 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             picked = [r[best_key][metric] for r in rs if best_key and metric in r.get(best_key, {})]
             wall_key = f"wall_{unit or 'sec_per_1k_steps'}"
             walls = [r["timing"][wall_key] for r in rs if r["timing"].get(wall_key) is not None]
+            papers = [r["timing"][paper_key] for r in rs if paper_key and r["timing"].get(paper_key) is not None]
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
                 metric=mean_interval([r["metrics"][metric] for r in rs]),
                 values=[r["metrics"][metric] for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
-                paper_unit=_mean_std([r["timing"][unit] for r in rs]) if unit else None,
+                # runs from before the steps-only clock have no value in it: none for the row then
+                paper_unit=_mean_std(papers) if paper_key and len(papers) == len(rs) else None,
                 at_best=mean_interval(picked) if picked and len(picked) == len(rs) else None,
                 wall_unit=_mean_std(walls) if len(walls) == len(rs) else None,
                 label=f"{norm} [{key}]" if several else norm,
@@ -172,7 +196,10 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         ln = next((r for r in rows if r.norm == REFERENCE_NORM), None)
         for r in rows:
             if ln is not None:
-                r.speedup = speedup(ln.sec_per_1k[0], r.sec_per_1k[0])
+                # in the paper's clock where every row has it, as the paper's speed-up beside it
+                both = ln.paper_unit and r.paper_unit
+                a, b = (ln.paper_unit, r.paper_unit) if both else (ln.sec_per_1k, r.sec_per_1k)
+                r.speedup = speedup(a[0], b[0])
                 if r is not ln:
                     r.vs_reference = difference_interval(r.values, ln.values)
         devices = sorted({r["device"] for r in runs})
@@ -182,7 +209,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         selection = best_key.removeprefix("at_best_") if best_key and any(r.at_best for r in rows) else None
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
                             kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0]))),
-                            selection, _commits(runs), notes))
+                            selection, _commits(runs), notes, clock))
     return tables
 
 
@@ -304,8 +331,10 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     composite_head = ["speed-up vs LN, composite ops [95% CI]"] if composite else []
     several = any(r.seeds > 1 for r in table.rows)
     diff_head = [f"{table.metric} vs LN [95% CI]"] if several else []
+    # the time beside the paper's: its unit in its clock, the clock named unless it is the training one
+    paper_col = unit if table.clock == "train" else f"{unit or 'sec/1k steps'}, {CLOCKS[table.clock][1]}"
     head = ([f"{table.metric}{pct}" + (" [95% CI]" if several else ""), *diff_head, *selected, "sec/1k steps"]
-            + ([unit] if unit else []) + wall_head + [speed_head, *composite_head, "seeds"])
+            + ([paper_col] if paper_col else []) + wall_head + [speed_head, *composite_head, "seeds"])
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
     paper_metrics = _paper_metric_columns(paper)
@@ -330,8 +359,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         if table.selection:  # Nematus' model selection: the test score where validation peaked
             cells.append(_fmt_metric(table.metric, r.at_best) if r.at_best else "-")
         cells.append(_fmt_time(r.sec_per_1k, r.seeds))
-        if unit:
-            cells.append(_fmt_time(r.paper_unit, r.seeds))
+        if paper_col:
+            cells.append(_fmt_time(r.paper_unit, r.seeds) if r.paper_unit else "-")
         if walled:
             cells.append(_fmt_time(r.wall_unit, r.seeds) if r.wall_unit else "-")
         own = f"{r.speedup:+.1f}%" if r.speedup is not None else "-"
@@ -357,6 +386,11 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         lines.append(f"| {norm} | missing: no finished run |" + " |" * (len(head) - 1))
     if table.notes:
         lines += [""] + [f"Kept apart: {note}" for note in table.notes]
+    if table.clock == "step":
+        lines += ["", f"`{paper_col}` is the time to hold against the paper's: the training steps alone (forward, "
+                  "backward, update), without building their batches, the calls the paper's scripts timed for this "
+                  "task (`PAPER_CLOCK` of its `Task`)"
+                  + ("." if interleaved else "; the speed-up vs LN is taken on it too.")]
     if paper and not paper_metrics:
         lines += ["", f"The paper gives no `{table.metric}` for this task (only times), so there is no column to "
                   "compare it with."]

@@ -130,6 +130,10 @@ class Task(abc.ABC):
     #: the paper's time unit for this task and the steps in one at the paper's batch: the one home of this fact
     #: (summaries, bench-tasks, dashboards read it); tasks whose unit is not 1k steps override it
     PAPER_TIME_UNIT: tuple[str, int] = ("sec_per_1k_steps", 1000)
+    #: which of a run's clocks (experiments/core/training/timing.py) the paper's time matches, the report's column
+    #: beside the paper's: "train" (the steps with their batch building, `sec_per_...`), "step" (the steps alone,
+    #: `step_sec_per_...`) or "wall" (with evaluation, `wall_sec_per_...`)
+    PAPER_CLOCK: str = "train"
 
     def paper_time_unit(self, batch_scale: float = 1.0) -> tuple[str, float] | None:
         """(name, steps in one unit) for this task at its batch (`batch_scale`: the timed batch over the

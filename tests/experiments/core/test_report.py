@@ -230,3 +230,34 @@ def test_the_translation_table_shows_the_papers_table_3_and_the_composite_speed_
     assert cells["speed-up vs LN, composite ops [95% CI]"] == "+20.0% [+15.0, +25.0]"
     assert cells["paper speed-up, Table 3 (Theano)"] == "+34.0%"
     assert cells["paper speed-up, Table 3 (PyTorch)"] == "+11.0%"
+
+
+def test_reading_and_retrievals_paper_time_column_is_the_steps_only_clock():
+    """Their upstream scripts timed only the gradient and update calls (Task.PAPER_CLOCK = "step"): the column in
+    the paper's unit, and the speed-up beside the paper's, are the steps-only clock, named in the header."""
+    runs = []
+    for norm, train, step in (("layernorm", 30.0, 20.0), ("rmsnorm", 29.0, 15.0)):
+        s = _summary(norm, 0, 0.5, train)
+        s.update(task="retrieval", primary_metric="caption_r1", metrics={"caption_r1": 50.0},
+                 config={"task": {"builder": {"_target_": "experiments.retrieval.task.RetrievalTask"}}})
+        s["timing"] = {"sec_per_1k_steps": train, "step_sec_per_1k_steps": step, "sec_per_100_steps": train / 10,
+                       "step_sec_per_100_steps": step / 10}
+        runs.append(s)
+    (table,) = build_tables(runs)
+    assert table.clock == "step" and [r.paper_unit[0] for r in table.rows] == [2.0, 1.5]
+    assert table.rows[1].speedup == pytest.approx(25.0)  # (20 - 15) / 20, not (30 - 29) / 30
+    text = render_markdown(table, {})
+    assert "| sec/1k steps | sec_per_100_steps, steps only | speed-up vs LN |" in text
+    assert "| rmsnorm | 50.00 | 29 | 1.5 | +25.0% |" in text and "the training steps alone" in text
+    # runs from before the steps-only clock: no value rather than another clock's
+    for s in runs:
+        del s["timing"]["step_sec_per_100_steps"]
+    (table,) = build_tables(runs)
+    assert "| rmsnorm | 50.00 | 29 | - |" in render_markdown(table, {})
+    # a task without a PAPER_CLOCK of its own keeps the training clock, its column unnamed as today
+    from experiments.core.reporting.report import paper_clock
+
+    assert paper_clock({"config": {"task": {"builder": {"_target_": "experiments.cifar10.task.Cifar10Task"}}}}) \
+        == paper_clock({}) == "train"
+    assert paper_clock({"config": {"task": {"builder": {"_target_": "experiments.reading.task.ReadingTask"}}}}) \
+        == "step"
