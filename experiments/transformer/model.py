@@ -1,8 +1,10 @@
 """Transformer base for translation (the paper's Table 4, after bzhangGo/zero), with any norm of the registry
 in either place: post-norm as the paper ran it, x = N(x + F(x)), no final norm; or pre-norm, as current models
 place it, x = x + F(N(x)), with a final norm on each stack. Attention through torch's
-scaled_dot_product_attention. Inputs and logits are time-major (T, B), like the RNN translation task's batches,
-so the data, beam search and BLEU of `experiments.translation` serve both."""
+scaled_dot_product_attention. `init="glorot"` initialises as zero does (Glorot-uniform weights, zero biases);
+`embedding_bias=True` adds zero's embedding bias, one vector shared by both sides. Inputs and logits are
+time-major (T, B), like the RNN translation task's batches, so the data, beam searches and BLEU of
+`experiments.translation` serve both."""
 
 from __future__ import annotations
 
@@ -96,12 +98,35 @@ class DecoderLayer(nn.Module):
         return self.res_ff(x, self.ff)
 
 
+def glorot_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    """U(+-sqrt(6 / (fan_in + fan_out))): TF's variance_scaling(1.0, fan_avg, uniform), zero's
+    `uniform_unit_scaling` at gain 1; the fans given, since zero's matrix may be a fusion of ours."""
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def glorot_attention_(attn: Attention, fused_qkv: bool) -> None:
+    """zero's self-attention maps q, k and v with one (d, 3d) matrix (func.py `qkv_map`), so each of them
+    is drawn at that matrix's bound; its cross-attention has three (d, d) ones (`q_map`, `k_map`, `v_map`)."""
+    dim = attn.q.in_features
+    fan_out = 3 * dim if fused_qkv else dim
+    glorot_(attn.q.weight, dim, fan_out)
+    glorot_(attn.kv.weight, dim, fan_out)
+    glorot_(attn.out.weight, dim, dim)
+    for linear in (attn.q, attn.kv, attn.out):
+        nn.init.zeros_(linear.bias)
+
+
 class Transformer(nn.Module):
     def __init__(self, vocab: int, dim: int, heads: int, hidden: int, enc_layers: int, dec_layers: int,
-                 dropout: float, norm: NormSpec, position: str = "post", max_len: int = 1024):
+                 dropout: float, norm: NormSpec, position: str = "post", max_len: int = 1024,
+                 init: str = "torch", embedding_bias: bool = False):
         super().__init__()
         if position not in ("post", "pre"):
             raise ValueError(f"task.model.norm_position={position}: use post (the paper) or pre")
+        if init not in ("torch", "glorot"):
+            raise ValueError(f"task.model.init={init}: use glorot (zero) or torch (nn.Linear's default)")
         pre = position == "pre"
         self.dim = dim
         self.src_emb = nn.Embedding(vocab, dim, padding_idx=PAD)
@@ -117,11 +142,36 @@ class Transformer(nn.Module):
         # pre-norm leaves each stack's output unnormalised: a final norm, as pre-norm models have
         self.enc_norm = norm.build(dim) if pre else nn.Identity()
         self.dec_norm = norm.build(dim) if pre else nn.Identity()
+        # zero (models/transformer.py): `bias`, added to the scaled embeddings before the positions; one variable
+        # for both sides (the encoder's and decoder's get_variable("bias") share a scope), drawn by the model's
+        # initializer: Glorot-uniform on a (d,) shape is U(+-sqrt(3 / d))
+        self.emb_bias = nn.Parameter(torch.zeros(dim)) if embedding_bias else None
+        if init == "glorot":
+            self._glorot()
+
+    def _glorot(self) -> None:
+        """zero's initialisation at `initializer=uniform_unit_scaling, initializer_gain=1`: every linear weight
+        Glorot-uniform, every linear bias 0 (func.linear); the embeddings keep N(0, d^-0.5) (their own
+        initializer in zero too), the norms 1 and 0."""
+        for layer in self.encoder:
+            glorot_attention_(layer.attn, fused_qkv=True)
+        for layer in self.decoder:
+            glorot_attention_(layer.self_attn, fused_qkv=True)
+            glorot_attention_(layer.cross, fused_qkv=False)
+        for layer in (*self.encoder, *self.decoder):
+            for linear in (layer.ff.inner, layer.ff.outer):
+                glorot_(linear.weight, linear.in_features, linear.out_features)
+                nn.init.zeros_(linear.bias)
+        if self.emb_bias is not None:
+            glorot_(self.emb_bias, self.dim, self.dim)
 
     def _embed(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-        """(T, B) ids -> (B, T, D): scaled by sqrt(D), plus positions."""
+        """(T, B) ids -> (B, T, D): scaled by sqrt(D), plus the embedding bias if any, plus positions."""
         ids = ids.t()
-        return self.drop(emb(ids) * math.sqrt(self.dim) + self.positions[: ids.shape[1]])
+        x = emb(ids) * math.sqrt(self.dim)
+        if self.emb_bias is not None:
+            x = x + self.emb_bias
+        return self.drop(x + self.positions[: ids.shape[1]])
 
     def encode_memory(self, src: torch.Tensor, src_mask: torch.Tensor):
         key_ok = src_mask.t().bool()

@@ -1,6 +1,7 @@
 """The Transformer task: its layers against torch.nn's at norm=layernorm (post- and pre-norm), overfitting a
 handful of pairs to BLEU > 90 through beam search, the schedule, and the norm placements."""
 
+import math
 from itertools import pairwise
 
 import pytest
@@ -61,9 +62,13 @@ def test_layers_equal_torch_nn_at_layernorm(position):
                                ref_dec(tgt, memory, tgt_mask=causal, memory_key_padding_mask=~key_ok))
 
 
-@pytest.mark.parametrize("norm, position", [("rmsnorm", "post"), ("rmsnorm", "pre"), ("layernorm", "pre")])
-def test_a_handful_of_pairs_overfits_to_bleu_above_90_with_beam_search(norm, position):
+@pytest.mark.parametrize("norm, position, zero", [("rmsnorm", "post", False), ("rmsnorm", "pre", False),
+                                                  ("layernorm", "pre", False), ("rmsnorm", "post", True)])
+def test_a_handful_of_pairs_overfits_to_bleu_above_90_with_beam_search(norm, position, zero):
+    """zero: with zero's init and embedding bias, decoded by zero's search too."""
     from sacrebleu.metrics import BLEU
+
+    from experiments.translation.beam import zero_beam_search
 
     torch.manual_seed(0)
     vocab, pairs = 24, 6
@@ -79,7 +84,8 @@ def test_a_handful_of_pairs_overfits_to_bleu_above_90_with_beam_search(norm, pos
 
     s, t = pad(src, False), pad(tgt, True)
     mask = (s != PAD).float()
-    model = Transformer(vocab, 32, 4, 64, 2, 2, 0.0, NormSpec(norm), position)
+    model = Transformer(vocab, 32, 4, 64, 2, 2, 0.0, NormSpec(norm), position,
+                        init="glorot" if zero else "torch", embedding_bias=zero)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
     for _ in range(150):
         loss = nn.functional.cross_entropy(model(s, mask, t[:-1]).flatten(0, 1), t[1:].flatten(), ignore_index=PAD)
@@ -90,6 +96,9 @@ def test_a_handful_of_pairs_overfits_to_bleu_above_90_with_beam_search(norm, pos
     hyps = beam_search(model, s, mask, beam=4, max_len=12, alpha=0.6)
     text = lambda seqs: [" ".join(map(str, x)) for x in seqs]  # noqa: E731
     assert BLEU().corpus_score(text(hyps), [text(tgt)]).score > 90
+    if zero:
+        hyps = zero_beam_search(model, s, mask, beam=4, extra_len=5, alpha=0.6)
+        assert BLEU().corpus_score(text(hyps), [text(tgt)]).score > 90
 
 
 def test_the_schedule_peaks_at_the_end_of_warm_up():
@@ -176,3 +185,204 @@ def test_a_token_budget_below_the_longest_pair_is_refused(smoke_data):
 
     with pytest.raises(UserError, match="task.batch_tokens=10 must exceed task.max_len"):
         _smoke_task(smoke_data, "task.batch_tokens=10")
+
+
+# ---- zero's setting (preset=paper): init, embedding bias, loss, long pairs, beam search -------------------------
+
+def test_glorot_init_draws_zeros_bounds_and_zero_biases():
+    """init=glorot: zero's uniform_unit_scaling at gain 1 (TF variance_scaling, fan_avg, uniform) on each
+    linear weight, at the bound of zero's own matrix (self-attention's q, k, v are one (d, 3d) map there),
+    zero linear biases; embeddings N(0, d^-0.5); the embedding bias U(+-sqrt(3 / d)) (a (d,) variable)."""
+    torch.manual_seed(0)
+    d, ff = 32, 80
+    model = Transformer(50, d, 4, ff, 2, 2, 0.0, NormSpec("rmsnorm"), init="glorot", embedding_bias=True)
+    fused, square = (6 / (d + 3 * d)) ** 0.5, (6 / (d + d)) ** 0.5
+
+    def within(w, bound, fill=0.95):  # inside the bound and filling it (a smaller bound would fail the second)
+        return w.abs().max() <= bound and w.abs().max() > fill * bound
+
+    for layer in model.encoder:
+        assert within(layer.attn.q.weight, fused) and within(layer.attn.kv.weight, fused)
+    for layer in model.decoder:
+        assert within(layer.self_attn.q.weight, fused) and within(layer.self_attn.kv.weight, fused)
+        assert within(layer.cross.q.weight, square) and within(layer.cross.kv.weight, square)
+    for layer in (*model.encoder, *model.decoder):
+        attn = [layer.attn] if hasattr(layer, "attn") else [layer.self_attn, layer.cross]
+        assert all(within(a.out.weight, square) for a in attn)
+        assert within(layer.ff.inner.weight, (6 / (d + ff)) ** 0.5)
+        assert within(layer.ff.outer.weight, (6 / (d + ff)) ** 0.5)
+    biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(biases) == 2 * (3 + 2) + 2 * (6 + 2) and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+    assert within(model.emb_bias, (3 / d) ** 0.5, fill=0.8)  # 32 draws only
+    assert model.src_emb.weight[4:].std().item() == pytest.approx(d ** -0.5, rel=0.1)
+
+    torch_init = Transformer(50, d, 4, ff, 2, 2, 0.0, NormSpec("rmsnorm"))  # the demo's: nn.Linear's default
+    assert torch_init.emb_bias is None and torch_init.encoder[0].ff.inner.bias.abs().sum() > 0
+    assert torch_init.encoder[0].ff.inner.weight.abs().max() <= d ** -0.5
+
+
+def test_the_embedding_bias_is_one_vector_added_after_the_scaling_on_both_sides():
+    torch.manual_seed(0)
+    model = Transformer(30, 16, 2, 32, 1, 1, 0.0, NormSpec("rmsnorm"), embedding_bias=True)
+    with torch.no_grad():
+        model.emb_bias.normal_()
+    ids = torch.tensor([[5, 6], [7, 8], [9, PAD]])
+    for emb in (model.src_emb, model.tgt_emb):
+        expected = emb(ids.t()) * 16 ** 0.5 + model.emb_bias + model.positions[:3]
+        torch.testing.assert_close(model._embed(emb, ids), expected)
+    assert sum(p is model.emb_bias for p in model.parameters()) == 1
+
+
+def test_the_sentence_mean_loss_with_zeros_smoothing_equals_a_hand_computation():
+    from experiments.transformer.task import Loss, Smoothing, sequence_loss
+
+    torch.manual_seed(0)
+    vocab, eps = 6, 0.1
+    logits = torch.randn(4, 3, vocab, dtype=torch.float64)
+    target = torch.tensor([[4, 5, 3], [5, 3, PAD], [3, PAD, PAD], [PAD, PAD, PAD]])  # 3, 2 and 1 tokens
+    n, p = vocab - 1, 1 - eps
+    q = eps / n
+    entropy = -(p * math.log(p) + n * q * math.log(q))
+    sentences = []
+    for b in range(3):
+        losses = []
+        for t in range(4):
+            gold = int(target[t, b])
+            if gold == PAD:
+                continue
+            log_p = torch.log_softmax(logits[t, b], -1).tolist()
+            smoothed = [p if v == gold else q for v in range(vocab)]
+            losses.append(-sum(s * lp for s, lp in zip(smoothed, log_p, strict=True)) - entropy)  # a KL divergence
+        sentences.append(sum(losses) / len(losses))
+    hand = sum(sentences) / 3
+    assert sequence_loss(logits, target, eps, Smoothing.others, Loss.sentence_mean).item() / 3 == pytest.approx(hand)
+    # the token mean weights the long sentence up; with smoothing=uniform it is torch's own label smoothing
+    torch_mean = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD,
+                                             label_smoothing=eps)
+    assert sequence_loss(logits, target, eps, Smoothing.uniform, Loss.token_mean).item() / 6 == pytest.approx(
+        torch_mean.item())
+    assert sequence_loss(logits, target, eps, Smoothing.others, Loss.token_mean).item() / 6 != pytest.approx(hand)
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_sentence_mean_gradient(smoke_data):
+    """loss=sentence_mean counts sentences where token_mean counts tokens: however the batch is split, the step's
+    loss is the mean over all its sentences of each one's token mean."""
+    from experiments.transformer.task import Loss, Smoothing, sequence_loss
+
+    zero = ["task.optim.loss=sentence_mean", "task.optim.smoothing=others", "task.model.init=glorot",
+            "task.model.embedding_bias=true"]
+    whole = _smoke_task(smoke_data, *zero)
+    parts = _smoke_task(smoke_data, *zero, "task.optim.accumulate=3")
+    batch = next(iter(whole.batches(0, 0)))
+    with torch.no_grad():
+        expected = sequence_loss(whole.model(*batch[:3]), batch[3], whole.cfg.optim.label_smoothing,
+                                 Smoothing.others, Loss.sentence_mean) / batch[3].shape[1]
+    loss_whole, loss_parts = whole.train_step(batch), parts.train_step(batch)
+    assert loss_whole.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss_parts.item() == pytest.approx(loss_whole.item(), rel=1e-5)
+    for (name, a), b in zip(whole.model.named_parameters(), parts.model.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+    assert whole.model.emb_bias.grad.abs().sum() > 0
+
+
+def test_truncated_cuts_each_sequence_to_its_first_ids():
+    from experiments.core.data.batching import Ragged
+    from experiments.transformer.task import truncated
+
+    seqs = [[4, 5, 6, 7, 8], [9], [], [10, 11, 12]]
+    cut = truncated(Ragged.from_lists(seqs), 3)
+    assert [cut[i].tolist() for i in range(len(cut))] == [[4, 5, 6], [9], [], [10, 11, 12]]
+
+
+def test_long_pairs_are_truncated_not_dropped(smoke_data):
+    drop = _smoke_task(smoke_data, "task.max_len=12")  # the smoke pairs have 9 to 23 tokens a side at most
+    cut = _smoke_task(smoke_data, "task.max_len=12", "task.long_pairs=truncate")
+    every = _smoke_task(smoke_data)
+    assert 0 < len(drop.train) < len(cut.train) == len(every.train)
+    for i in range(len(cut.train)):
+        (s, t), (s_full, t_full) = cut.train.pair(i), every.train.pair(i)
+        assert s == s_full[:11] and t == t_full[:11]  # with its EOS each side is at most 12 ids, zero's max_len
+    assert max(cut._lengths) == 11 and cut.steps_per_epoch == len(list(cut.batches(0, 0)))
+    assert all(b[0].shape[0] <= 12 and b[3].shape[0] <= 12 for b in cut.batches(0, 0))
+
+
+class _TableModel:
+    """A scoring model for beam search: the next token's probabilities looked up by the prefix decoded so far
+    (after BOS), in the table the sentence's first source id picks; the state is the prefix."""
+
+    def __init__(self, tables, default):
+        self.tables, self.default = tables, default
+
+    def encode(self, src, src_mask):
+        return torch.zeros(src.shape[1], 0, dtype=torch.long), src.unsqueeze(-1).float(), src.unsqueeze(-1).float()
+
+    def step_log_probs(self, last, prefix, ctx, _pctx, _mask):
+        prefix = torch.cat([prefix, last.unsqueeze(1)], dim=1)
+        rows = []
+        for row, kind in zip(prefix.tolist(), ctx[0, :, 0].long().tolist(), strict=True):
+            probs = dict(self.tables[kind].get(tuple(row[1:]), self.default))
+            rows.append([probs.get(v, 1e-6) for v in range(6)])
+        return torch.tensor(rows).log().log_softmax(-1), prefix
+
+
+A, B = 4, 5
+# A EOS: log p -1.05 over 2 tokens; B B B EOS: -1.59 over 4. length ** 1 prefers the long one (-0.40 against
+# -0.52), GNMT's ((5 + n) / 6) ** 1 the short one (-0.90 against -1.06)
+_DIFFER = {(): {A: 0.5, B: 0.4, EOS: 0.05}, (A,): {EOS: 0.7, A: 0.15, B: 0.15},
+           (B,): {B: 0.8, EOS: 0.1, A: 0.1}, (B, B): {B: 0.8, EOS: 0.1, A: 0.1}, (B, B, B): {EOS: 0.8, A: 0.2}}
+_EOS_FIRST = {(): {EOS: 0.9, B: 0.1}, (B,): {EOS: 0.9, A: 0.1}}
+_ENDS = {EOS: 0.9, A: 0.05, B: 0.05}
+
+
+def _src(*rows):
+    out = torch.full((max(map(len, rows)) + 1, len(rows)), PAD)
+    for j, r in enumerate(rows):
+        out[: len(r) + 1, j] = torch.tensor([*r, EOS])
+    return out
+
+
+def test_zeros_search_and_nematus_pick_different_hypotheses_by_their_length_rules():
+    from experiments.translation.beam import zero_beam_search
+
+    model = _TableModel({A: _DIFFER}, _ENDS)
+    src = _src([A, A])
+    mask = (src != PAD).float()
+    assert beam_search(model, src, mask, beam=2, max_len=10, alpha=1.0) == [[B, B, B]]
+    assert zero_beam_search(model, src, mask, beam=2, extra_len=50, alpha=1.0) == [[A]]
+
+
+def test_zeros_search_forbids_eos_first_and_stops_at_source_length_plus_extra():
+    from experiments.translation.beam import zero_beam_search
+
+    src = _src([B, A])
+    mask = (src != PAD).float()
+    eos_first = _TableModel({B: _EOS_FIRST}, _ENDS)
+    assert beam_search(eos_first, src, mask, beam=2, max_len=10, alpha=1.0) == [[]]
+    assert zero_beam_search(eos_first, src, mask, beam=2, extra_len=50, alpha=1.0) == [[B]]
+    endless = _TableModel({B: {}}, {A: 0.5, B: 0.5})
+    hyp = zero_beam_search(endless, src, mask, beam=2, extra_len=4, alpha=0.6)[0]
+    assert len(hyp) == 3 + 4  # two tokens and EOS, plus 4
+
+
+def test_zeros_search_gives_each_sentence_of_a_batch_what_it_gives_it_alone():
+    from experiments.translation.beam import zero_beam_search
+
+    model = _TableModel({A: _DIFFER, B: _EOS_FIRST}, _ENDS)
+    src = _src([A, A, A, A], [B])
+    batch = zero_beam_search(model, src, (src != PAD).float(), beam=3, extra_len=5, alpha=1.0)
+    alone = [zero_beam_search(model, s, (s != PAD).float(), beam=3, extra_len=5, alpha=1.0)[0]
+             for s in (_src([A, A, A, A]), _src([B]))]
+    assert batch == alone == [[A], [B]]
+
+
+def test_the_task_decodes_with_the_search_its_config_names(smoke_data, monkeypatch):
+    import experiments.transformer.task as T
+    import experiments.translation.task as TT
+
+    calls = []
+    monkeypatch.setattr(T, "zero_beam_search", lambda *a, **k: calls.append("zero") or [[] for _ in a[1].T])
+    monkeypatch.setattr(TT, "beam_search", lambda *a, **k: calls.append("nematus") or [[] for _ in a[1].T])
+    for search in ("zero", "nematus"):
+        task = _smoke_task(smoke_data, f"task.decode.search={search}")
+        enc = next(iter(task.eval_sets.values()))
+        assert len(task.translate(enc.subset(torch.arange(3)))) == 3 and calls[-1] == search
