@@ -44,8 +44,12 @@ class Attention(nn.Module):
         return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def forward(self, x, memory, key_ok: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        return self.attend(x, self.kv(memory), key_ok, causal)
+
+    def attend(self, x, kv: torch.Tensor, key_ok: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Attention of x over keys and values already projected: kv = self.kv(memory), (B, S, 2D)."""
         q = self._split(self.q(x))
-        k, v = (self._split(t) for t in self.kv(memory).chunk(2, dim=-1))
+        k, v = (self._split(t) for t in kv.chunk(2, dim=-1))
         mask = None if key_ok is None else key_ok[:, None, None, :]  # (B, 1, 1, S): True = may attend
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -96,6 +100,21 @@ class DecoderLayer(nn.Module):
         x = self.res_self(x, lambda h: self.self_attn(h, h, causal=True))
         x = self.res_cross(x, lambda h: self.cross(h, memory, key_ok))
         return self.res_ff(x, self.ff)
+
+    def step(self, x, past_kv, cross_kv, key_ok):
+        """forward for one new position x (B, 1, D) after a prefix whose self-attention keys and values are
+        past_kv (B, T, 2D), against the memory's cross_kv = self.cross.kv(memory) (B, S, 2D): (output, the new
+        position's self-attention kv (B, 1, 2D)). The new position attends to all of the prefix and itself, so no
+        causal mask (torch's is_causal aligns a 1-row mask to the first key)."""
+        new_kv = []
+
+        def self_attention(h):
+            new_kv.append(self.self_attn.kv(h))
+            return self.self_attn.attend(h, torch.cat([past_kv, new_kv[0]], dim=1))
+
+        x = self.res_self(x, self_attention)
+        x = self.res_cross(x, lambda h: self.cross.attend(h, cross_kv, key_ok))
+        return self.res_ff(x, self.ff), new_kv[0]
 
 
 def glorot_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
@@ -165,13 +184,14 @@ class Transformer(nn.Module):
         if self.emb_bias is not None:
             glorot_(self.emb_bias, self.dim, self.dim)
 
-    def _embed(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-        """(T, B) ids -> (B, T, D): scaled by sqrt(D), plus the embedding bias if any, plus positions."""
+    def _embed(self, emb: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(T, B) ids -> (B, T, D): scaled by sqrt(D), plus the embedding bias if any, plus positions (from
+        `start` on: the incremental decoder's one new position is the prefix length)."""
         ids = ids.t()
         x = emb(ids) * math.sqrt(self.dim)
         if self.emb_bias is not None:
             x = x + self.emb_bias
-        return self.drop(x + self.positions[: ids.shape[1]])
+        return self.drop(x + self.positions[start: start + ids.shape[1]])
 
     def encode_memory(self, src: torch.Tensor, src_mask: torch.Tensor):
         key_ok = src_mask.t().bool()
@@ -192,15 +212,47 @@ class Transformer(nn.Module):
         memory, key_ok = self.encode_memory(src, src_mask)
         return self.decode_logits(tgt_in, memory, key_ok).transpose(0, 1)
 
-    # ---- the interface of experiments.translation.beam: the state is the prefix decoded so far ------------
+    # ---- the interface of experiments.translation.beam -----------------------------------------------------
+    # With `kv_cache` (the default) the state is, per hypothesis, every decoder layer's self-attention keys and
+    # values of the prefix so far, one tensor (B, T, layers * 2D) (layer i's kv projection in features
+    # [2Di, 2D(i + 1))), so the searches' `state[origin]` and `repeat_interleave(beam, 0)` reorder it as they do
+    # the RNN's state; pctx holds the cross-attention keys and values of the memory, (S, B, layers * 2D),
+    # projected once in `encode`; each step runs the decoder on the newest position only. Without it the state
+    # is the prefix of token ids and each step decodes the whole prefix again (`step_log_probs_full`): the
+    # reference the cache is tested against.
+    kv_cache: bool = True
+
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor):
         memory, _ = self.encode_memory(src, src_mask)
-        prefix = torch.zeros(src.shape[1], 0, dtype=torch.long, device=src.device)
-        return prefix, memory.transpose(0, 1), memory.new_zeros(src.shape[0], src.shape[1], 0)
+        if not self.kv_cache:
+            prefix = torch.zeros(src.shape[1], 0, dtype=torch.long, device=src.device)
+            return prefix, memory.transpose(0, 1), memory.new_zeros(src.shape[0], src.shape[1], 0)
+        cross_kv = torch.cat([layer.cross.kv(memory) for layer in self.decoder], dim=-1)
+        past_kv = memory.new_zeros(src.shape[1], 0, cross_kv.shape[-1])
+        return past_kv, memory.transpose(0, 1), cross_kv.transpose(0, 1)
 
-    def step_log_probs(self, last: torch.Tensor, prefix: torch.Tensor, ctx: torch.Tensor, _unused, src_mask):
-        """Log-probabilities of the next token after prefix + last (the whole prefix is decoded again: no
-        cache, simple and exact; decoding is not what the paper times)."""
+    def step_log_probs(self, last: torch.Tensor, state: torch.Tensor, ctx: torch.Tensor, pctx: torch.Tensor,
+                       src_mask: torch.Tensor):
+        """Log-probabilities (B, V) of the next token after the state's prefix + last, and the new state; the
+        state `encode` gave (a float kv cache or a prefix of ids) says which way."""
+        if not state.is_floating_point():
+            return self.step_log_probs_full(last, state, ctx, pctx, src_mask)
+        past = state
+        x = self._embed(self.tgt_emb, last.unsqueeze(0), start=past.shape[1])  # (B, 1, D) at position T
+        key_ok = src_mask.t().bool()
+        cross = pctx.transpose(0, 1)
+        width = 2 * self.dim
+        new_kv = []
+        for i, layer in enumerate(self.decoder):
+            part = slice(i * width, (i + 1) * width)
+            x, kv = layer.step(x, past[..., part], cross[..., part], key_ok)
+            new_kv.append(kv)
+        logits = self.dec_norm(x[:, 0]) @ self.tgt_emb.weight.t()
+        return F.log_softmax(logits, dim=-1), torch.cat([past, torch.cat(new_kv, dim=-1)], dim=1)
+
+    def step_log_probs_full(self, last: torch.Tensor, prefix: torch.Tensor, ctx: torch.Tensor, _unused,
+                            src_mask: torch.Tensor):
+        """Without a cache: the whole prefix + last decoded again, O(T^2) over a search; the state is the prefix."""
         prefix = torch.cat([prefix, last.unsqueeze(1)], dim=1)
         logits = self.decode_logits(prefix.t(), ctx.transpose(0, 1), src_mask.t().bool())
         return F.log_softmax(logits[:, -1], dim=-1), prefix

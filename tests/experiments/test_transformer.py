@@ -386,3 +386,76 @@ def test_the_task_decodes_with_the_search_its_config_names(smoke_data, monkeypat
         task = _smoke_task(smoke_data, f"task.decode.search={search}")
         enc = next(iter(task.eval_sets.values()))
         assert len(task.translate(enc.subset(torch.arange(3)))) == 3 and calls[-1] == search
+
+
+def _random_model(norm, position, vocab=12, layers=2):
+    """A small random model, dropout configured but off (eval), zero's init and embedding bias."""
+    torch.manual_seed(1)
+    model = Transformer(vocab, DIM, HEADS, FF, layers, layers, 0.3, NormSpec(norm), position, init="glorot",
+                        embedding_bias=True).eval()
+    with torch.no_grad():  # norms with non-trivial gains and shifts
+        for module in model.modules():
+            for name in ("weight", "bias"):
+                param = getattr(module, name, None)
+                if "Norm" in type(module).__name__ and isinstance(param, nn.Parameter):
+                    param.add_(0.3 * torch.randn_like(param))
+    return model
+
+
+def _random_src(vocab, *lengths):
+    """A (S, B) batch of random sentences of the given lengths (EOS included), padded."""
+    src = torch.full((max(lengths), len(lengths)), PAD)
+    for j, n in enumerate(lengths):
+        src[: n - 1, j] = torch.randint(EOS + 1, vocab, (n - 1,))
+        src[n - 1, j] = EOS
+    return src
+
+
+@pytest.mark.parametrize("norm, position", [("rmsnorm", "post"), ("rmsnorm", "pre"), ("layernorm", "post"),
+                                            ("prmsnorm", "pre")])
+@torch.no_grad()
+def test_the_kv_cache_gives_the_full_prefix_log_probs_at_every_step_across_reorderings(norm, position):
+    """In float64, so the match is to rounding (in float32 pRMSNorm's 1-feature RMS at this width amplifies the
+    two paths' different summation orders to 1e-4 on log-probs of -30)."""
+    model, beam = _random_model(norm, position).double(), 3
+    src = _random_src(12, 7, 4, 9)
+    mask = (src != PAD).float()
+    expand = lambda t, dim: t.repeat_interleave(beam, dim=dim)  # noqa: E731
+    model.kv_cache = False
+    prefix, ctx, pctx = model.encode(src, mask)
+    model.kv_cache = True
+    cache, ctx_c, cross = model.encode(src, mask)
+    assert cache.is_floating_point() and cache.shape == (3, 0, 2 * 2 * DIM) and cross.shape == (9, 3, 2 * 2 * DIM)
+    torch.testing.assert_close(ctx_c, ctx)
+    prefix, cache, ctx, pctx, cross, mask = (expand(prefix, 0), expand(cache, 0), expand(ctx, 1), expand(pctx, 1),
+                                             expand(cross, 1), expand(mask, 1))
+    last = torch.full((3 * beam,), BOS)
+    for step in range(8):
+        full, prefix = model.step_log_probs(last, prefix, ctx, pctx, mask)
+        cached, cache = model.step_log_probs(last, cache, ctx, cross, mask)
+        assert cache.shape == (3 * beam, step + 1, 2 * 2 * DIM) and prefix.shape == (3 * beam, step + 1)
+        # the no-cache path is the decoder's last position over the whole prefix
+        reference = model.decode_logits(prefix.t(), ctx.transpose(0, 1), mask.t().bool())[:, -1].log_softmax(-1)
+        torch.testing.assert_close(full, reference)
+        torch.testing.assert_close(cached, full)
+        # the searches' reordering: each sentence's surviving hypotheses, some twice, picked by index
+        origin = (torch.randint(0, beam, (3, beam)) + torch.arange(3).unsqueeze(1) * beam).view(-1)
+        prefix, cache = prefix[origin], cache[origin]
+        last = torch.randint(0, 12, (3 * beam,))  # PAD and EOS too, as frozen beams feed them
+
+
+@pytest.mark.parametrize("norm, position", [("rmsnorm", "post"), ("layernorm", "pre")])
+def test_both_searches_decode_the_same_with_and_without_the_kv_cache(norm, position):
+    from experiments.translation.beam import zero_beam_search
+
+    model = _random_model(norm, position, vocab=10)
+    src = _random_src(10, 6, 3, 8, 5)
+    mask = (src != PAD).float()
+    outs = {}
+    for cache in (False, True):
+        model.kv_cache = cache
+        outs[cache] = (beam_search(model, src, mask, beam=3, max_len=12, alpha=1.0),
+                       zero_beam_search(model, src, mask, beam=3, extra_len=4, alpha=0.6))
+    assert outs[True] == outs[False]
+    hyps = outs[True][0] + outs[True][1]
+    assert any(0 < len(h) < 4 for h in hyps) and any(len(h) >= 4 for h in hyps)  # ended by EOS, and long ones
