@@ -109,35 +109,33 @@ class NoNorm(nn.Identity):
         super().__init__()
 
 
-def _partial_map_rms(rows: torch.Tensor, eps: float, p: float, impl: str) -> torch.Tensor:
-    """pRMSNorm of each channel's H*W positions, its statistic from the evenly spread `spread_positions`
+def _partial_map_rms(maps: torch.Tensor, eps: float, p: float, impl: str) -> torch.Tensor:
+    """pRMSNorm of each channel of (N, C, H, W) maps, its statistic from the `spread_positions` lattice
     (torch ops for every impl: the fused kernels take the first k features only)."""
-    d = rows.shape[-1]
-    positions = spread_positions(d, p)
-    k = positions.numel()
-    if k == d:
-        return RF.rms_norm(rows, eps=eps, impl=impl)
+    n, c, h, w = maps.shape
+    rows = maps.reshape(n, c, h * w)
+    positions = spread_positions(h, w, p)
+    if positions.numel() == h * w:
+        return RF.rms_norm(rows, eps=eps, impl=impl).view_as(maps)
     x = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
-    stride = d // k
-    # an exact stride is a strided view of the same positions, no gather
-    sub = x[..., stride // 2 :: stride] if d % k == 0 else x.index_select(-1, positions.to(x.device))
-    return (x * torch.rsqrt(sub.square().mean(-1, keepdim=True) + eps)).to(rows.dtype)
+    ms = x.index_select(-1, positions.to(x.device)).square().mean(-1, keepdim=True)
+    return (x * torch.rsqrt(ms + eps)).to(rows.dtype).view_as(maps)
 
 
-# the statistic of each map form, over a channel's H*W positions (p: pRMSNorm's share of them)
+# each map form on (N, C, H, W) maps: a statistic over each channel's H*W positions (p: pRMSNorm's share)
 _MAP_FUNCTIONS = {
-    "rmsnorm": lambda rows, eps, p, impl: RF.rms_norm(rows, eps=eps, impl=impl),
+    "rmsnorm": lambda maps, eps, p, impl: RF.rms_norm(maps.flatten(2), eps=eps, impl=impl).view_as(maps),
     "prmsnorm": _partial_map_rms,
-    "l2norm": lambda rows, eps, p, impl: RF.l2_norm(rows, eps=eps, impl=impl),
-    "layernorm": lambda rows, eps, p, impl: RF.layer_norm(rows, eps=eps, impl=impl),
+    "l2norm": lambda maps, eps, p, impl: RF.l2_norm(maps.flatten(2), eps=eps, impl=impl).view_as(maps),
+    "layernorm": lambda maps, eps, p, impl: RF.layer_norm(maps.flatten(2), eps=eps, impl=impl).view_as(maps),
 }
 
 
 class ChannelMapNorm(AffineNorm):
     """A norm over H x W for each channel of an (N, C, H, W) map, with per-channel gain and bias.
 
-    pRMSNorm takes its statistic from k = int(H*W*p) positions (at least `PARTIAL_MIN_FEATURES`) spread
-    evenly over the map (`rmsnorm.reference.spread_positions`), not from the first k: those are the top rows.
+    pRMSNorm takes its statistic from k = int(H*W*p) positions (at least `PARTIAL_MIN_FEATURES`) on a
+    lattice over the whole map (`rmsnorm.reference.spread_positions`), not from the first k: the top rows.
     """
 
     KINDS = tuple(_MAP_FUNCTIONS)
@@ -154,9 +152,7 @@ class ChannelMapNorm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects (N, C, H, W), got shape {tuple(x.shape)}")
-        n, c, h, w = x.shape
-        y = self._normalise(x.reshape(n, c, h * w), self.eps, self.p, self.impl).view(n, c, h, w)
-        return affine(y, self.weight, self.bias)
+        return affine(self._normalise(x, self.eps, self.p, self.impl), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, {super().extra_repr()}" + (f", p={self.p}" if self.kind == "prmsnorm" else "")

@@ -40,15 +40,20 @@ def partial_size(d: int, p: float) -> int:
 PARTIAL_MIN_FEATURES = 16
 
 
-def spread_positions(d: int, p: float, minimum: int = PARTIAL_MIN_FEATURES) -> torch.Tensor:
-    """The positions of a d = H*W map that pRMSNorm's map form takes its statistic from: k = max(int(d*p),
-    min(minimum, d)) positions spread evenly over the whole map in row-major order (position
-    floor((i + 1/2) d / k), every (d/k)-th, centred), the same for every channel. The first k positions would
-    be the image's top rows: mostly background where objects are small and placed anywhere, a biased estimate
-    of the whole map's RMS; an even spread estimates it without bias for objects placed anywhere."""
+def spread_positions(height: int, width: int, p: float, minimum: int = PARTIAL_MIN_FEATURES) -> torch.Tensor:
+    """The positions of an H x W map (row-major indices) that pRMSNorm's map form takes its statistic from,
+    the same for every channel: k = max(int(H*W*p), min(minimum, H*W)) of them on a diagonal lattice. Every
+    (H*W/k)-th position in row-major order, centred, with each row's columns rotated by the row's index, so
+    rows and columns are sampled alike (at p = 1/2 a checkerboard; without the rotation, W a multiple of the
+    stride would give whole columns and miss thin vertical features). The first k positions would be the
+    image's top rows: mostly background where objects are small and placed anywhere, a biased estimate of the
+    whole map's RMS; an even spread estimates it without bias for objects placed anywhere."""
     check_p(p)
+    d = height * width
     k = min(d, max(int(d * p), minimum))
-    return ((torch.arange(k, dtype=torch.float64) + 0.5) * d / k).floor().long()
+    flat = ((torch.arange(k, dtype=torch.float64) + 0.5) * d / k).floor().long()
+    row, col = flat // width, flat % width
+    return row * width + (col + row) % width
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -217,11 +217,17 @@ def test_prmsnorm_map_never_takes_fewer_than_the_minimum_positions():
 def test_spread_positions_cover_the_whole_map_evenly():
     from rmsnorm.reference import PARTIAL_MIN_FEATURES, spread_positions
 
-    assert spread_positions(1024, 0.125).tolist() == list(range(4, 1024, 8))  # every 8th, centred
-    assert spread_positions(36, 0.125).numel() == PARTIAL_MIN_FEATURES  # int(4.5) = 4 is below the minimum
-    positions = spread_positions(20, 0.25)
+    lattice = torch.zeros(32 * 32)
+    lattice[spread_positions(32, 32, 0.125)] = 1
+    lattice = lattice.view(32, 32)
+    # one position in 8, as many in every row and in every column: a diagonal lattice, not whole columns
+    assert lattice.sum() == 128 and (lattice.sum(0) == 4).all() and (lattice.sum(1) == 4).all()
+    checker = torch.zeros(64)
+    checker[spread_positions(8, 8, 0.5)] = 1
+    assert (checker.view(8, 8) + checker.view(8, 8).roll(1, 1) == 1).all()  # p = 1/2: a checkerboard
+    assert spread_positions(6, 6, 0.125).numel() == PARTIAL_MIN_FEATURES  # int(4.5) = 4 is below the minimum
+    positions = spread_positions(4, 5, 0.25)
     assert positions.numel() == 16 and positions.unique().numel() == 16 and 0 <= positions.min() < positions.max() < 20
-    assert spread_positions(10, 0.125).tolist() == list(range(10))  # shorter than the minimum: all of it
 
 
 def test_prmsnorm_map_statistic_is_not_the_top_rows():
@@ -233,14 +239,14 @@ def test_prmsnorm_map_statistic_is_not_the_top_rows():
     torch.testing.assert_close(y, x * 2**0.5)  # the whole map's RMS is sqrt(1/2)
 
 
-@pytest.mark.parametrize("hw", [(4, 5), (8, 8)])  # a gather (16 of 20 positions) and an exact stride (16 of 64)
+@pytest.mark.parametrize("hw", [(4, 5), (8, 8)])  # 16 of 20 positions (the minimum), 16 of 64
 def test_prmsnorm_map_equals_its_formula(hw):
     from rmsnorm.reference import spread_positions
 
     layer = _randomise_affine(build_norm2d("prmsnorm", 3, p=0.25, eps=1e-6).double())
     x = torch.randn(2, 3, *hw, dtype=torch.float64, requires_grad=True)
     rows = x.reshape(2, 3, -1)
-    ms = rows[..., spread_positions(rows.shape[-1], 0.25)].pow(2).mean(-1, keepdim=True)
+    ms = rows[..., spread_positions(*hw, 0.25)].pow(2).mean(-1, keepdim=True)
     want = (rows / (ms + 1e-6).sqrt()).view_as(x) * layer.weight + layer.bias
     torch.testing.assert_close(layer(x), want)
     assert torch.autograd.gradcheck(lambda x, *ps: layer(x), (x, *layer.parameters()))
