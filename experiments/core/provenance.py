@@ -28,8 +28,9 @@ def git_state(repo: Path = REPO) -> dict:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": "unknown", "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, timeout=10)
+        # results/ is what runs and reports write (make demo rewrites it before its report): not the code
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)results"], cwd=repo, capture_output=True, text=True, timeout=10)
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return {"commit": commit.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):

@@ -156,3 +156,24 @@ def test_the_report_never_averages_runs_with_different_settings():
     assert sorted(round(r.metric[0], 6) for r in table.rows[1:]) == [0.1, 0.2]
     text = render_markdown(table, {})
     assert "commit: abc, def" in text and "task.model.hidden: 1 -> 2" in text
+
+
+def test_written_results_do_not_mark_the_code_as_changed(tmp_path):
+    import subprocess
+
+    from experiments.core.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tables.md").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    (tmp_path / "results" / "tables.md").write_text("new")  # what make demo writes before its report
+    assert git_state.__wrapped__(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_state.__wrapped__(tmp_path)["dirty"] is True
