@@ -51,8 +51,13 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam: int, max
 
     normalised = (scores.view(-1) / lengths.clamp_min(1) ** alpha).view(batch, beam)
     best = normalised.argmax(1) + torch.arange(batch, device=src.device) * beam
+    return _until_eos(tokens[best, 1:])
+
+
+def _until_eos(rows: torch.Tensor) -> list[list[int]]:
+    """Each row's token ids up to its first EOS or PAD."""
     results = []
-    for row in tokens[best, 1:].tolist():
+    for row in rows.tolist():
         out = []
         for tok in row:
             if tok in (EOS, PAD):
@@ -121,12 +126,4 @@ def zero_beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam: int
         fin_seq = torch.cat([fin_seq, cand_seq], dim=1)[rows, pick]
 
     best = torch.where(fin_flags.any(1).view(-1, 1), fin_seq[:, 0], alive_seq[:, 0])
-    results = []
-    for row in best[:, 1:].tolist():
-        out = []
-        for tok in row:
-            if tok in (EOS, PAD):
-                break
-            out.append(tok)
-        results.append(out)
-    return results
+    return _until_eos(best[:, 1:])

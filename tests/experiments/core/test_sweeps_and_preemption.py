@@ -14,14 +14,14 @@ from tests.fault_injection import overrides as fault_at
 
 def test_local_launcher_sweep_exits_non_zero_naming_the_failed_run(cifar_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    # prmsnorm with p=0.0001 keeps k=0 positions of the maps: that job fails inside its own process
-    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.0001",
+    # prmsnorm with p=0 is refused when its job builds the model: that job fails inside its own process
+    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0",
                    "hydra/launcher=local", *tiny_cifar_cli(cifar_dir), f"hydra.sweep.dir={sweep}")
     assert r.returncode == 1, r.stderr
     assert "1 run(s) failed" in r.stderr and "1-cifar10-prmsnorm-s0" in r.stderr
     status = json.loads((sweep / "sweep_status.json").read_text())
     assert [p.rsplit("/", 1)[-1] for p in status["finished"]] == ["0-cifar10-rmsnorm-s0"]
-    assert len(status["failed"]) == 1 and "k=int" in status["failed"][0]["error"]
+    assert len(status["failed"]) == 1 and "0 < p <= 1" in status["failed"][0]["error"]
     assert (sweep / ".submitit").is_dir()  # the jobs ran through submitit, each in a process of its own
 
 

@@ -168,15 +168,15 @@ def test_cli_single_run_writes_summary(cifar_dir, tmp_path):
 
 def test_cli_multirun_writes_one_summary_per_norm_and_survives_a_failed_job(cifar_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.125,0.0001",
+    r = run_script("scripts/train.py", "-m", "task=cifar10", "norm=rmsnorm,prmsnorm", "norm.p=0.125,0",
                    *tiny_cifar_cli(cifar_dir), f"hydra.sweep.dir={sweep}")
-    # prmsnorm with p=0.0001 leaves k=0 positions of the 32x32 maps: that job fails, the other three finish
+    # prmsnorm with p=0 is refused when its job builds the model: that job fails, the other three finish
     assert r.returncode == 1
     assert "1 run(s) failed" in r.stderr
     summaries = sorted(p.parent.name for p in sweep.rglob("summary.json"))
     assert len(summaries) == 3
     errors = list(sweep.rglob("error.json"))
-    assert len(errors) == 1 and "k=int" in json.loads(errors[0].read_text())["error"]
+    assert len(errors) == 1 and "0 < p <= 1" in json.loads(errors[0].read_text())["error"]
 
 
 @pytest.mark.parametrize(
