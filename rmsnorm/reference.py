@@ -8,6 +8,8 @@ input dtype, so fp16/bf16 inputs neither overflow in x^2 nor lose the statistic 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 DEFAULT_EPS = 1e-8
@@ -40,6 +42,7 @@ def partial_size(d: int, p: float) -> int:
 PARTIAL_MIN_FEATURES = 16
 
 
+@functools.cache  # called on every forward of a map norm: build each lattice once (callers must not write to it)
 def spread_positions(height: int, width: int, p: float, minimum: int = PARTIAL_MIN_FEATURES) -> torch.Tensor:
     """The positions of an H x W map (row-major indices) that pRMSNorm's map form takes its statistic from,
     the same for every channel: k = max(int(H*W*p), min(minimum, H*W)) of them on a diagonal lattice. Every

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 
-from experiments.core.data.batching import Ragged, count_batches, shuffled, token_batches
+from experiments.core.data.batching import Ragged, shuffled, token_batches
 from experiments.core.errors import UserError
 from experiments.core.training import distributed
 from experiments.core.training.seeding import epoch_generator
@@ -98,15 +98,6 @@ class TransformerTask(TranslationTask):
 
     def load_data(self) -> None:
         super().load_data()
-        if self.cfg.long_pairs == LongPairs.truncate:  # super() dropped the long pairs: read them all again
-            cfg = self.cfg
-            full = D.load_encoded(self.root / cfg.files.train, self.sp, cfg.src_lang, cfg.tgt_lang, None,
-                                  cfg.make_target)
-            keep = (full.src.lengths() > 0).nonzero().flatten()  # as zero, which skips empty lines
-            full = full.subset(keep) if len(keep) < len(full) else full
-            self.train = D.Encoded(truncated(full.src, cfg.max_len - 1), truncated(full.tgt, cfg.max_len - 1))
-            self._lengths = torch.maximum(self.train.src.lengths(), self.train.tgt.lengths()).tolist()
-            self._steps = count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         self._token_batches = None
         if self.cfg.batch_tokens is not None:
             if self.cfg.batch_tokens <= self.cfg.max_len:
@@ -135,6 +126,17 @@ class TransformerTask(TranslationTask):
         sentences only (a shorter sentence would make attention and the per-token work unrepresentative)."""
         sentences = (self.cfg.batch_tokens // self.TIMING_LENGTH) if self.cfg.batch_tokens else self.batch_size
         return max(1, round(sentences * scale)), self.TIMING_LENGTH
+
+    def load_train(self, path) -> D.Encoded:
+        """long_pairs=drop: the translation task's; truncate: every pair (zero skips only empty lines), each
+        side cut to its first max_len - 1 tokens."""
+        cfg = self.cfg
+        if cfg.long_pairs == LongPairs.drop:
+            return super().load_train(path)
+        full = D.load_encoded(path, self.sp, cfg.src_lang, cfg.tgt_lang, None, cfg.make_target)
+        keep = (full.src.lengths() > 0).nonzero().flatten()
+        full = full.subset(keep) if len(keep) < len(full) else full
+        return D.Encoded(truncated(full.src, cfg.max_len - 1), truncated(full.tgt, cfg.max_len - 1))
 
     def build_model(self) -> None:
         m, o = self.cfg.model, self.cfg.optim

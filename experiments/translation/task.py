@@ -112,7 +112,7 @@ class TranslationTask(Task):
             raise UserError(f"task.files names no `train` file; it names {', '.join(cfg.files)}")
         self.sp = D.load_bpe(root / cfg.bpe_model, cfg.make_target)
         src, tgt = cfg.src_lang, cfg.tgt_lang
-        self.train = D.load_encoded(root / cfg.files.train, self.sp, src, tgt, cfg.max_len, cfg.make_target)
+        self.train = self.load_train(root / cfg.files.train)
         if len(self.train) == 0:
             raise UserError(f"no training pair of {root / cfg.files.train} fits max_len={cfg.max_len}")
         self.eval_sets = {}
@@ -124,6 +124,11 @@ class TranslationTask(Task):
         self._lengths = torch.maximum(self.train.src.lengths(), self.train.tgt.lengths()).tolist()
         self._steps = count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         self.vocab = self.sp.get_piece_size()
+
+    def load_train(self, path) -> D.Encoded:
+        """The training pairs, those over max_len BPE tokens a side left out (Nematus' maxlen)."""
+        cfg = self.cfg
+        return D.load_encoded(path, self.sp, cfg.src_lang, cfg.tgt_lang, cfg.max_len, cfg.make_target)
 
     def assume_paper_data(self) -> None:
         self.vocab = int(self.cfg.bpe_vocab_size)

@@ -43,10 +43,10 @@ def clip_gradients(parameters, rule: str, max_norm: float | None) -> None:
         for p in params:
             torch.nn.utils.clip_grad_norm_([p], max_norm)
     elif rule == "upstream":  # Attentive_reader bn attentive_reader.py:349-354 with training.py:111-120
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads)
         scale = torch.where(norm > max_norm**2, max_norm / torch.sqrt(norm + 1e-8), torch.ones_like(norm))
-        for p in params:
-            p.grad.mul_(scale.to(p.grad.dtype))
+        torch._foreach_mul_(grads, scale)
     else:
         raise ValueError(f"unknown clip rule {rule!r}")
 
