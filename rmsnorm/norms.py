@@ -34,17 +34,19 @@ class AffineNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(param_shape)) if affine else None
         self.bias = nn.Parameter(torch.zeros(param_shape)) if bias else None
 
-    def row_stat(self) -> tuple[int, float] | None:
-        """(k, inv_n) when this norm is `x * rsqrt(inv_n * sum(x[:k]^2) + eps) * g` with a gain and no shift,
-        the form the fused block kernel computes (`rmsnorm.blocks.BlockNorm`); None for any other norm."""
+    def statistic(self) -> tuple[int, float] | None:
+        """(k, inv_n) when this norm is `x * rsqrt(inv_n * sum(x[:k]^2) + eps)` before its gain and shift (the
+        RMS family); None for any other norm."""
         return None
+
+    def row_stat(self) -> tuple[int, float] | None:
+        """`statistic()` when this norm has a gain and no shift, the form the fused block kernel computes
+        (`rmsnorm.blocks.BlockNorm`); None for any other norm."""
+        stat = self.statistic()
+        return stat if stat is not None and self.weight is not None and self.bias is None else None
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}, bias={self.bias is not None}"
-
-
-def _gain_only(norm: AffineNorm, k: int, inv_n: float) -> tuple[int, float] | None:
-    return (k, inv_n) if norm.weight is not None and norm.bias is None else None
 
 
 class RMSNorm(AffineNorm):
@@ -56,8 +58,8 @@ class RMSNorm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return RF.rms_norm(x, self.weight, self.bias, self.eps, impl=self.impl)
 
-    def row_stat(self):
-        return _gain_only(self, self.num_features, 1.0 / self.num_features)
+    def statistic(self):
+        return self.num_features, 1.0 / self.num_features
 
 
 class PartialRMSNorm(AffineNorm):
@@ -72,8 +74,8 @@ class PartialRMSNorm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return RF.rms_norm(x, self.weight, self.bias, self.eps, k=self.k, impl=self.impl)
 
-    def row_stat(self):
-        return _gain_only(self, self.k, 1.0 / self.k)
+    def statistic(self):
+        return self.k, 1.0 / self.k
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}, k={self.k}"
@@ -88,8 +90,8 @@ class L2Norm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return RF.l2_norm(x, self.weight, self.bias, self.eps, impl=self.impl)
 
-    def row_stat(self):
-        return _gain_only(self, self.num_features, 1.0)
+    def statistic(self):
+        return self.num_features, 1.0
 
 
 class LayerNorm(AffineNorm):

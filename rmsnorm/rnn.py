@@ -15,6 +15,11 @@ folded into `bias` and no hidden bias on the candidate.
 
 The sequence layer projects and normalises the inputs of all time steps at once, outside the loop; each
 step is then one matmul for [U; Ux] h, two norms and the gate arithmetic.
+
+The layers (`NormGRU`, `NormLSTM`) run that loop in one native op per direction where they can
+(`native_plan`: CPU, float32/float64, the fused kernel built, norms it computes: none, LayerNorm and the RMS
+family; csrc/recurrent_cpu.cpp), forward and backward through time; elsewhere, and with `native=False`, the
+Python loop over the cells below, which is the reference the op is tested against.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 from torch import nn
 
 from rmsnorm.blocks import BlockNorm
+from rmsnorm.kernels import cpu, dispatch
+from rmsnorm.norms import AffineNorm, LayerNorm, NoNorm
 from rmsnorm.reference import NormConfigError
 from rmsnorm.registry import recurrent_norm_names
 from rmsnorm.spec import NormSpec
@@ -38,6 +45,41 @@ def recurrent_spec(norm: NormSpec | str, per_step: bool = False) -> NormSpec:
     # each norm keeps its usual shift: none for the RMS family (as the paper), a bias for LayerNorm, whose
     # mean subtraction removes the cell's own bias added before it (as in Nematus' layer-normalised GRU)
     return spec
+
+
+#: norm kinds of the native op (csrc/recurrent_cpu.cpp)
+_NONE, _RMS, _LAYER = 0, 1, 2
+
+
+def _native_norm(norm: nn.Module, width: int):
+    """(kind, k, inv_n, eps, gain, bias) of a norm the native op computes, or None."""
+    if isinstance(norm, NoNorm):
+        return _NONE, width, 0.0, 0.0, None, None
+    if not isinstance(norm, AffineNorm) or norm.impl != "fused" or norm.num_features != width:
+        return None
+    if isinstance(norm, LayerNorm):
+        return _LAYER, width, 1.0 / width, norm.eps, norm.weight, norm.bias
+    stat = norm.statistic()
+    return None if stat is None else (_RMS, stat[0], stat[1], norm.eps, norm.weight, norm.bias)
+
+
+def native_plan(norms: list[tuple[nn.Module, int]], x: torch.Tensor):
+    """The native op's (ints, doubles, tensors) for a cell's hidden-side norms [(norm, width), ...] on input x,
+    or None where the Python loop runs (another device or dtype, a norm it does not compute, the kernels off,
+    the kernel not built, TorchScript)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not dispatch.enabled():
+        return None
+    if torch.jit.is_scripting() or cpu.module() is None:
+        return None
+    forms = [_native_norm(norm, width) for norm, width in norms]
+    if any(f is None for f in forms):
+        return None
+    ints = [i for kind, k, *_ in forms for i in (kind, k)]
+    doubles = [float(v) for _, _, inv_n, eps, *_ in forms for v in (inv_n, eps)]
+    tensors = [t for *_, gain, bias in forms for t in (gain, bias)]
+    if any(t is not None and t.dtype != x.dtype for t in tensors):
+        return None
+    return ints, doubles, tensors
 
 
 class NormGRUCell(nn.Module):
@@ -94,13 +136,39 @@ class NormGRU(nn.Module):
     the previous state, so the backward direction starts at each sequence's own last token.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bidirectional: bool = False):
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bidirectional: bool = False,
+                 bias_on_state: bool = False, native: bool = True):
         super().__init__()
-        self.forward_cell = NormGRUCell(input_size, hidden_size, norm)
-        self.backward_cell = NormGRUCell(input_size, hidden_size, norm) if bidirectional else None
+        self.forward_cell = NormGRUCell(input_size, hidden_size, norm, bias_on_state)
+        self.backward_cell = NormGRUCell(input_size, hidden_size, norm, bias_on_state) if bidirectional else None
+        self.native = native  # False: the Python loop over the cell (the reference)
+
+    def uses_native(self, x: torch.Tensor) -> bool:
+        """Whether a forward on x runs the native op."""
+        return self.native and self._plan(self.forward_cell, x) is not None
 
     @staticmethod
-    def _run(cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None, reverse: bool):
+    def _plan(cell: NormGRUCell, x: torch.Tensor):
+        gates, cand = cell.norm_h.norms
+        return native_plan([(gates, 2 * cell.hidden_size), (cand, cell.hidden_size)], x)
+
+    def _run(self, cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None,
+             reverse: bool):
+        plan = self._plan(cell, x) if self.native else None
+        if plan is None:
+            return self._run_python(cell, x, mask, h, reverse)
+        ints, doubles, gains = plan
+        x_gates, x_cand = (t.contiguous() for t in cell.project_inputs(x))
+        if h is None:
+            h = x.new_zeros(x.shape[1], cell.hidden_size)
+        bias = cell.bias if cell.bias_on_state else None
+        out = cpu.module().gru_sequence(x_gates, x_cand, h, cell.weight_hh, bias, mask, *gains,
+                                        [int(reverse), *ints], doubles)
+        return out, out[0] if reverse else out[-1]
+
+    @staticmethod
+    def _run_python(cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None,
+                    reverse: bool):
         x_gates, x_cand = (t.unbind(0) for t in cell.project_inputs(x))
         masks = mask.unsqueeze(-1).unbind(0) if mask is not None else None
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
@@ -211,14 +279,35 @@ class NormLSTM(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none",
-                 bidirectional: bool = False, learn_h0: bool = True):
+                 bidirectional: bool = False, learn_h0: bool = True, native: bool = True):
         super().__init__()
         directions = 2 if bidirectional else 1
         self.cells = nn.ModuleList(NormLSTMCell(input_size, hidden_size, norm) for _ in range(directions))
         self.h0 = nn.Parameter(torch.zeros(directions, hidden_size), requires_grad=learn_h0)
+        self.native = native  # False: the Python loop over the cell (the reference)
+
+    def uses_native(self, x: torch.Tensor) -> bool:
+        """Whether a forward on x runs the native op (never for per-step batch statistics)."""
+        return self.native and self._plan(self.cells[0], x) is not None
 
     @staticmethod
-    def _run(cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
+    def _plan(cell: NormLSTMCell, x: torch.Tensor):
+        if cell.per_step:
+            return None
+        return native_plan([(cell.norm_h, 4 * cell.hidden_size), (cell.norm_c, cell.hidden_size)], x)
+
+    def _run(self, cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
+        plan = self._plan(cell, x) if self.native else None
+        if plan is None:
+            return self._run_python(cell, x, mask, h0, reverse)
+        ints, doubles, gains = plan
+        proj = cell.project_inputs(x, mask).contiguous()
+        out = cpu.module().lstm_sequence(proj, h0.expand(x.shape[1], -1), cell.weight_hh, mask, *gains,
+                                         [int(reverse), *ints], doubles)
+        return out, out[0] if reverse else out[-1]
+
+    @staticmethod
+    def _run_python(cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
         proj = cell.project_inputs(x, mask).unbind(0)
         masks = mask.unbind(0) if mask is not None else [None] * x.shape[0]
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "rms_norm_cpu.cpp"
+# the row norms and the recurrent layers (recurrent_cpu.cpp) in one module
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rms_norm_cpu.cpp", "recurrent_cpu.cpp")]
 # -fopenmp, not just -fopenmp-simd: at::parallel_for is inlined from torch's headers as an OpenMP region,
 # so without it the kernel runs on one thread whatever torch.get_num_threads() says (same libgomp as torch)
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
@@ -32,7 +33,8 @@ def _cpu_flags() -> str:
 
 def build_dir() -> Path:
     """One cache per torch version and CPU feature set: the build uses -march=native."""
-    identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{_SOURCE.read_bytes()!r}"
+    sources = b"".join(path.read_bytes() for path in _SOURCES)
+    identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{sources!r}"
     key = hashlib.sha1(identity.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RMSNORM_KERNEL_CACHE", Path.home() / ".cache" / "rmsnorm-kernels"))
     return root / f"cpu-{platform.machine()}-{key}"
@@ -52,7 +54,7 @@ def load(verbose: bool = False):
                 directory.mkdir(parents=True, exist_ok=True)
                 _module = load_extension(
                     name="rmsnorm_cpu",
-                    sources=[str(_SOURCE)],
+                    sources=[str(path) for path in _SOURCES],
                     build_directory=str(directory),
                     extra_cflags=_CFLAGS,
                     extra_ldflags=_LDFLAGS,

@@ -367,10 +367,14 @@ torch::Tensor block_row_norm(const torch::Tensor& x, const std::vector<torch::Te
 
 }  // namespace
 
+int64_t rmsnorm_parallel_grain() { return min_elements_per_thread.load(std::memory_order_relaxed); }
+void bind_recurrent(pybind11::module_& m);  // recurrent_cpu.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_parallel_grain", [](int64_t n) { min_elements_per_thread.store(std::max<int64_t>(1, n)); },
         "elements per thread below which a call runs on one thread");
   m.def("parallel_grain", [] { return min_elements_per_thread.load(); });
   m.def("row_norm", &row_norm, "fused RMSNorm over the last dimension, with autograd (CPU)");
   m.def("block_row_norm", &block_row_norm, "fused RMS-family norms over consecutive column blocks of each row (CPU)");
+  bind_recurrent(m);
 }

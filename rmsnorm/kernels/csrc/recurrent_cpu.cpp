@@ -1,0 +1,606 @@
+// Normalised GRU and LSTM layers over whole sequences: the time loop, the cell and its norms in one op per
+// direction, forward and backward through time (CPU). The Python cells in rmsnorm/rnn.py are the reference.
+//
+// The input side (W x + b and its norms, for all steps at once) is computed by the caller; this op takes those
+// projections and runs the recurrence. Per step: one matmul of the previous state with the hidden weights (the
+// only call into ATen), then, per batch row, the hidden-side norms, the gates and the state update in one pass.
+// Backward: per step (latest first) the same pass in reverse and one matmul for the state's gradient; the
+// hidden weights' gradient is one matmul over all steps at the end.
+//
+// Norms (one per column block): kind 0 none (identity), 1 the RMS family
+//   y = x * r * w (+ b),  r = 1 / sqrt(inv_n * sum_{i<k} x_i^2 + eps)   (RMSNorm, pRMSNorm, L2-Norm)
+// 2 LayerNorm  y = (x - mean) * r * w + b,  r = 1 / sqrt(mean((x - mean)^2) + eps).
+// Gains and biases are optional; their gradients are summed per step over a fixed column split (the same bits
+// whatever the thread count).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+int64_t rmsnorm_parallel_grain();  // elements per thread before a loop goes parallel (rms_norm_cpu.cpp)
+
+namespace {
+
+enum Kind : int64_t { kNone = 0, kRms = 1, kLayer = 2 };
+
+template <typename T>
+struct Norm {
+  int64_t kind = kNone, d = 0, k = 0;
+  T inv_n = 0, eps = 0;
+  const T* w = nullptr;
+  const T* b = nullptr;
+};
+
+template <typename T>
+Norm<T> make_norm(int64_t kind, int64_t d, int64_t k, double inv_n, double eps, const c10::optional<torch::Tensor>& w,
+                  const c10::optional<torch::Tensor>& b) {
+  TORCH_CHECK(kind >= kNone && kind <= kLayer, "norm kind must be 0 (none), 1 (RMS family) or 2 (LayerNorm)");
+  TORCH_CHECK(kind != kRms || (k >= 1 && k <= d), "k must lie in [1, d]");
+  Norm<T> n;
+  n.kind = kind;
+  n.d = d;
+  n.k = k;
+  n.inv_n = T(inv_n);
+  n.eps = T(eps);
+  for (auto [t, p] : {std::make_pair(&w, &n.w), std::make_pair(&b, &n.b)}) {
+    if (t->has_value() && (*t)->defined()) {
+      TORCH_CHECK((*t)->is_contiguous() && (*t)->numel() == d, "a norm's gain and bias must be contiguous, of length d");
+      *p = (*t)->template data_ptr<T>();
+    }
+  }
+  return n;
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// y = N(x) over one row; stat[0] = mean (LayerNorm), stat[1] = r. y may not alias x.
+template <typename T>
+inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restrict__ y, T* stat) {
+  const int64_t d = n.d;
+  if (n.kind == kNone) {
+    std::copy(x, x + d, y);
+    return;
+  }
+  T mean = 0, acc = 0;
+  if (n.kind == kLayer) {
+#pragma omp simd reduction(+ : mean)
+    for (int64_t j = 0; j < d; ++j) mean += x[j];
+    mean /= T(d);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < d; ++j) acc += (x[j] - mean) * (x[j] - mean);
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n.k; ++j) acc += x[j] * x[j];
+  }
+  const T r = T(1) / std::sqrt(acc * n.inv_n + n.eps);
+  stat[0] = mean;
+  stat[1] = r;
+  const T* w = n.w;
+  const T* b = n.b;
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) {
+    T v = (x[j] - mean) * r;
+    if (w) v *= w[j];
+    if (b) v += b[j];
+    y[j] = v;
+  }
+}
+
+// dx = dN/dx^T dy over one row (gains' gradients are summed separately: gain_grads)
+template <typename T>
+inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* __restrict__ x, const T* stat,
+                          T* __restrict__ dx) {
+  const int64_t d = n.d;
+  if (n.kind == kNone) {
+    std::copy(dy, dy + d, dx);
+    return;
+  }
+  const T mean = stat[0], r = stat[1];
+  const T* w = n.w;
+  if (n.kind == kRms) {
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < d; ++j) dot += (w ? dy[j] * w[j] : dy[j]) * x[j];
+    const T c = n.inv_n * r * r * r * dot;
+#pragma omp simd
+    for (int64_t j = 0; j < n.k; ++j) dx[j] = r * (w ? dy[j] * w[j] : dy[j]) - c * x[j];
+#pragma omp simd
+    for (int64_t j = n.k; j < d; ++j) dx[j] = r * (w ? dy[j] * w[j] : dy[j]);
+    return;
+  }
+  T m1 = 0, m2 = 0;
+#pragma omp simd reduction(+ : m1, m2)
+  for (int64_t j = 0; j < d; ++j) {
+    const T g = w ? dy[j] * w[j] : dy[j];
+    m1 += g;
+    m2 += g * (x[j] - mean) * r;
+  }
+  m1 /= T(d);
+  m2 /= T(d);
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) {
+    const T g = w ? dy[j] * w[j] : dy[j];
+    dx[j] = r * (g - m1 - (x[j] - mean) * r * m2);
+  }
+}
+
+// dw_j += sum_rows dy_j xhat_j, db_j += sum_rows dy_j over `rows` rows of one block (columns split over threads)
+template <typename T>
+void gain_grads(const Norm<T>& n, const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* stats,
+                int64_t stat_stride, int64_t rows, T* dw, T* db) {
+  if (n.kind == kNone || (!dw && !db)) return;
+  const int64_t grain = std::max<int64_t>(16, rmsnorm_parallel_grain() / std::max<int64_t>(rows, 1));
+  at::parallel_for(0, n.d, grain, [&](int64_t j0, int64_t j1) {
+    for (int64_t row = 0; row < rows; ++row) {
+      const T* dyr = dy + row * dy_stride;
+      const T* xr = x + row * x_stride;
+      const T mean = stats[row * stat_stride], r = stats[row * stat_stride + 1];
+      if (dw) {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) dw[j] += dyr[j] * (xr[j] - mean) * r;
+      }
+      if (db) {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) db[j] += dyr[j];
+      }
+    }
+  });
+}
+
+inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, rmsnorm_parallel_grain() / std::max<int64_t>(width, 1)); }
+
+torch::Tensor opt_or_undefined(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+template <typename T>
+T* ptr_or_null(const torch::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The state each step starts from: h0 for the first step processed, else the previous step's output.
+inline int64_t previous_step(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
+
+// dW = sum_t dA_t^T h_{prev(t)} as two matmuls: the first step processed (its state is h0), then all the others
+torch::Tensor hidden_weight_grad(const torch::Tensor& dA, const torch::Tensor& out, const torch::Tensor& h0, bool reverse) {
+  const int64_t steps = dA.size(0), width = dA.size(2), hidden = out.size(2);
+  const int64_t first = reverse ? steps - 1 : 0;
+  auto dw = torch::mm(dA[first].t(), h0);
+  if (steps > 1) {
+    auto dA_rest = reverse ? dA.narrow(0, 0, steps - 1) : dA.narrow(0, 1, steps - 1);
+    auto h_rest = reverse ? out.narrow(0, 1, steps - 1) : out.narrow(0, 0, steps - 1);
+    dw.addmm_(dA_rest.reshape({-1, width}).t(), h_rest.reshape({-1, hidden}));
+  }
+  return dw;
+}
+
+// whether any of the norms' gains and biases asks for a gradient (needs_input_grad counts only the optional
+// tensors given, so it is decided in the forward)
+bool any_requires_grad(std::initializer_list<const c10::optional<torch::Tensor>*> tensors) {
+  for (auto t : tensors) {
+    if (t->has_value() && (*t)->defined() && (*t)->requires_grad()) return true;
+  }
+  return false;
+}
+
+torch::Tensor grad_or_zeros(const torch::Tensor& g, const torch::Tensor& like) {
+  return g.defined() ? g.contiguous() : torch::zeros_like(like);
+}
+
+// ---- GRU ------------------------------------------------------------------------------------------------------
+//   a = h U^T (+ b_h);  r, u = sigmoid(x_g + N_g(a[:2H]));  c = tanh(r * N_c(a[2H:]) + x_c);  h' = u h + (1-u) c
+//   with a mask m per row: h <- h + m (h' - h)
+
+struct GruTensors {
+  torch::Tensor xg, xc, h0, w_hh, bias_h, mask, out, a, stats, gates, cand;
+};
+
+template <typename T>
+void gru_forward(GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool reverse) {
+  const int64_t steps = s.xg.size(0), B = s.xg.size(1), H = s.h0.size(1);
+  const T* mask = ptr_or_null<T>(s.mask);
+  auto w_t = s.w_hh.t();
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t t = reverse ? steps - 1 - i : i;
+    auto hp_t = i == 0 ? s.h0 : s.out[previous_step(t, reverse)];
+    auto a_t = s.a[t];
+    if (s.bias_h.defined()) {
+      at::addmm_out(a_t, s.bias_h, hp_t, w_t);
+    } else {
+      at::mm_out(a_t, hp_t, w_t);
+    }
+    const T* hp = hp_t.data_ptr<T>();
+    const T* a = a_t.data_ptr<T>();
+    const T* xg = s.xg.data_ptr<T>() + t * B * 2 * H;
+    const T* xc = s.xc.data_ptr<T>() + t * B * H;
+    T* st = s.stats.data_ptr<T>() + t * B * 4;
+    T* gates = s.gates.data_ptr<T>() + t * B * 2 * H;
+    T* cand = s.cand.data_ptr<T>() + t * B * H;
+    T* out = s.out.data_ptr<T>() + t * B * H;
+    const T* m = mask ? mask + t * B : nullptr;
+    at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
+      std::vector<T> n(3 * H);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* ar = a + b * 3 * H;
+        norm_forward(ng, ar, n.data(), st + b * 4);
+        norm_forward(nc, ar + 2 * H, n.data() + 2 * H, st + b * 4 + 2);
+        T* gr = gates + b * 2 * H;
+        const T* xgr = xg + b * 2 * H;
+        for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(xgr[j] + n[j]);
+        const T* xcr = xc + b * H;
+        const T* hpr = hp + b * H;
+        T* cr = cand + b * H;
+        T* outr = out + b * H;
+        const T mb = m ? m[b] : T(1);
+        for (int64_t j = 0; j < H; ++j) {
+          const T r = gr[j], u = gr[H + j];
+          const T c = std::tanh(r * n[2 * H + j] + xcr[j]);
+          cr[j] = c;
+          const T hn = u * hpr[j] + (T(1) - u) * c;
+          outr[j] = hpr[j] + mb * (hn - hpr[j]);
+        }
+      }
+    });
+  }
+}
+
+template <typename T>
+std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool reverse,
+                                        const torch::Tensor& grad_out, bool want_gains) {
+  const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
+  const auto opts = s.out.options();
+  auto dxg = torch::empty({steps, B, 2 * H}, opts), dxc = torch::empty({steps, B, H}, opts);
+  auto dA = torch::empty({steps, B, 3 * H}, opts), dN = torch::empty({B, 3 * H}, opts);
+  auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
+  auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
+    const bool present = gain ? n.w != nullptr : n.b != nullptr;
+    return want_gains && present ? torch::zeros({n.d}, opts) : torch::Tensor();
+  };
+  auto dwg = zeros_or_none(ng, true), dbg = zeros_or_none(ng, false);
+  auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
+  const T* mask = ptr_or_null<T>(s.mask);
+  const T* go_all = grad_out.data_ptr<T>();
+  for (int64_t i = steps - 1; i >= 0; --i) {
+    const int64_t t = reverse ? steps - 1 - i : i;
+    const T* hp = (i == 0 ? s.h0 : s.out[previous_step(t, reverse)]).data_ptr<T>();
+    const T* a = s.a.data_ptr<T>() + t * B * 3 * H;
+    const T* st = s.stats.data_ptr<T>() + t * B * 4;
+    const T* gates = s.gates.data_ptr<T>() + t * B * 2 * H;
+    const T* cand = s.cand.data_ptr<T>() + t * B * H;
+    const T* go = go_all + t * B * H;
+    const T* m = mask ? mask + t * B : nullptr;
+    T* dxg_t = dxg.data_ptr<T>() + t * B * 2 * H;
+    T* dxc_t = dxc.data_ptr<T>() + t * B * H;
+    T* dA_t = dA.data_ptr<T>() + t * B * 3 * H;
+    T* dn = dN.data_ptr<T>();
+    const T* dh_in = dh.data_ptr<T>();
+    T* dhp_out = dhp.data_ptr<T>();
+    at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
+      std::vector<T> ncand(H), stat(2);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* ar = a + b * 3 * H;
+        norm_forward(nc, ar + 2 * H, ncand.data(), stat.data());  // N_c(a_c) again: cheaper than storing it
+        const T* gr = gates + b * 2 * H;
+        const T* cr = cand + b * H;
+        const T* hpr = hp + b * H;
+        const T mb = m ? m[b] : T(1);
+        T* dnr = dn + b * 3 * H;
+        T* dxgr = dxg_t + b * 2 * H;
+        T* dxcr = dxc_t + b * H;
+        T* dhpr = dhp_out + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T dht = go[b * H + j] + dh_in[b * H + j];
+          const T dhn = mb * dht;
+          const T r = gr[j], u = gr[H + j], c = cr[j];
+          const T dpc = dhn * (T(1) - u) * (T(1) - c * c);
+          const T dpu = dhn * (hpr[j] - c) * u * (T(1) - u);
+          const T dpr = dpc * ncand[j] * r * (T(1) - r);
+          dxcr[j] = dpc;
+          dxgr[j] = dpr;
+          dxgr[H + j] = dpu;
+          dnr[j] = dpr;
+          dnr[H + j] = dpu;
+          dnr[2 * H + j] = dpc * r;
+          dhpr[j] = dht - dhn + dhn * u;
+        }
+        norm_backward(ng, dnr, ar, st + b * 4, dA_t + b * 3 * H);
+        norm_backward(nc, dnr + 2 * H, ar + 2 * H, st + b * 4 + 2, dA_t + b * 3 * H + 2 * H);
+      }
+    });
+    if (want_gains) {
+      gain_grads(ng, dn, 3 * H, a, 3 * H, st, 4, B, ptr_or_null<T>(dwg), ptr_or_null<T>(dbg));
+      gain_grads(nc, dn + 2 * H, 3 * H, a + 2 * H, 3 * H, st + 2, 4, B, ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
+    }
+    at::addmm_out(dh, dhp, dA[t], s.w_hh);  // dh_prev = (direct part) + dA_t U
+  }
+  auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
+  auto dbias = s.bias_h.defined() ? dA.sum({0, 1}) : torch::Tensor();
+  return {dxg, dxc, dh, dw, dbias, dwg, dbg, dwc, dbc};
+}
+
+// ---- LSTM -----------------------------------------------------------------------------------------------------
+//   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + x_p);  c' = f c + i g;  h' = o tanh(N_c(c'))
+//   with a mask m per row: h <- h + m (h' - h), c <- c + m (c' - c); c starts at 0
+
+struct LstmTensors {
+  torch::Tensor xp, h0, w_hh, mask, out, cell, a, stats, act, cnew;
+};
+
+template <typename T>
+void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse) {
+  const int64_t steps = s.xp.size(0), B = s.xp.size(1), H = s.h0.size(1);
+  const T* mask = ptr_or_null<T>(s.mask);
+  auto w_t = s.w_hh.t();
+  std::vector<T> zeros(B * H, T(0));
+  for (int64_t i = 0; i < steps; ++i) {
+    const int64_t t = reverse ? steps - 1 - i : i;
+    auto hp_t = i == 0 ? s.h0 : s.out[previous_step(t, reverse)];
+    auto a_t = s.a[t];
+    at::mm_out(a_t, hp_t, w_t);
+    const T* hp = hp_t.data_ptr<T>();
+    const T* cp = i == 0 ? zeros.data() : s.cell.data_ptr<T>() + previous_step(t, reverse) * B * H;
+    const T* a = a_t.data_ptr<T>();
+    const T* xp = s.xp.data_ptr<T>() + t * B * 4 * H;
+    T* st = s.stats.data_ptr<T>() + t * B * 4;
+    T* act = s.act.data_ptr<T>() + t * B * 4 * H;
+    T* cnew = s.cnew.data_ptr<T>() + t * B * H;
+    T* out = s.out.data_ptr<T>() + t * B * H;
+    T* cell = s.cell.data_ptr<T>() + t * B * H;
+    const T* m = mask ? mask + t * B : nullptr;
+    at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
+      std::vector<T> n(4 * H);
+      for (int64_t b = b0; b < b1; ++b) {
+        norm_forward(nh, a + b * 4 * H, n.data(), st + b * 4);
+        const T* xr = xp + b * 4 * H;
+        T* ar = act + b * 4 * H;
+        for (int64_t j = 0; j < 3 * H; ++j) ar[j] = sigmoid(n[j] + xr[j]);
+        for (int64_t j = 3 * H; j < 4 * H; ++j) ar[j] = std::tanh(n[j] + xr[j]);
+        const T* cpr = cp + b * H;
+        T* cnr = cnew + b * H;
+        for (int64_t j = 0; j < H; ++j) cnr[j] = ar[H + j] * cpr[j] + ar[j] * ar[3 * H + j];
+        norm_forward(nc, cnr, n.data(), st + b * 4 + 2);
+        const T mb = m ? m[b] : T(1);
+        const T* hpr = hp + b * H;
+        T* outr = out + b * H;
+        T* cellr = cell + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T hn = ar[2 * H + j] * std::tanh(n[j]);
+          outr[j] = hpr[j] + mb * (hn - hpr[j]);
+          cellr[j] = cpr[j] + mb * (cnr[j] - cpr[j]);
+        }
+      }
+    });
+  }
+}
+
+template <typename T>
+std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse,
+                                         const torch::Tensor& grad_out, bool want_gains) {
+  const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
+  const auto opts = s.out.options();
+  auto dxp = torch::empty({steps, B, 4 * H}, opts), dA = torch::empty({steps, B, 4 * H}, opts);
+  auto dNc = torch::empty({B, H}, opts);
+  auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
+  auto dc = torch::zeros({B, H}, opts), dc_next = torch::empty({B, H}, opts);
+  auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
+    const bool present = gain ? n.w != nullptr : n.b != nullptr;
+    return want_gains && present ? torch::zeros({n.d}, opts) : torch::Tensor();
+  };
+  auto dwh = zeros_or_none(nh, true), dbh = zeros_or_none(nh, false);
+  auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
+  const T* mask = ptr_or_null<T>(s.mask);
+  const T* go_all = grad_out.data_ptr<T>();
+  std::vector<T> zeros(B * H, T(0));
+  for (int64_t i = steps - 1; i >= 0; --i) {
+    const int64_t t = reverse ? steps - 1 - i : i;
+    const T* cp = i == 0 ? zeros.data() : s.cell.data_ptr<T>() + previous_step(t, reverse) * B * H;
+    const T* a = s.a.data_ptr<T>() + t * B * 4 * H;
+    const T* st = s.stats.data_ptr<T>() + t * B * 4;
+    const T* act = s.act.data_ptr<T>() + t * B * 4 * H;
+    const T* cnew = s.cnew.data_ptr<T>() + t * B * H;
+    const T* go = go_all + t * B * H;
+    const T* m = mask ? mask + t * B : nullptr;
+    T* dxp_t = dxp.data_ptr<T>() + t * B * 4 * H;
+    T* dA_t = dA.data_ptr<T>() + t * B * 4 * H;
+    T* dnc_all = dNc.data_ptr<T>();
+    const T* dh_in = dh.data_ptr<T>();
+    const T* dc_in = dc.data_ptr<T>();
+    T* dhp_out = dhp.data_ptr<T>();
+    T* dc_out = dc_next.data_ptr<T>();
+    at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
+      std::vector<T> n(H), dcn(H), stat(2);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* cnr = cnew + b * H;
+        norm_forward(nc, cnr, n.data(), stat.data());  // N_c(c') again
+        const T* ar = act + b * 4 * H;
+        const T mb = m ? m[b] : T(1);
+        T* dncr = dnc_all + b * H;
+        T* dxr = dxp_t + b * 4 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T dhn = mb * (go[b * H + j] + dh_in[b * H + j]);
+          const T th = std::tanh(n[j]), o = ar[2 * H + j];
+          dxr[2 * H + j] = dhn * th * o * (T(1) - o);
+          dncr[j] = dhn * o * (T(1) - th * th);
+        }
+        norm_backward(nc, dncr, cnr, st + b * 4 + 2, dcn.data());
+        const T* cpr = cp + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T dht = go[b * H + j] + dh_in[b * H + j];
+          const T dct = dc_in[b * H + j];
+          const T dcnew = mb * dct + dcn[j];
+          const T ig = ar[j], fg = ar[H + j], gg = ar[3 * H + j];
+          dxr[j] = dcnew * gg * ig * (T(1) - ig);
+          dxr[H + j] = dcnew * cpr[j] * fg * (T(1) - fg);
+          dxr[3 * H + j] = dcnew * ig * (T(1) - gg * gg);
+          dc_out[b * H + j] = dct - mb * dct + dcnew * fg;
+          dhp_out[b * H + j] = dht - mb * dht;
+        }
+        norm_backward(nh, dxr, a + b * 4 * H, st + b * 4, dA_t + b * 4 * H);
+      }
+    });
+    if (want_gains) {
+      gain_grads(nh, dxp_t, 4 * H, a, 4 * H, st, 4, B, ptr_or_null<T>(dwh), ptr_or_null<T>(dbh));
+      gain_grads(nc, dnc_all, H, cnew, H, st + 2, 4, B, ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
+    }
+    at::addmm_out(dh, dhp, dA[t], s.w_hh);
+    std::swap(dc, dc_next);
+  }
+  auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
+  return {dxp, dh, dw, dwh, dbh, dwc, dbc};
+}
+
+// ---- autograd -------------------------------------------------------------------------------------------------
+// norms: {kind, k} per norm as ints after `reverse`; {inv_n, eps} per norm as doubles
+
+void check_sequence(const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), name, " must be a contiguous (T, B, width) CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name, " must be float32 or float64");
+}
+
+torch::Tensor checked_mask(const c10::optional<torch::Tensor>& mask, const torch::Tensor& x) {
+  if (!mask.has_value() || !mask->defined()) return torch::Tensor();
+  TORCH_CHECK(mask->dim() == 2 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1),
+              "the mask must be (T, B)");
+  return mask->to(x.scalar_type()).contiguous();
+}
+
+class GruFunction : public torch::autograd::Function<GruFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xg, const torch::Tensor& xc,
+                               const torch::Tensor& h0, const torch::Tensor& w_hh,
+                               const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
+                               const c10::optional<torch::Tensor>& wg, const c10::optional<torch::Tensor>& bg,
+                               const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
+                               const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+    check_sequence(xg, "x_gates");
+    check_sequence(xc, "x_cand");
+    const int64_t steps = xg.size(0), B = xg.size(1), H = xc.size(2);
+    TORCH_CHECK(xg.size(2) == 2 * H && xc.size(0) == steps && xc.size(1) == B, "x_gates must be (T, B, 2H), x_cand (T, B, H)");
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 3 * H && w_hh.size(1) == H,
+                "h0 must be (B, H) and the hidden weights (3H, H)");
+    TORCH_CHECK(ints.size() == 5 && doubles.size() == 4, "gru_sequence: ints {reverse, kind_g, k_g, kind_c, k_c}, "
+                "doubles {inv_n_g, eps_g, inv_n_c, eps_c}");
+    const auto opts = xg.options();
+    torch::Tensor out = torch::empty({steps, B, H}, opts), a = torch::empty({steps, B, 3 * H}, opts);
+    torch::Tensor stats = torch::empty({steps, B, 4}, opts), gates = torch::empty({steps, B, 2 * H}, opts);
+    torch::Tensor cand = torch::empty({steps, B, H}, opts);
+    auto h0c = h0.contiguous(), w = w_hh.contiguous();
+    auto bias = bias_h.has_value() && bias_h->defined() ? bias_h->contiguous() : torch::Tensor();
+    auto m = checked_mask(mask, xg);
+    AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_sequence_forward", [&] {
+      GruTensors s{xg, xc, h0c, w, bias, m, out, a, stats, gates, cand};
+      auto ng = make_norm<scalar_t>(ints[1], 2 * H, ints[2], doubles[0], doubles[1], wg, bg);
+      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], wc, bc);
+      gru_forward<scalar_t>(s, ng, nc, ints[0] != 0);
+    });
+    ctx->save_for_backward({h0c, w, bias, m, opt_or_undefined(wg), opt_or_undefined(bg), opt_or_undefined(wc),
+                            opt_or_undefined(bc), out, a, stats, gates, cand});
+    ctx->saved_data["ints"] = ints;
+    ctx->saved_data["doubles"] = doubles;
+    ctx->saved_data["want_gains"] = any_requires_grad({&wg, &bg, &wc, &bc});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto v = ctx->get_saved_variables();
+    const auto ints = ctx->saved_data["ints"].toIntVector();
+    const auto doubles = ctx->saved_data["doubles"].toDoubleVector();
+    const auto& out = v[8];
+    const int64_t H = out.size(2);
+    auto go = grad_or_zeros(grads[0], out);
+    std::vector<torch::Tensor> r;
+    const bool want_gains = ctx->saved_data["want_gains"].toBool();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_sequence_backward", [&] {
+      GruTensors s{torch::Tensor(), torch::Tensor(), v[0], v[1], v[2], v[3], v[8], v[9], v[10], v[11], v[12]};
+      auto ng = make_norm<scalar_t>(ints[1], 2 * H, ints[2], doubles[0], doubles[1], v[4], v[5]);
+      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], v[6], v[7]);
+      r = gru_backward<scalar_t>(s, ng, nc, ints[0] != 0, go, want_gains);
+    });
+    // inputs: xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles
+    return {r[0], r[1], r[2], r[3], r[4], torch::Tensor(), r[5], r[6], r[7], r[8], torch::Tensor(), torch::Tensor()};
+  }
+};
+
+class LstmFunction : public torch::autograd::Function<LstmFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xp, const torch::Tensor& h0,
+                               const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& mask,
+                               const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
+                               const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
+                               const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+    check_sequence(xp, "x_proj");
+    const int64_t steps = xp.size(0), B = xp.size(1), H = xp.size(2) / 4;
+    TORCH_CHECK(xp.size(2) == 4 * H && h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 4 * H &&
+                    w_hh.size(1) == H,
+                "x_proj must be (T, B, 4H), h0 (B, H) and the hidden weights (4H, H)");
+    TORCH_CHECK(ints.size() == 5 && doubles.size() == 4, "lstm_sequence: ints {reverse, kind_h, k_h, kind_c, k_c}, "
+                "doubles {inv_n_h, eps_h, inv_n_c, eps_c}");
+    const auto opts = xp.options();
+    torch::Tensor out = torch::empty({steps, B, H}, opts), cell = torch::empty({steps, B, H}, opts);
+    torch::Tensor a = torch::empty({steps, B, 4 * H}, opts), stats = torch::empty({steps, B, 4}, opts);
+    torch::Tensor act = torch::empty({steps, B, 4 * H}, opts), cnew = torch::empty({steps, B, H}, opts);
+    auto h0c = h0.contiguous(), w = w_hh.contiguous();
+    auto m = checked_mask(mask, xp);
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_sequence_forward", [&] {
+      LstmTensors s{xp, h0c, w, m, out, cell, a, stats, act, cnew};
+      auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], wh, bh);
+      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], wc, bc);
+      lstm_forward<scalar_t>(s, nh, nc, ints[0] != 0);
+    });
+    ctx->save_for_backward({h0c, w, m, opt_or_undefined(wh), opt_or_undefined(bh), opt_or_undefined(wc),
+                            opt_or_undefined(bc), out, cell, a, stats, act, cnew});
+    ctx->saved_data["ints"] = ints;
+    ctx->saved_data["doubles"] = doubles;
+    ctx->saved_data["want_gains"] = any_requires_grad({&wh, &bh, &wc, &bc});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto v = ctx->get_saved_variables();
+    const auto ints = ctx->saved_data["ints"].toIntVector();
+    const auto doubles = ctx->saved_data["doubles"].toDoubleVector();
+    const auto& out = v[7];
+    const int64_t H = out.size(2);
+    auto go = grad_or_zeros(grads[0], out);
+    std::vector<torch::Tensor> r;
+    const bool want_gains = ctx->saved_data["want_gains"].toBool();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_sequence_backward", [&] {
+      LstmTensors s{torch::Tensor(), v[0], v[1], v[2], v[7], v[8], v[9], v[10], v[11], v[12]};
+      auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], v[3], v[4]);
+      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], v[5], v[6]);
+      r = lstm_backward<scalar_t>(s, nh, nc, ints[0] != 0, go, want_gains);
+    });
+    // inputs: xp, h0, w_hh, mask, wh, bh, wc, bc, ints, doubles
+    return {r[0], r[1], r[2], torch::Tensor(), r[3], r[4], r[5], r[6], torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+void bind_recurrent(pybind11::module_& m) {
+  m.def("gru_sequence",
+        [](const torch::Tensor& xg, const torch::Tensor& xc, const torch::Tensor& h0, const torch::Tensor& w_hh,
+           const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
+           const c10::optional<torch::Tensor>& wg, const c10::optional<torch::Tensor>& bg,
+           const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
+           const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+          return GruFunction::apply(xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles);
+        },
+        "a normalised GRU over a whole (T, B, .) sequence in one direction, with autograd (CPU)");
+  m.def("lstm_sequence",
+        [](const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
+           const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wh,
+           const c10::optional<torch::Tensor>& bh, const c10::optional<torch::Tensor>& wc,
+           const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+          return LstmFunction::apply(xp, h0, w_hh, mask, wh, bh, wc, bc, ints, doubles);
+        },
+        "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, with autograd (CPU)");
+}
