@@ -1,0 +1,141 @@
+"""The native recurrent op (csrc/recurrent_cpu.cpp) against the Python loop over the cells, its reference:
+outputs, last states and every gradient, for every norm a cell holds, with and without padding masks, in
+both directions, with Nematus' state-side bias, at odd widths; float64 gradcheck of the op itself; and the
+cases that must keep the Python loop."""
+
+import pytest
+import torch
+
+from rmsnorm import NormGRU, NormLSTM, NormSpec
+from rmsnorm.kernels import cpu, dispatch
+
+pytestmark = pytest.mark.skipif(cpu.module() is None, reason="the fused CPU kernel did not build")
+
+NORMS = ["none", "layernorm", "rmsnorm", "prmsnorm", "l2norm"]
+D = torch.float64
+
+
+def _layer(kind, norm, bidirectional, dtype=D, hidden=6, **kw):
+    torch.manual_seed(0)
+    cls = NormGRU if kind == "GRU" else NormLSTM
+    layer = cls(5, hidden, NormSpec(norm, p=0.5), bidirectional=bidirectional, **kw).to(dtype)
+    with torch.no_grad():  # move every gain, bias and h0 off its initial value so that each gradient matters
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def _mask(dtype=D):
+    mask = torch.ones(7, 3, dtype=dtype)
+    mask[4:, 1] = 0  # three lengths in one batch
+    mask[2:, 2] = 0
+    return mask
+
+
+def _run(layer, x, mask, native):
+    layer.native = native
+    out, last = layer(x, mask)
+    # a weighted sum: every output position contributes a different gradient
+    loss = (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum() + last.square().sum()
+    params = [x] + [p for p in layer.parameters() if p.requires_grad]
+    return out, last, torch.autograd.grad(loss, params)
+
+
+def _assert_same(layer, x, mask, **tol):
+    assert layer.uses_native(x)
+    native, python = _run(layer, x, mask, True), _run(layer, x, mask, False)
+    torch.testing.assert_close(native[0], python[0], **tol)
+    torch.testing.assert_close(native[1], python[1], **tol)
+    names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
+    for name, a, b in zip(names, native[2], python[2], strict=True):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_native_layer_equals_the_python_loop(kind, norm, bidirectional, masked):
+    layer = _layer(kind, norm, bidirectional)
+    x = torch.randn(7, 3, 5, dtype=D, requires_grad=True)
+    _assert_same(layer, x, _mask() if masked else None)
+
+
+@pytest.mark.parametrize("norm", ["none", "layernorm", "rmsnorm"])
+def test_native_gru_with_the_bias_on_the_state_side(norm):
+    layer = _layer("GRU", norm, True, bias_on_state=True)
+    _assert_same(layer, torch.randn(7, 3, 5, dtype=D, requires_grad=True), _mask())
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_native_layer_at_odd_widths_and_in_float32(kind):
+    """Widths that are no multiple of the 8-lane vector loops, in float32 (the vectorised exp)."""
+    layer = _layer(kind, "prmsnorm", True, dtype=torch.float32, hidden=13)
+    x = torch.randn(7, 3, 5, requires_grad=True)
+    _assert_same(layer, x, _mask(torch.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_native_gru_takes_an_initial_state():
+    layer = _layer("GRU", "rmsnorm", False)
+    x = torch.randn(4, 3, 5, dtype=D)
+    h0 = torch.randn(3, 6, dtype=D, requires_grad=True)
+    grads = []
+    for native in (True, False):
+        layer.native = native
+        out, _ = layer(x, None, h0)
+        grads.append((out, torch.autograd.grad(out.sin().sum(), h0)[0]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "prmsnorm"])
+def test_gru_op_gradcheck_float64(norm):
+    """The op alone: every input, gain and bias against finite differences."""
+    torch.manual_seed(0)
+    T, B, H = 3, 2, 4
+    g = dict(dtype=D, requires_grad=True)
+    xg, xc, h0 = torch.randn(T, B, 2 * H, **g), torch.randn(T, B, H, **g), torch.randn(B, H, **g)
+    w, bias = torch.randn(3 * H, H, **g), torch.randn(3 * H, **g)
+    gains = [torch.randn(2 * H, **g), torch.randn(2 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
+    kind, k_g, k_c = (2, 2 * H, H) if norm == "layernorm" else (1, 2 * H if norm == "rmsnorm" else 3,
+                                                                 H if norm == "rmsnorm" else 2)
+    if norm != "layernorm":
+        gains[1] = gains[3] = None
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]], dtype=D)
+
+    def op(xg, xc, h0, w, bias, *gains):
+        return cpu.module().gru_sequence(xg, xc, h0, w, bias, mask, *gains, [1, kind, k_g, kind, k_c],
+                                         [1.0 / k_g, 1e-6, 1.0 / k_c, 1e-6])
+
+    inputs = (xg, xc, h0, w, bias, *gains)
+    assert torch.autograd.gradcheck(op, inputs)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_lstm_op_gradcheck_float64(norm):
+    torch.manual_seed(0)
+    T, B, H = 3, 2, 4
+    g = dict(dtype=D, requires_grad=True)
+    xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
+    gains = [torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
+    kind = 2 if norm == "layernorm" else 1
+    if norm != "layernorm":
+        gains[1] = gains[3] = None
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=D)
+
+    def op(xp, h0, w, *gains):
+        return cpu.module().lstm_sequence(xp, h0, w, mask, *gains, [0, kind, 4 * H, kind, H],
+                                          [1.0 / (4 * H), 1e-6, 1.0 / H, 1e-6])
+
+    assert torch.autograd.gradcheck(op, (xp, h0, w, *gains))
+
+
+def test_cases_the_native_op_leaves_to_the_python_loop():
+    x = torch.randn(4, 2, 5)
+    assert NormGRU(5, 6, "rmsnorm").uses_native(x)
+    assert not NormGRU(5, 6, "rmsnorm", native=False).uses_native(x)  # the reference, selected
+    assert not NormLSTM(5, 6, "batchnorm").uses_native(x)  # per-step statistics stay in Python
+    assert not NormGRU(5, 6, NormSpec("rmsnorm", impl="composite")).uses_native(x)  # another implementation
+    assert not NormGRU(5, 6, "rmsnorm").half().uses_native(x.half())  # a dtype the op does not take
+    with dispatch.reference_only():
+        assert not NormLSTM(5, 6, "rmsnorm").uses_native(x)  # every kernel switched off
