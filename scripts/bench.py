@@ -41,7 +41,7 @@ import rmsnorm
 from experiments.core.machine import machine_name
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
-from experiments.core.training.interleaved import speedup, speedup_interval, time_interleaved
+from experiments.core.training.interleaved import RATIO_RULE, speedup, speedup_interval, time_interleaved
 from experiments.core.training.timing import synchronize
 from rmsnorm import composite
 from rmsnorm.kernels import dispatch
@@ -250,65 +250,118 @@ def run(cases, device: torch.device, dtype: torch.dtype, rounds: int, seconds_pe
     return results, rooflines
 
 
-# (layer kind, hidden, batch, steps, norms): the translation decoder's GRU, the retrieval task's sentence
-# encoder (12-word captions) and the reading task's LSTM
+# (layer kind, hidden, batch, steps, layers): the issue's three task shapes first (the translation decoder's
+# GRU, the retrieval task's sentence encoder over 12-word captions, the reading task's LSTM), then a small GRU.
+# "torch" is torch.nn.GRU/LSTM; a norm name is our layer on the native op; "<norm> (Python loop)" the same layer
+# on the Python loop over its cell (the reference the op is tested against, and what ran before it).
+_RNN_LAYERS = ["torch", "none", "layernorm", "rmsnorm", "prmsnorm", "rmsnorm (Python loop)"]
 RNN_SETTINGS = [
-    ("GRU", 1024, 80, 50, ["torch", "none"]),
-    ("GRU", 256, 80, 50, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
-    ("GRU", 1024, 128, 12, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
-    ("LSTM", 240, 64, 50, ["torch", "none", "layernorm", "rmsnorm", "prmsnorm"]),
+    ("GRU", 1024, 80, 50, _RNN_LAYERS),
+    ("GRU", 1024, 128, 12, _RNN_LAYERS),
+    ("LSTM", 240, 64, 50, _RNN_LAYERS),
+    ("GRU", 256, 80, 50, _RNN_LAYERS),
 ]
-QUICK_RNN = [("GRU", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm"]),
+QUICK_RNN = [("GRU", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm", "rmsnorm (Python loop)"]),
              ("LSTM", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm"])]
+# recurrent layers time whole sequences (0.05-1.5 s a call): at least this many rounds, so that the intervals
+# of ratios and of added times hold
+RNN_MIN_ROUNDS = 15
+PYTHON_LOOP = " (Python loop)"
 
 
-def _layer(kind: str, hidden: int, norm: str) -> torch.nn.Module:
-    if norm == "torch":
+def _layer(kind: str, hidden: int, name: str) -> torch.nn.Module:
+    if name == "torch":
         return (torch.nn.GRU if kind == "GRU" else torch.nn.LSTM)(hidden, hidden)
-    spec = rmsnorm.NormSpec(norm, p=P)
-    return rmsnorm.NormGRU(hidden, hidden, spec) if kind == "GRU" else rmsnorm.NormLSTM(hidden, hidden, spec)
+    norm = name.removesuffix(PYTHON_LOOP)
+    spec, native = rmsnorm.NormSpec(norm, p=P), not name.endswith(PYTHON_LOOP)
+    cls = rmsnorm.NormGRU if kind == "GRU" else rmsnorm.NormLSTM
+    return cls(hidden, hidden, spec, native=native)
 
 
 def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) -> list[dict]:
-    """Forward+backward of a recurrent layer over its steps, the layers of one setting interleaved."""
+    """Forward+backward of a recurrent layer over its steps, the layers of one setting interleaved; every
+    round's seconds kept (the intervals are computed from them)."""
     rows = []
-    for kind, hidden, batch, steps, norms in QUICK_RNN if quick else RNN_SETTINGS:
+    for kind, hidden, batch, steps, names in QUICK_RNN if quick else RNN_SETTINGS:
         x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
         layers = {}
-        for norm in norms:
+        for name in names:
             torch.manual_seed(0)
-            layers[norm] = _layer(kind, hidden, norm).to(device, dtype)
-        times = time_interleaved({norm: (lambda layer=layer, x=x: layer(x)[0].sum().backward())
-                                  for norm, layer in layers.items()}, device, rounds=rounds, steps_per_round=1,
-                                 warmup_steps=1)
-        for norm in norms:
-            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": norm,
-                         "seconds": times.median(norm)})
-        print(f"  {kind} hidden {hidden} done", flush=True)
+            layers[name] = _layer(kind, hidden, name).to(device, dtype)
+        times = time_interleaved({name: (lambda layer=layer, x=x: layer(x)[0].sum().backward())
+                                  for name, layer in layers.items()}, device,
+                                 rounds=rounds if quick else max(rounds, RNN_MIN_ROUNDS), steps_per_round=1,
+                                 warmup_steps=2)
+        for name in names:
+            native = getattr(layers[name], "uses_native", lambda x: None)(x)
+            rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": name,
+                         "seconds": times.median(name), "rounds": times.per_round[name], "native": native})
+        print(f"  {kind} hidden {hidden} batch {batch} done", flush=True)
     return rows
 
 
+def added_fraction(none: list[float], ln: list[float], other: list[float], resamples: int = 4000):
+    """What a norm adds to the layer's time over norm=none, as a fraction of what LayerNorm adds: the ratio of
+    the mean per-round added times, and a 95% percentile bootstrap interval over rounds (paired: a round is
+    resampled with all its layers). None where LayerNorm adds nothing measurable."""
+    import random
+
+    n = len(none)
+    if n < 2 or not (len(ln) == len(other) == n):
+        return None
+
+    def ratio(idx):
+        added_ln = sum(ln[i] - none[i] for i in idx)
+        return None if added_ln <= 0 else sum(other[i] - none[i] for i in idx) / added_ln
+
+    est = ratio(range(n))
+    if est is None:
+        return None
+    rng = random.Random(0)
+    draws = sorted(r for r in (ratio([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)) if r is not None)
+    lo, hi = draws[int(0.025 * len(draws))], draws[min(len(draws) - 1, int(0.975 * len(draws)))]
+    return est, min(lo, est), max(hi, est)
+
+
+def _interval_text(value) -> str:
+    return "" if value is None else f"{value[0]:.2f} [{value[1]:.2f}, {value[2]:.2f}]"
+
+
 def render_rnn(rows: list[dict]) -> str:
+    """Per setting: each layer's time, its ratio to torch's layer (geometric mean of the rounds' paired ratios,
+    95% t interval) and, for each norm, its added time over norm=none as a fraction of LayerNorm's (bootstrap)."""
     out = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         ref = f"torch.nn.{kind}"
         out += [f"## {kind} layer: forward+backward", "",
-                f"`added` is the time over our {kind} with norm=none; `added/LN's` compares it with what LayerNorm "
-                "adds.", "", f"| hidden | batch | steps | layer | ms | / {ref} | added ms | added / LN's added |",
+                f"Ours on the native op (`rmsnorm/kernels/csrc/recurrent_cpu.cpp`) unless marked Python loop. "
+                f"`/ {ref}`: the time over torch's layer, {RATIO_RULE}. `added`: the time over our {kind} with "
+                "norm=none; `added / LN's`: that over LayerNorm's added time (ratio of mean per-round added "
+                "times, 95% percentile bootstrap over rounds). Medians over rounds in ms.", "",
+                f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] |",
                 "|---|---|---|---|---|---|---|---|"]
         for hidden, batch, steps in dict.fromkeys((r["hidden"], r["batch"], r["steps"]) for r in rows
                                                   if r["kind"] == kind):
-            group = {r["norm"]: r["seconds"] for r in rows
+            group = {r["norm"]: r for r in rows
                      if (r["kind"], r["hidden"], r["batch"], r["steps"]) == (kind, hidden, batch, steps)}
-            base, ln = group.get("none"), group.get(REFERENCE_NORM)
-            for norm, t in group.items():
-                added = t - base if base is not None and norm not in ("none", "torch") else None
-                ratio = added / (ln - base) if added is not None and ln is not None and ln > base else None
-                name = ref if norm == "torch" else f"ours, {norm}"
-                added_ms = "" if added is None else f"{added * 1e3:.1f}"
-                ratio_text = "" if ratio is None else f"{ratio:.2f}"
-                out.append(f"| {hidden} | {batch} | {steps} | {name} | {t * 1e3:.1f} | {t / group['torch']:.2f} | "
-                           f"{added_ms} | {ratio_text} |")
+            base, ln, torch_ = group.get("none"), group.get(REFERENCE_NORM), group.get("torch")
+            for name, r in group.items():
+                is_norm = name not in ("none", "torch") and not name.endswith(PYTHON_LOOP)
+                added = r["seconds"] - base["seconds"] if base is not None and is_norm else None
+                fraction = None
+                if is_norm and base is not None and ln is not None and "rounds" in r:
+                    fraction = added_fraction(base["rounds"], ln["rounds"], r["rounds"])
+                if torch_ is None or name == "torch":
+                    vs_torch = "1" if name == "torch" else ""
+                elif "rounds" in r:
+                    est = 1 - speedup(torch_["rounds"], r["rounds"])
+                    lo, hi = speedup_interval(torch_["rounds"], r["rounds"])
+                    vs_torch = f"{est:.2f} [{1 - hi:.2f}, {1 - lo:.2f}]"
+                else:
+                    vs_torch = f"{r['seconds'] / torch_['seconds']:.2f}"
+                label = ref if name == "torch" else f"ours, {name}"
+                out.append(f"| {hidden} | {batch} | {steps} | {label} | {r['seconds'] * 1e3:.1f} | {vs_torch} | "
+                           f"{'' if added is None else f'{added * 1e3:.1f}'} | {_interval_text(fraction)} |")
         out.append("")
     return "\n".join(out)
 

@@ -29,6 +29,11 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     assert data["produced_by"]["commit"] and data["produced_by"]["torch"]
     assert len(data["results"]) == 2 * 10 and all(len(x["times"]["fwd"]) == 2 for x in data["results"])
     assert f"Produced by: commit {data['produced_by']['commit'][:10]}" in text
+    # the recurrent layers: ours on the native op, the Python loop beside it, torch's layer as the reference
+    rnn = {(r["kind"], r["norm"]): r for r in data["rnn"]}
+    assert rnn[("GRU", "rmsnorm")]["native"] is True and rnn[("GRU", "rmsnorm (Python loop)")]["native"] is False
+    assert all(len(r["rounds"]) == 2 for r in data["rnn"])
+    assert "| ours, rmsnorm (Python loop) |" in text and "added / LN's added [95%]" in text
     # the markdown is a rendering of the JSON: rendered again from it, nothing measured, it is the same file
     md.unlink()
     r = run_script("scripts/bench.py", "--render", str(md.with_suffix(".json")))
@@ -184,3 +189,15 @@ def test_bench_tasks_cifar10_epoch_is_the_papers_50k_images_at_the_timed_batch(s
     assert res["unit"] == "sec_per_epoch" and res["unit_steps"] == steps
     (row,) = res["rows"]
     assert row["sec_per_epoch"] == pytest.approx(row["sec_per_step"] * steps)
+
+
+def test_added_fraction_is_the_ratio_of_added_times_with_an_interval_around_it():
+    sys.path.insert(0, "scripts")
+    import bench
+
+    none = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95]
+    ln = [t + 0.4 for t in none]  # LayerNorm adds 0.4 s every round
+    half = [t + 0.2 + 0.01 * (-1) ** i for i, t in enumerate(none)]  # a norm adding about half of it
+    est, lo, hi = bench.added_fraction(none, ln, half)
+    assert est == pytest.approx(0.5, abs=0.01) and lo <= est <= hi and 0.4 < lo and hi < 0.6
+    assert bench.added_fraction(none, none, half) is None  # LayerNorm adds nothing: no fraction to give
