@@ -360,8 +360,9 @@ def render_rnn(rows: list[dict]) -> str:
                 else:
                     vs_torch = f"{r['seconds'] / torch_['seconds']:.2f}"
                 label = ref if name == "torch" else f"ours, {name}"
+                fraction_text = "1" if name == REFERENCE_NORM else _interval_text(fraction)
                 out.append(f"| {hidden} | {batch} | {steps} | {label} | {r['seconds'] * 1e3:.1f} | {vs_torch} | "
-                           f"{'' if added is None else f'{added * 1e3:.1f}'} | {_interval_text(fraction)} |")
+                           f"{'' if added is None else f'{added * 1e3:.1f}'} | {fraction_text} |")
         out.append("")
     return "\n".join(out)
 
@@ -530,6 +531,8 @@ def from_json(data: dict) -> tuple[list[Result], dict[tuple, Roofline]]:
 def render_all(data: dict) -> str:
     """The whole markdown file from a run's JSON: shapes, recurrent layers, the plain process."""
     text = render(*from_json(data), data)
+    if data.get("stale"):  # a note added to an older run's JSON when the code it measured has changed
+        text = f"> **STALE: {data['stale']}**\n\n" + text
     text += "\n" + render_rnn(data["rnn"])
     if data.get("plain") is not None:
         text += "\n" + render_plain(data["plain"], data["dtype"])

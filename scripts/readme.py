@@ -40,7 +40,8 @@ def bench_cpu(source: Path) -> str:
     data = json.loads(source.read_text())
     results, rooflines = bench.from_json(data)
     size = torch.finfo(getattr(torch, data["dtype"])).bits // 8
-    lines = [f"Produced by: {describe_stamp(data['produced_by'])}", "",
+    lines = [f"**STALE: {data['stale']}**", ""] if data.get("stale") else []
+    lines += [f"Produced by: {describe_stamp(data['produced_by'])}", "",
              "| shape (rows x d) | our RMSNorm fwd / LN | fwd+bwd / LN | fwd % copy | bwd % copy | "
              "fwd+bwd / torch `rms_norm` |", "|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
