@@ -238,9 +238,10 @@ class NormLSTMCell(nn.Module):
         nn.init.zeros_(self.bias_ih)
         nn.init.zeros_(self.bias)
 
-    def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None, add_bias: bool = True) -> torch.Tensor:
         """N_x(W x + b_x) + b for (T, B, input) sequences or (B, input) steps: all time steps at once (the
-        bias after the norms is added here, once, rather than at every step)."""
+        bias after the norms is added here, once, rather than at every step; `add_bias=False` leaves it to
+        the native op, which adds it inside its gate pass)."""
         proj = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
         if not self.per_step:
             normed = self.norm_x(proj)
@@ -248,7 +249,7 @@ class NormLSTMCell(nn.Module):
             normed = self.norm_x(proj, 0, mask)
         else:
             normed = self.norm_x.forward_sequence(proj, mask)
-        return normed + self.bias
+        return normed + self.bias if add_bias else normed
 
     def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, t: int = 0,
              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,8 +302,8 @@ class NormLSTM(nn.Module):
         if plan is None:
             return self._run_python(cell, x, mask, h0, reverse)
         ints, doubles, gains = plan
-        proj = cell.project_inputs(x, mask).contiguous()
-        out = cpu.module().lstm_sequence(proj, h0.expand(x.shape[1], -1), cell.weight_hh, mask, *gains,
+        proj = cell.project_inputs(x, mask, add_bias=False).contiguous()
+        out = cpu.module().lstm_sequence(proj, h0.expand(x.shape[1], -1), cell.weight_hh, cell.bias, mask, *gains,
                                          [int(reverse), *ints], doubles)
         return out, out[0] if reverse else out[-1]
 

@@ -125,7 +125,8 @@ def test_overfit_a_handful_of_pairs_and_decode_them_with_beam_search(toy_corpus)
     vocab = sp.get_piece_size()
     model = RNNSearch(vocab, vocab, 32, 32, NormSpec("rmsnorm"))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(120):
+    # 200 steps: at 120 the score sat at 88-92 and moved with the recurrent layers' float rounding
+    for _ in range(200):
         logits = model(src, mask, tgt[:-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[1:].flatten(), ignore_index=D.PAD)
         opt.zero_grad()

@@ -117,17 +117,18 @@ def test_lstm_op_gradcheck_float64(norm):
     T, B, H = 3, 2, 4
     g = dict(dtype=D, requires_grad=True)
     xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
+    bias = torch.randn(4 * H, **g)
     gains = [torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
     kind = 2 if norm == "layernorm" else 1
     if norm != "layernorm":
         gains[1] = gains[3] = None
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=D)
 
-    def op(xp, h0, w, *gains):
-        return cpu.module().lstm_sequence(xp, h0, w, mask, *gains, [0, kind, 4 * H, kind, H],
+    def op(xp, h0, w, bias, *gains):
+        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, *gains, [0, kind, 4 * H, kind, H],
                                           [1.0 / (4 * H), 1e-6, 1.0 / H, 1e-6])
 
-    assert torch.autograd.gradcheck(op, (xp, h0, w, *gains))
+    assert torch.autograd.gradcheck(op, (xp, h0, w, bias, *gains))
 
 
 def test_cases_the_native_op_leaves_to_the_python_loop():

@@ -325,7 +325,9 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
   const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
   const auto opts = s.out.options();
   auto dxg = torch::empty({steps, B, 2 * H}, opts), dxc = torch::empty({steps, B, H}, opts);
-  auto dA = torch::empty({steps, B, 3 * H}, opts), dN = torch::empty({B, 3 * H}, opts);
+  // the candidate norm's output gradient, every step (the gates' is dxg itself): the gains' gradients are
+  // summed over all steps at the end, one pass instead of two parallel regions per step
+  auto dA = torch::empty({steps, B, 3 * H}, opts), dNc = torch::empty({steps, B, H}, opts);
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
   auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
     const bool present = gain ? n.w != nullptr : n.b != nullptr;
@@ -347,7 +349,7 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
     T* dxg_t = dxg.data_ptr<T>() + t * B * 2 * H;
     T* dxc_t = dxc.data_ptr<T>() + t * B * H;
     T* dA_t = dA.data_ptr<T>() + t * B * 3 * H;
-    T* dn = dN.data_ptr<T>();
+    T* dnc_t = dNc.data_ptr<T>() + t * B * H;
     const T* dh_in = dh.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
     at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
@@ -359,7 +361,7 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
         const T* cr = cand + b * H;
         const T* hpr = hp + b * H;
         const T mb = m ? m[b] : T(1);
-        T* dnr = dn + b * 3 * H;
+        T* dncr = dnc_t + b * H;
         T* dxgr = dxg_t + b * 2 * H;
         T* dxcr = dxc_t + b * H;
         T* dhpr = dhp_out + b * H;
@@ -374,20 +376,21 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
           dxcr[j] = dpc;
           dxgr[j] = dpr;
           dxgr[H + j] = dpu;
-          dnr[j] = dpr;
-          dnr[H + j] = dpu;
-          dnr[2 * H + j] = dpc * r;
+          dncr[j] = dpc * r;
           dhpr[j] = dht - dhn + dhn * u;
         }
-        norm_backward(ng, dnr, ar, st + b * 4, dA_t + b * 3 * H);
-        norm_backward(nc, dnr + 2 * H, ar + 2 * H, st + b * 4 + 2, dA_t + b * 3 * H + 2 * H);
+        norm_backward(ng, dxgr, ar, st + b * 4, dA_t + b * 3 * H);
+        norm_backward(nc, dncr, ar + 2 * H, st + b * 4 + 2, dA_t + b * 3 * H + 2 * H);
       }
     });
-    if (want_gains) {
-      gain_grads(ng, dn, 3 * H, a, 3 * H, st, 4, B, ptr_or_null<T>(dwg), ptr_or_null<T>(dbg));
-      gain_grads(nc, dn + 2 * H, 3 * H, a + 2 * H, 3 * H, st + 2, 4, B, ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
-    }
     at::addmm_out(dh, dhp, dA[t], s.w_hh);  // dh_prev = (direct part) + dA_t U
+  }
+  if (want_gains) {
+    const T* a = s.a.data_ptr<T>();
+    const T* st = s.stats.data_ptr<T>();
+    gain_grads(ng, dxg.data_ptr<T>(), 2 * H, a, 3 * H, st, 4, steps * B, ptr_or_null<T>(dwg), ptr_or_null<T>(dbg));
+    gain_grads(nc, dNc.data_ptr<T>(), H, a + 2 * H, 3 * H, st + 2, 4, steps * B, ptr_or_null<T>(dwc),
+               ptr_or_null<T>(dbc));
   }
   auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
   auto dbias = s.bias_h.defined() ? dA.sum({0, 1}) : torch::Tensor();
@@ -395,17 +398,18 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
 }
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
-//   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + x_p);  c' = f c + i g;  h' = o tanh(N_c(c'))
+//   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + x_p + b);  c' = f c + i g;  h' = o tanh(N_c(c'))
 //   with a mask m per row: h <- h + m (h' - h), c <- c + m (c' - c); c starts at 0
 
 struct LstmTensors {
-  torch::Tensor xp, h0, w_hh, mask, out, cell, a, stats, act, cnew;
+  torch::Tensor xp, h0, w_hh, bias, mask, out, cell, a, stats, act, cnew;
 };
 
 template <typename T>
 void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse) {
   const int64_t steps = s.xp.size(0), B = s.xp.size(1), H = s.h0.size(1);
   const T* mask = ptr_or_null<T>(s.mask);
+  const T* bias = ptr_or_null<T>(s.bias);
   auto w_t = s.w_hh.t();
   std::vector<T> zeros(B * H, T(0));
   for (int64_t i = 0; i < steps; ++i) {
@@ -429,6 +433,10 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
         norm_forward(nh, a + b * 4 * H, n.data(), st + b * 4);
         const T* xr = xp + b * 4 * H;
         T* ar = act + b * 4 * H;
+        if (bias) {
+#pragma omp simd
+          for (int64_t j = 0; j < 4 * H; ++j) n[j] += bias[j];
+        }
         sigmoid_of_sum(ar, n.data(), xr, 3 * H);
         tanh_of_sum(ar + 3 * H, n.data() + 3 * H, xr + 3 * H, H);
         const T* cpr = cp + b * H;
@@ -458,7 +466,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
   const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
   const auto opts = s.out.options();
   auto dxp = torch::empty({steps, B, 4 * H}, opts), dA = torch::empty({steps, B, 4 * H}, opts);
-  auto dNc = torch::empty({B, H}, opts);
+  auto dNc = torch::empty({steps, B, H}, opts);  // N_c's output gradient, every step (gains summed at the end)
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
   auto dc = torch::zeros({B, H}, opts), dc_next = torch::empty({B, H}, opts);
   auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
@@ -481,7 +489,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
     const T* m = mask ? mask + t * B : nullptr;
     T* dxp_t = dxp.data_ptr<T>() + t * B * 4 * H;
     T* dA_t = dA.data_ptr<T>() + t * B * 4 * H;
-    T* dnc_all = dNc.data_ptr<T>();
+    T* dnc_all = dNc.data_ptr<T>() + t * B * H;
     const T* dh_in = dh.data_ptr<T>();
     const T* dc_in = dc.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
@@ -520,15 +528,19 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
         norm_backward(nh, dxr, a + b * 4 * H, st + b * 4, dA_t + b * 4 * H);
       }
     });
-    if (want_gains) {
-      gain_grads(nh, dxp_t, 4 * H, a, 4 * H, st, 4, B, ptr_or_null<T>(dwh), ptr_or_null<T>(dbh));
-      gain_grads(nc, dnc_all, H, cnew, H, st + 2, 4, B, ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
-    }
     at::addmm_out(dh, dhp, dA[t], s.w_hh);
     std::swap(dc, dc_next);
   }
+  if (want_gains) {
+    const T* st = s.stats.data_ptr<T>();
+    gain_grads(nh, dxp.data_ptr<T>(), 4 * H, s.a.data_ptr<T>(), 4 * H, st, 4, steps * B, ptr_or_null<T>(dwh),
+               ptr_or_null<T>(dbh));
+    gain_grads(nc, dNc.data_ptr<T>(), H, s.cnew.data_ptr<T>(), H, st + 2, 4, steps * B, ptr_or_null<T>(dwc),
+               ptr_or_null<T>(dbc));
+  }
   auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
-  return {dxp, dh, dw, dwh, dbh, dwc, dbc};
+  auto dbias = s.bias.defined() ? dxp.sum({0, 1}) : torch::Tensor();
+  return {dxp, dh, dw, dbias, dwh, dbh, dwc, dbc};
 }
 
 // ---- autograd -------------------------------------------------------------------------------------------------
@@ -607,7 +619,8 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
 class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xp, const torch::Tensor& h0,
-                               const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& mask,
+                               const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias,
+                               const c10::optional<torch::Tensor>& mask,
                                const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                                const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
                                const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
@@ -623,15 +636,17 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     torch::Tensor a = torch::empty({steps, B, 4 * H}, opts), stats = torch::empty({steps, B, 4}, opts);
     torch::Tensor act = torch::empty({steps, B, 4 * H}, opts), cnew = torch::empty({steps, B, H}, opts);
     auto h0c = h0.contiguous(), w = w_hh.contiguous();
+    auto b = bias.has_value() && bias->defined() ? bias->contiguous() : torch::Tensor();
+    TORCH_CHECK(!b.defined() || b.numel() == 4 * H, "the bias after the norms must have 4H values");
     auto m = checked_mask(mask, xp);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_sequence_forward", [&] {
-      LstmTensors s{xp, h0c, w, m, out, cell, a, stats, act, cnew};
+      LstmTensors s{xp, h0c, w, b, m, out, cell, a, stats, act, cnew};
       auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], wh, bh);
       auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], wc, bc);
       lstm_forward<scalar_t>(s, nh, nc, ints[0] != 0);
     });
     ctx->save_for_backward({h0c, w, m, opt_or_undefined(wh), opt_or_undefined(bh), opt_or_undefined(wc),
-                            opt_or_undefined(bc), out, cell, a, stats, act, cnew});
+                            opt_or_undefined(bc), out, cell, a, stats, act, cnew, b});
     ctx->saved_data["ints"] = ints;
     ctx->saved_data["doubles"] = doubles;
     ctx->saved_data["want_gains"] = any_requires_grad({&wh, &bh, &wc, &bc});
@@ -649,13 +664,13 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     std::vector<torch::Tensor> r;
     const bool want_gains = ctx->saved_data["want_gains"].toBool();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_sequence_backward", [&] {
-      LstmTensors s{torch::Tensor(), v[0], v[1], v[2], v[7], v[8], v[9], v[10], v[11], v[12]};
+      LstmTensors s{torch::Tensor(), v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12]};
       auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], v[3], v[4]);
       auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], v[5], v[6]);
       r = lstm_backward<scalar_t>(s, nh, nc, ints[0] != 0, go, want_gains);
     });
-    // inputs: xp, h0, w_hh, mask, wh, bh, wc, bc, ints, doubles
-    return {r[0], r[1], r[2], torch::Tensor(), r[3], r[4], r[5], r[6], torch::Tensor(), torch::Tensor()};
+    // inputs: xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles
+    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -673,10 +688,11 @@ void bind_recurrent(pybind11::module_& m) {
         "a normalised GRU over a whole (T, B, .) sequence in one direction, with autograd (CPU)");
   m.def("lstm_sequence",
         [](const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
-           const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wh,
+           const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
+           const c10::optional<torch::Tensor>& wh,
            const c10::optional<torch::Tensor>& bh, const c10::optional<torch::Tensor>& wc,
            const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
-          return LstmFunction::apply(xp, h0, w_hh, mask, wh, bh, wc, bc, ints, doubles);
+          return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles);
         },
         "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, with autograd (CPU)");
 }
