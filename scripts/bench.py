@@ -265,7 +265,7 @@ QUICK_RNN = [("GRU", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm", "rmsnor
              ("LSTM", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm"])]
 # recurrent layers time whole sequences (0.05-1.5 s a call): at least this many rounds, so that the intervals
 # of ratios and of added times hold
-RNN_MIN_ROUNDS = 15
+RNN_MIN_ROUNDS = 25
 PYTHON_LOOP = " (Python loop)"
 
 
@@ -302,17 +302,19 @@ def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) 
 
 def added_fraction(none: list[float], ln: list[float], other: list[float], resamples: int = 4000):
     """What a norm adds to the layer's time over norm=none, as a fraction of what LayerNorm adds: the ratio of
-    the mean per-round added times, and a 95% percentile bootstrap interval over rounds (paired: a round is
-    resampled with all its layers). None where LayerNorm adds nothing measurable."""
+    the median per-round added times (paired within a round; medians, so one slow round of norm=none does not
+    move every norm), and a 95% percentile bootstrap interval over rounds (a round resampled with all its
+    layers). None where LayerNorm adds nothing measurable."""
     import random
+    import statistics
 
     n = len(none)
     if n < 2 or not (len(ln) == len(other) == n):
         return None
 
     def ratio(idx):
-        added_ln = sum(ln[i] - none[i] for i in idx)
-        return None if added_ln <= 0 else sum(other[i] - none[i] for i in idx) / added_ln
+        added_ln = statistics.median(ln[i] - none[i] for i in idx)
+        return None if added_ln <= 0 else statistics.median(other[i] - none[i] for i in idx) / added_ln
 
     est = ratio(range(n))
     if est is None:
@@ -336,7 +338,7 @@ def render_rnn(rows: list[dict]) -> str:
         out += [f"## {kind} layer: forward+backward", "",
                 f"Ours on the native op (`rmsnorm/kernels/csrc/recurrent_cpu.cpp`) unless marked Python loop. "
                 f"`/ {ref}`: the time over torch's layer, {RATIO_RULE}. `added`: the time over our {kind} with "
-                "norm=none; `added / LN's`: that over LayerNorm's added time (ratio of mean per-round added "
+                "norm=none; `added / LN's`: that over LayerNorm's added time (ratio of median per-round added "
                 "times, 95% percentile bootstrap over rounds). Medians over rounds in ms.", "",
                 f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] |",
                 "|---|---|---|---|---|---|---|---|"]
