@@ -558,6 +558,31 @@ torch::Tensor checked_mask(const c10::optional<torch::Tensor>& mask, const torch
   return mask->to(x.scalar_type()).contiguous();
 }
 
+// What both ops keep besides tensors: {reverse, kind, k, kind, k}, {inv_n, eps, inv_n, eps} and whether the
+// norms' gains ask for gradients; and what their backward starts from.
+struct OpMeta {
+  std::vector<int64_t> ints;
+  std::vector<double> doubles;
+  bool want_gains;
+
+  void save(torch::autograd::AutogradContext* ctx) const {
+    ctx->saved_data["ints"] = ints;
+    ctx->saved_data["doubles"] = doubles;
+    ctx->saved_data["want_gains"] = want_gains;
+  }
+  static OpMeta load(torch::autograd::AutogradContext* ctx) {
+    return {ctx->saved_data["ints"].toIntVector(), ctx->saved_data["doubles"].toDoubleVector(),
+            ctx->saved_data["want_gains"].toBool()};
+  }
+  bool reverse() const { return ints[0] != 0; }
+  // the norm over `width` columns: the first (0) or second (1) of the op
+  template <typename T>
+  Norm<T> norm(int which, int64_t width, const torch::Tensor& gain, const torch::Tensor& bias) const {
+    return make_norm<T>(ints[1 + 2 * which], width, ints[2 + 2 * which], doubles[2 * which], doubles[1 + 2 * which],
+                        gain, bias);
+  }
+};
+
 class GruFunction : public torch::autograd::Function<GruFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xg, const torch::Tensor& xc,
@@ -581,35 +606,31 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     auto h0c = h0.contiguous(), w = w_hh.contiguous();
     auto bias = bias_h.has_value() && bias_h->defined() ? bias_h->contiguous() : torch::Tensor();
     auto m = checked_mask(mask, xg);
+    const OpMeta meta{ints, doubles, any_requires_grad({&wg, &bg, &wc, &bc})};
+    const auto gain_g = opt_or_undefined(wg), bias_g = opt_or_undefined(bg);
+    const auto gain_c = opt_or_undefined(wc), bias_c = opt_or_undefined(bc);
     AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_sequence_forward", [&] {
       GruTensors s{xg, xc, h0c, w, bias, m, out, a, stats, gates, cand};
-      auto ng = make_norm<scalar_t>(ints[1], 2 * H, ints[2], doubles[0], doubles[1], wg, bg);
-      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], wc, bc);
-      gru_forward<scalar_t>(s, ng, nc, ints[0] != 0);
+      gru_forward<scalar_t>(s, meta.norm<scalar_t>(0, 2 * H, gain_g, bias_g), meta.norm<scalar_t>(1, H, gain_c, bias_c),
+                            meta.reverse());
     });
-    ctx->save_for_backward({h0c, w, bias, m, opt_or_undefined(wg), opt_or_undefined(bg), opt_or_undefined(wc),
-                            opt_or_undefined(bc), out, a, stats, gates, cand});
-    ctx->saved_data["ints"] = ints;
-    ctx->saved_data["doubles"] = doubles;
-    ctx->saved_data["want_gains"] = any_requires_grad({&wg, &bg, &wc, &bc});
+    ctx->save_for_backward({h0c, w, bias, m, gain_g, bias_g, gain_c, bias_c, out, a, stats, gates, cand});
+    meta.save(ctx);
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto v = ctx->get_saved_variables();
-    const auto ints = ctx->saved_data["ints"].toIntVector();
-    const auto doubles = ctx->saved_data["doubles"].toDoubleVector();
+    const auto meta = OpMeta::load(ctx);
     const auto& out = v[8];
     const int64_t H = out.size(2);
     auto go = grad_or_zeros(grads[0], out);
     std::vector<torch::Tensor> r;
-    const bool want_gains = ctx->saved_data["want_gains"].toBool();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_sequence_backward", [&] {
       GruTensors s{torch::Tensor(), torch::Tensor(), v[0], v[1], v[2], v[3], v[8], v[9], v[10], v[11], v[12]};
-      auto ng = make_norm<scalar_t>(ints[1], 2 * H, ints[2], doubles[0], doubles[1], v[4], v[5]);
-      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], v[6], v[7]);
-      r = gru_backward<scalar_t>(s, ng, nc, ints[0] != 0, go, want_gains);
+      r = gru_backward<scalar_t>(s, meta.norm<scalar_t>(0, 2 * H, v[4], v[5]), meta.norm<scalar_t>(1, H, v[6], v[7]),
+                                 meta.reverse(), go, meta.want_gains);
     });
     // inputs: xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles
     return {r[0], r[1], r[2], r[3], r[4], torch::Tensor(), r[5], r[6], r[7], r[8], torch::Tensor(), torch::Tensor()};
@@ -639,35 +660,31 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     auto b = bias.has_value() && bias->defined() ? bias->contiguous() : torch::Tensor();
     TORCH_CHECK(!b.defined() || b.numel() == 4 * H, "the bias after the norms must have 4H values");
     auto m = checked_mask(mask, xp);
+    const OpMeta meta{ints, doubles, any_requires_grad({&wh, &bh, &wc, &bc})};
+    const auto gain_h = opt_or_undefined(wh), bias_h = opt_or_undefined(bh);
+    const auto gain_c = opt_or_undefined(wc), bias_c = opt_or_undefined(bc);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_sequence_forward", [&] {
       LstmTensors s{xp, h0c, w, b, m, out, cell, a, stats, act, cnew};
-      auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], wh, bh);
-      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], wc, bc);
-      lstm_forward<scalar_t>(s, nh, nc, ints[0] != 0);
+      lstm_forward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, gain_h, bias_h), meta.norm<scalar_t>(1, H, gain_c, bias_c),
+                             meta.reverse());
     });
-    ctx->save_for_backward({h0c, w, m, opt_or_undefined(wh), opt_or_undefined(bh), opt_or_undefined(wc),
-                            opt_or_undefined(bc), out, cell, a, stats, act, cnew, b});
-    ctx->saved_data["ints"] = ints;
-    ctx->saved_data["doubles"] = doubles;
-    ctx->saved_data["want_gains"] = any_requires_grad({&wh, &bh, &wc, &bc});
+    ctx->save_for_backward({h0c, w, m, gain_h, bias_h, gain_c, bias_c, out, cell, a, stats, act, cnew, b});
+    meta.save(ctx);
     return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto v = ctx->get_saved_variables();
-    const auto ints = ctx->saved_data["ints"].toIntVector();
-    const auto doubles = ctx->saved_data["doubles"].toDoubleVector();
+    const auto meta = OpMeta::load(ctx);
     const auto& out = v[7];
     const int64_t H = out.size(2);
     auto go = grad_or_zeros(grads[0], out);
     std::vector<torch::Tensor> r;
-    const bool want_gains = ctx->saved_data["want_gains"].toBool();
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_sequence_backward", [&] {
       LstmTensors s{torch::Tensor(), v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12]};
-      auto nh = make_norm<scalar_t>(ints[1], 4 * H, ints[2], doubles[0], doubles[1], v[3], v[4]);
-      auto nc = make_norm<scalar_t>(ints[3], H, ints[4], doubles[2], doubles[3], v[5], v[6]);
-      r = lstm_backward<scalar_t>(s, nh, nc, ints[0] != 0, go, want_gains);
+      r = lstm_backward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, v[3], v[4]), meta.norm<scalar_t>(1, H, v[5], v[6]),
+                                  meta.reverse(), go, meta.want_gains);
     });
     // inputs: xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles
     return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], torch::Tensor(), torch::Tensor()};
