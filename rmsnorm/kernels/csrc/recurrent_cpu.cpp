@@ -548,6 +548,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
 
 void check_sequence(const torch::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), name, " must be a contiguous (T, B, width) CPU tensor");
+  TORCH_CHECK(x.size(0) >= 1, name, " has no time steps: a recurrent layer needs a sequence of at least one step");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name, " must be float32 or float64");
 }
 
