@@ -90,8 +90,10 @@ class NormGRUCell(nn.Module):
         h~   = tanh(r * N4(Ux h + bx) + N2(Wx x))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bias_on_state: bool = False):
+    def __init__(self, input_size: int, hidden_size: int, norm: NormSpec | str = "none", bias_on_state: bool = False,
+                 native: bool = True):
         super().__init__()
+        self.native = native  # False: `step` in Python (the reference) even where the native op applies
         spec = recurrent_spec(norm)
         h = hidden_size
         self.input_size, self.hidden_size, self.bias_on_state = input_size, hidden_size, bias_on_state
@@ -116,7 +118,26 @@ class NormGRUCell(nn.Module):
             (2 * self.hidden_size, self.hidden_size), dim=-1)
         return self.norm_x_gates(gates), self.norm_x_cand(cand)
 
+    def native_plan(self, x: torch.Tensor):
+        """The native op's settings for this cell's hidden-side norms on input x, or None (`native_plan`)."""
+        gates, cand = self.norm_h.norms
+        return native_plan([(gates, 2 * self.hidden_size), (cand, self.hidden_size)], x)
+
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        """One step from `project_inputs`' output for this step: the native op over a one-step sequence where it
+        applies (a decoder that steps beside its attention gets one autograd node a step instead of a dozen),
+        else `step_python`."""
+        plan = self.native_plan(h_prev) if self.native else None
+        if plan is None:
+            return self.step_python(x_gates, x_cand, h_prev)
+        ints, doubles, gains = plan
+        out = cpu.module().gru_sequence(x_gates.unsqueeze(0).contiguous(), x_cand.unsqueeze(0).contiguous(), h_prev,
+                                        self.weight_hh, self.bias if self.bias_on_state else None, None, *gains,
+                                        [0, *ints], doubles)
+        return out[0]
+
+    def step_python(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        """The reference step."""
         hidden = torch.nn.functional.linear(h_prev, self.weight_hh, self.bias if self.bias_on_state else None)
         h_gates, h_cand = self.norm_h(hidden)
         r, u = torch.sigmoid(x_gates + h_gates).chunk(2, dim=-1)
@@ -149,8 +170,7 @@ class NormGRU(nn.Module):
 
     @staticmethod
     def _plan(cell: NormGRUCell, x: torch.Tensor):
-        gates, cand = cell.norm_h.norms
-        return native_plan([(gates, 2 * cell.hidden_size), (cand, cell.hidden_size)], x)
+        return cell.native_plan(x)
 
     def _run(self, cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None,
              reverse: bool):
@@ -176,7 +196,7 @@ class NormGRU(nn.Module):
             h = x.new_zeros(x.shape[1], cell.hidden_size)
         outputs = [None] * x.shape[0]
         for t in steps:
-            h_new = cell.step(x_gates[t], x_cand[t], h)
+            h_new = cell.step_python(x_gates[t], x_cand[t], h)
             h = h_new if masks is None else torch.lerp(h, h_new, masks[t])
             outputs[t] = h
         return torch.stack(outputs), h

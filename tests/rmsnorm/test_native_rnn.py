@@ -6,7 +6,7 @@ cases that must keep the Python loop."""
 import pytest
 import torch
 
-from rmsnorm import NormGRU, NormLSTM, NormSpec
+from rmsnorm import NormGRU, NormGRUCell, NormLSTM, NormSpec
 from rmsnorm.kernels import cpu, dispatch
 
 pytestmark = pytest.mark.skipif(cpu.module() is None, reason="the fused CPU kernel did not build")
@@ -85,6 +85,27 @@ def test_native_gru_takes_an_initial_state():
         out, _ = layer(x, None, h0)
         grads.append((out, torch.autograd.grad(out.sin().sum(), h0)[0]))
     for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("bias_on_state", [False, True])
+def test_native_gru_cell_step_equals_the_python_step(norm, bias_on_state):
+    """The decoder's cells step one at a time (beside the attention): the op over a one-step sequence."""
+    torch.manual_seed(0)
+    cell = NormGRUCell(5, 6, NormSpec(norm, p=0.5), bias_on_state=bias_on_state).to(D)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, h = torch.randn(3, 5, dtype=D, requires_grad=True), torch.randn(3, 6, dtype=D, requires_grad=True)
+    assert cell.native_plan(h) is not None
+    runs = []
+    for native in (True, False):
+        cell.native = native
+        out = cell(x, h)
+        params = [x, h, *cell.parameters()]
+        runs.append((out, *torch.autograd.grad((out * torch.arange(6.0, dtype=D)).sin().sum(), params)))
+    for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b)
 
 
