@@ -1,6 +1,7 @@
 """The paper's Table 5: mean and standard deviation of the decoder GRU's hidden-to-hidden pre-activation.
 
-The probe is a forward hook on the first decoder GRU's hidden-side norm (`cell1.norm_h`): what it returns,
+The probe is a forward hook on the first decoder GRU's hidden-side norm (`cell1.norm_h`; the cell steps in
+Python while it probes, since the native op does not call that module): what it returns,
 N(U h_{t-1}) for every gate block ([U_r; U_u] h and U_x h; plain U h with norm=none), is the hidden side's
 contribution to the gates' pre-activation. Teacher-forced over a set's sentences; position t is the t-th
 target token (1-based), padding excluded; ALL pools every position.
@@ -41,8 +42,9 @@ def preactivation_stats(model, enc: D.Encoded, device: torch.device, batch_size:
     steps: list[torch.Tensor] = []
     handle = model.cell1.norm_h.register_forward_hook(lambda module, args, out: steps.append(torch.cat(out, -1)))
     moments = {str(p): _Moments() for p in POSITIONS} | {"all": _Moments()}
-    was_training = model.training
+    was_training, was_native = model.training, model.cell1.native
     model.eval()
+    model.cell1.native = False  # the native op never calls norm_h: the probe reads the Python step (same values)
     try:
         n = len(enc) if limit is None else min(limit, len(enc))
         for start in range(0, n, batch_size):
@@ -59,4 +61,5 @@ def preactivation_stats(model, enc: D.Encoded, device: torch.device, batch_size:
     finally:
         handle.remove()
         model.train(was_training)
+        model.cell1.native = was_native
     return {key: m.mean_std() for key, m in moments.items()}
