@@ -82,6 +82,17 @@ def native_plan(norms: list[tuple[nn.Module, int]], x: torch.Tensor):
     return ints, doubles, tensors
 
 
+def _cached_plan(cell: nn.Module, x: torch.Tensor, norms):
+    """`native_plan` for a cell, worked out once per (device, dtype, kernels switch, weights' dtype) and kept,
+    as BlockNorm keeps its plan: a decoder asks for it at every step, where working it out cost 20 us of a
+    330 us step."""
+    key = (x.device.type, x.dtype, dispatch.enabled(), cell.weight_hh.dtype)
+    cache = cell.__dict__.setdefault("_native_plans", {})
+    if key not in cache:
+        cache[key] = native_plan(norms(), x)
+    return cache[key]
+
+
 class NormGRUCell(nn.Module):
     """`bias_on_state=True` moves the bias from the input projections to the hidden ones, inside their norms
     and under the reset gate, as Nematus' second GRU of the conditional GRU adds it:
@@ -120,8 +131,8 @@ class NormGRUCell(nn.Module):
 
     def native_plan(self, x: torch.Tensor):
         """The native op's settings for this cell's hidden-side norms on input x, or None (`native_plan`)."""
-        gates, cand = self.norm_h.norms
-        return native_plan([(gates, 2 * self.hidden_size), (cand, self.hidden_size)], x)
+        h = self.hidden_size
+        return _cached_plan(self, x, lambda: list(zip(self.norm_h.norms, (2 * h, h), strict=True)))
 
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         """One step from `project_inputs`' output for this step: the native op over a one-step sequence where it
@@ -166,15 +177,11 @@ class NormGRU(nn.Module):
 
     def uses_native(self, x: torch.Tensor) -> bool:
         """Whether a forward on x runs the native op."""
-        return self.native and self._plan(self.forward_cell, x) is not None
-
-    @staticmethod
-    def _plan(cell: NormGRUCell, x: torch.Tensor):
-        return cell.native_plan(x)
+        return self.native and self.forward_cell.native_plan(x) is not None
 
     def _run(self, cell: NormGRUCell, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None,
              reverse: bool):
-        plan = self._plan(cell, x) if self.native else None
+        plan = cell.native_plan(x) if self.native else None
         if plan is None:
             return self._run_python(cell, x, mask, h, reverse)
         ints, doubles, gains = plan
@@ -258,6 +265,12 @@ class NormLSTMCell(nn.Module):
         nn.init.zeros_(self.bias_ih)
         nn.init.zeros_(self.bias)
 
+    def native_plan(self, x: torch.Tensor):
+        """The native op's settings for this cell's norms on input x, or None (always for per-step statistics)."""
+        if self.per_step:
+            return None
+        return _cached_plan(self, x, lambda: [(self.norm_h, 4 * self.hidden_size), (self.norm_c, self.hidden_size)])
+
     def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None, add_bias: bool = True) -> torch.Tensor:
         """N_x(W x + b_x) + b for (T, B, input) sequences or (B, input) steps: all time steps at once (the
         bias after the norms is added here, once, rather than at every step; `add_bias=False` leaves it to
@@ -309,16 +322,10 @@ class NormLSTM(nn.Module):
 
     def uses_native(self, x: torch.Tensor) -> bool:
         """Whether a forward on x runs the native op (never for per-step batch statistics)."""
-        return self.native and self._plan(self.cells[0], x) is not None
-
-    @staticmethod
-    def _plan(cell: NormLSTMCell, x: torch.Tensor):
-        if cell.per_step:
-            return None
-        return native_plan([(cell.norm_h, 4 * cell.hidden_size), (cell.norm_c, cell.hidden_size)], x)
+        return self.native and self.cells[0].native_plan(x) is not None
 
     def _run(self, cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
-        plan = self._plan(cell, x) if self.native else None
+        plan = cell.native_plan(x) if self.native else None
         if plan is None:
             return self._run_python(cell, x, mask, h0, reverse)
         ints, doubles, gains = plan
