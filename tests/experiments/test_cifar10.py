@@ -32,6 +32,23 @@ def test_loader_reads_the_real_format(cifar_dir):
     assert batch["data"].dtype == np.uint8 and batch["data"].shape[1] == 3072
 
 
+def test_loaded_images_are_shared_until_their_files_change(tmp_path, rng):
+    x = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(20) % 10
+    write_cifar_folder(tmp_path, x, y, x, y)
+    prepare_zca(tmp_path, 1e-2, None, "make data-cifar10")
+    first = load_cifar10(tmp_path, 1e-2, None, None, "make data-cifar10")
+    assert load_cifar10(tmp_path, 1e-2, None, None, "make data-cifar10") is first  # whitened once a process
+    assert load_cifar10(tmp_path, 1e-2, None, 5, "make data-cifar10").test_x.shape[0] == 5  # other settings
+    write_cifar_folder(tmp_path, x, y, x, y, replace=True)  # rewritten: read again
+    again = load_cifar10(tmp_path, 1e-2, None, None, "make data-cifar10")
+    assert again is not first and torch.equal(again.train_x, first.train_x)
+    for zca in tmp_path.glob("zca-*"):
+        zca.unlink()
+    with pytest.raises(MissingData, match="no ZCA fitted"):
+        load_cifar10(tmp_path, 1e-2, None, None, "make data-cifar10")
+
+
 def test_zca_whitens(rng):
     mixing = rng.normal(size=(12, 12)) + 3 * np.eye(12)
     x = (rng.normal(size=(2000, 12)) @ mixing).reshape(2000, 3, 2, 2) + 0.7  # correlated, offset

@@ -133,3 +133,34 @@ def test_step_batch_norm_over_a_sequence_equals_step_by_step():
                                   (xg, steps.weight))
     for a, b in zip(g_whole, g_steps, strict=True):  # the same gradients, up to float rounding
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("valid", [None, 5, 3, 1])
+def test_step_batch_norm_is_the_formula_over_the_valid_rows(valid):
+    """torch's fused batch norm on the valid rows against the statistics written out (Cooijmans et al.):
+    outputs and gradients on valid rows, and the running estimates (unbiased variance)."""
+    from rmsnorm import StepBatchNorm
+
+    torch.manual_seed(0)
+    norm = StepBatchNorm(6, max_steps=2, bias=True).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = (torch.randn(5, 6, dtype=torch.float64) * 3 + 1).requires_grad_()
+    mask = None if valid is None else (torch.arange(5) < valid).double()
+    out = norm(x, 1, mask)
+    keep = torch.ones(5, dtype=torch.bool) if mask is None else mask.bool()
+    xv = x[keep]
+    mean, var = xv.mean(0), xv.var(0, unbiased=False)
+    want = (xv - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+    torch.testing.assert_close(out[keep], want)
+    assert torch.isfinite(out).all()
+    n = int(keep.sum())
+    torch.testing.assert_close(norm.running_mean[1], 0.1 * mean.detach())
+    torch.testing.assert_close(norm.running_var[1], 0.9 + 0.1 * var.detach() * n / max(n - 1, 1))
+    assert (norm.running_mean[0] == 0).all()
+    g = torch.randn(5, 6, dtype=torch.float64) * keep.unsqueeze(1)
+    got = torch.autograd.grad((out * g).sum(), (x, norm.weight, norm.bias))
+    ref = torch.autograd.grad((want * g[keep]).sum(), (x, norm.weight, norm.bias))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b)
