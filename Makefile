@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
-	status=0; for t in $(TASKS); do $(PY) scripts/prepare.py task=$$t preset=demo || status=1; done; exit $$status
+	printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
 
 demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 15-21 min on 2 cores, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
