@@ -203,13 +203,29 @@ class StepBatchNorm(nn.Module):
         with torch.no_grad():
             self.running_mean[s].lerp_(mean.detach(), self.momentum)
             self.running_var[s].lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum)
-        return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+        return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias) * w  # padded rows: 0
 
     def forward_sequence(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (T, B, d), every step with its own statistics; mask (T, B)."""
-        # unbind, not x[t]: the backward of each x[t] would fill a zero tensor the size of the whole sequence
-        masks = [None] * x.shape[0] if mask is None else mask.unbind(0)
-        return torch.stack([self(step, t, m) for t, (step, m) in enumerate(zip(x.unbind(0), masks, strict=True))])
+        """x: (T, B, d), every step with its own statistics; mask (T, B). The same values as stepping
+        (`forward` at t = 0, 1, ...) up to float rounding, computed for all steps at once."""
+        steps = x.shape[0]
+        if not self.training:
+            slot = torch.arange(steps, device=x.device).clamp_max(self.max_steps - 1)
+            mean, var = self.running_mean[slot].unsqueeze(1), self.running_var[slot].unsqueeze(1)
+            return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+        if steps > self.max_steps:  # later steps share the last slot's running estimates, updated in turn
+            masks = [None] * steps if mask is None else mask.unbind(0)
+            # unbind, not x[t]: the backward of each x[t] would fill a zero tensor the size of the whole sequence
+            return torch.stack([self(step, t, m) for t, (step, m) in enumerate(zip(x.unbind(0), masks, strict=True))])
+        w = x.new_ones(steps, x.shape[1], 1) if mask is None else mask.to(x.dtype).unsqueeze(-1)
+        n = w.sum(1, keepdim=True).clamp_min(1.0)  # (T, 1, 1) valid rows a step
+        mean = (x * w).sum(1, keepdim=True) / n
+        var = ((x - mean).pow(2) * w).sum(1, keepdim=True) / n
+        with torch.no_grad():
+            self.running_mean[:steps].lerp_(mean.squeeze(1), self.momentum)
+            self.running_var[:steps].lerp_((var * n / (n - 1).clamp_min(1.0)).squeeze(1), self.momentum)
+        out = affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+        return out if mask is None else out * w  # padded rows: 0, as stepping gives them
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, max_steps={self.max_steps}, bias={self.bias is not None}"

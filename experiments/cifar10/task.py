@@ -20,7 +20,7 @@ from experiments.cifar10.synthetic import make_images
 from experiments.core.data.download import fetch
 from experiments.core.data.generated import ensure_generated
 from experiments.core.errors import UserError
-from experiments.core.training.adam import RootEpsAdam
+from experiments.core.training.adam import RootEpsAdam, torch_adam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 
@@ -132,7 +132,7 @@ class Cifar10Task(Task):
             self.model.data_dependent_init(self.train_x[pick[: m.init_batch].to(self.train_x.device)])
         lrs = cfg.optim.lr_by_norm
         self.base_lr = float(lrs.get(norm.name, lrs["default"]))
-        adam = RootEpsAdam if cfg.optim.eps_inside_root else torch.optim.Adam
+        adam = RootEpsAdam if cfg.optim.eps_inside_root else torch_adam
         self.optimizer = adam(self.model.parameters(), lr=self.base_lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                               eps=cfg.optim.eps)
         self.total_epochs = float(cfg.schedule_epochs)

@@ -20,6 +20,7 @@ from experiments.core.data.batching import bucketed_batches, count_batches
 from experiments.core.data.download import Offline, is_network_error, offline_message
 from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData, UserError
+from experiments.core.training.adam import torch_adam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 from experiments.reading import data as D
@@ -179,7 +180,7 @@ class ReadingTask(Task):
         self.model = AttentiveReader(len(self.vocab), m.dim, self.norm, self.norm.name in m.project_norms,
                                      m.dropout, dq_square=m.dq_square, bias_after_norm=m.bias_after_norm,
                                      backward_from_end=m.backward_from_end).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
+        self.optimizer = torch_adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.best: dict = {"valid_error": None, "test_error": None}
 
     # ---- training ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from experiments.core.data.generated import ensure_generated
 from experiments.core.data.vocabulary import load_vocabulary, save_vocabulary
 from experiments.core.errors import MissingData, UserError
 from experiments.core.training import distributed
-from experiments.core.training.adam import OrderEmbeddingAdam
+from experiments.core.training.adam import OrderEmbeddingAdam, torch_adam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 from experiments.retrieval import data as D
@@ -30,7 +30,7 @@ from experiments.retrieval.synthetic import write_paired_folder
 log = logging.getLogger(__name__)
 
 # task.optim.adam: the order-embedding code's hand-written Adam (experiments/core/training/adam.py), or torch's
-ADAMS = {"upstream": OrderEmbeddingAdam, "torch": torch.optim.Adam}
+ADAMS = {"upstream": OrderEmbeddingAdam, "torch": torch_adam}
 
 ARCHIVE_URL = "http://www.cs.toronto.edu/~vendrov/order/coco.zip"
 

@@ -16,6 +16,7 @@ from omegaconf import MISSING
 from experiments.core.data.batching import Ragged, shuffled, token_batches
 from experiments.core.errors import UserError
 from experiments.core.training import distributed
+from experiments.core.training.adam import torch_adam
 from experiments.core.training.seeding import epoch_generator
 from experiments.transformer.model import Transformer
 from experiments.translation import data as D
@@ -142,7 +143,7 @@ class TransformerTask(TranslationTask):
         m, o = self.cfg.model, self.cfg.optim
         self.model = Transformer(self.vocab, m.dim, m.heads, m.ff, m.enc_layers, m.dec_layers, m.dropout, self.norm,
                                  m.norm_position, init=m.init, embedding_bias=m.embedding_bias).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)
+        self.optimizer = torch_adam(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps)
         warmup = max(1, int(o.warmup))
         # step s (from 1): lr * min(s / warmup, sqrt(warmup / s)), the Transformer's schedule with its peak named
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -16,6 +16,7 @@ from omegaconf import MISSING
 from experiments.core.data.batching import bucketed_batches, count_batches
 from experiments.core.errors import UserError
 from experiments.core.training import distributed
+from experiments.core.training.adam import torch_adam
 from experiments.core.training.seeding import epoch_generator
 from experiments.core.training.task import Task, TaskConfig
 from experiments.translation import data as D
@@ -141,7 +142,7 @@ class TranslationTask(Task):
         m = self.cfg.model
         self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout,
                                init_mean=m.init_mean, gru2_bias_on_state=m.gru2_bias_on_state).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.optim.lr)
+        self.optimizer = torch_adam(self.model.parameters(), lr=self.cfg.optim.lr)
         self.signature = None
 
     def _timing_shape(self, scale: float) -> tuple[int, int]:

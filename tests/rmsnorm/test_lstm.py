@@ -111,13 +111,15 @@ def test_the_gru_refuses_batch_statistics_and_the_lstm_takes_them():
     assert NormLSTMCell(3, 4, "bn_everywhere").per_step
 
 
-def test_step_batch_norm_over_a_sequence_equals_step_by_step():
+@pytest.mark.parametrize("max_steps", [3, 8])  # 3: the last three of 5 steps share a slot
+def test_step_batch_norm_over_a_sequence_equals_step_by_step(max_steps):
     from rmsnorm import StepBatchNorm
 
     torch.manual_seed(0)
-    whole, steps = StepBatchNorm(6, max_steps=3), StepBatchNorm(6, max_steps=3)  # 5 steps: two share a slot
+    whole, steps = StepBatchNorm(6, max_steps=max_steps), StepBatchNorm(6, max_steps=max_steps)
     x, mask = torch.randn(5, 4, 6), torch.ones(5, 4)
     mask[3:, 1] = 0
+    mask[4, 2:] = 0  # a step with one valid row
     for mode in ("train", "eval"):
         getattr(whole, mode)()
         getattr(steps, mode)()

@@ -11,13 +11,22 @@ in the update:
   bias correction raises those instead of the decays: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), and
   p -= lr_t * m / (sqrt(v) + eps), eps on the uncorrected root. In effect there is no bias correction: against
   torch's Adam on the same gradients its steps are 3.5x larger at step 1, 6.6x at steps 10-15 (the peak, step
-  12), 4.5x at 50, 2.1x at 250, 1.26x at 1000 and within 1% from step 3925 (`upstream_step_ratio`)."""
+  12), 4.5x at 50, 2.1x at 250, 1.26x at 1000 and within 1% from step 3925 (`upstream_step_ratio`).
+
+Where a task uses torch's own Adam it takes it through `torch_adam`: its fused kernel."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def torch_adam(params, **kwargs) -> torch.optim.Adam:
+    """torch.optim.Adam with its fused kernel, one call for every parameter: on the CPU torch's default steps
+    tensor by tensor in Python, 8.4 ms a step for 101 small tensors (as in the demo Transformer, a 70 ms step)
+    against 1.2 ms fused (torch 2.14, one thread). Same update; only the rounding can differ."""
+    return torch.optim.Adam(params, fused=True, **kwargs)
 
 
 class _ForeachAdam(torch.optim.Optimizer):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from experiments.core.training.adam import OrderEmbeddingAdam, RootEpsAdam, upstream_step_ratio
+from experiments.core.training.adam import OrderEmbeddingAdam, RootEpsAdam, torch_adam, upstream_step_ratio
 
 
 def test_adam_with_eps_inside_the_root_is_the_weight_norm_codes():
@@ -83,6 +83,25 @@ def test_retrieval_takes_the_order_embedding_adam_under_preset_paper_only():
     from experiments.retrieval.task import ADAMS
     from tests.conftest import compose_cfg
 
-    assert ADAMS["upstream"] is OrderEmbeddingAdam and ADAMS["torch"] is torch.optim.Adam
+    assert ADAMS["upstream"] is OrderEmbeddingAdam and ADAMS["torch"] is torch_adam
     adam = {p: compose_cfg(["task=retrieval", f"preset={p}"]).task.optim.adam for p in ("paper", "demo", "smoke")}
     assert adam == {"paper": "upstream", "demo": "torch", "smoke": "torch"}
+
+
+def test_torch_adam_is_torchs_adam_fused():
+    """The tasks' torch Adam (fused kernel) takes the steps of torch's default Adam, up to rounding."""
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(7)]
+    ours = [p.clone().requires_grad_() for p in params]
+    theirs = [p.clone().requires_grad_() for p in params]
+    a = torch_adam(ours, lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
+    b = torch.optim.Adam(theirs, lr=1e-2, betas=(0.9, 0.98), eps=1e-9, foreach=False)
+    assert isinstance(a, torch.optim.Adam) and a.defaults["fused"]
+    for _ in range(20):
+        grads = [torch.randn_like(p) for p in params]
+        for group, opt in ((ours, a), (theirs, b)):
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(p, q)
