@@ -29,10 +29,10 @@ one() {  # one task (or transformer-pre) and one seed: a sweep over the task's n
 }
 export -f one
 
-# longest sweeps first (their order measured on the 2-core Xeon, 2026-12-01: CIFAR-10 about 220 s a seed,
-# reading 160, translation 140, the Transformer's two placements 70-80, retrieval 35), so the lanes end
+# longest sweeps first (their order measured on the 2-core AMD EPYC, 2026-12-01 12:55: CIFAR-10 about 100 s a
+# seed, reading 95, translation 110, the Transformer's two placements 80-85, retrieval 32), so the lanes end
 # together instead of one waiting on a long sweep started last; any task not named here runs after them
-order="cifar10 reading translation transformer-pre transformer retrieval"
+order="translation cifar10 reading transformer-pre transformer retrieval"
 names=$(printf '%s\n' $order $("$PY" scripts/tasks.py list) transformer-pre | awk '!seen[$0]++')
 jobs=()
 for name in $names; do
