@@ -195,15 +195,21 @@ class StepBatchNorm(nn.Module):
         return out if rows is None else x.new_zeros(x.shape).index_copy(0, rows, out)  # padded rows: 0, never read
 
     def _masked_by_hand(self, x: torch.Tensor, s: int, mask: torch.Tensor) -> torch.Tensor:
-        """Fewer than two valid rows, where torch's batch norm refuses: the same statistics written out."""
-        w = mask.view(-1, 1)
-        n = w.sum().clamp_min(1.0)
-        mean = (x * w).sum(0) / n
-        var = ((x - mean).pow(2) * w).sum(0) / n
+        """Fewer than two valid rows, where torch's batch norm refuses: the statistics written out."""
+        return self._by_formula(x.unsqueeze(0), mask.to(x.dtype).view(1, -1, 1), slice(s, s + 1))[0]
+
+    def _by_formula(self, x: torch.Tensor, w: torch.Tensor | None, slots: slice) -> torch.Tensor:
+        """x (T, B, d) normalised with each step's statistics over the rows w (T, B, 1) marks valid (all where
+        w is None), the running estimates of `slots` (one per step) updated; padded rows come out 0."""
+        n = x.new_full((x.shape[0], 1, 1), float(x.shape[1])) if w is None else w.sum(1, keepdim=True).clamp_min(1.0)
+        mean = (x if w is None else x * w).sum(1, keepdim=True) / n
+        centred = x - mean
+        var = (centred.pow(2) if w is None else centred.pow(2) * w).sum(1, keepdim=True) / n
         with torch.no_grad():
-            self.running_mean[s].lerp_(mean.detach(), self.momentum)
-            self.running_var[s].lerp_(var.detach() * n / (n - 1).clamp_min(1.0), self.momentum)
-        return affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias) * w  # padded rows: 0
+            self.running_mean[slots].lerp_(mean.squeeze(1), self.momentum)
+            self.running_var[slots].lerp_((var * n / (n - 1).clamp_min(1.0)).squeeze(1), self.momentum)
+        out = affine(centred * torch.rsqrt(var + self.eps), self.weight, self.bias)
+        return out if w is None else out * w
 
     def forward_sequence(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (T, B, d), every step with its own statistics; mask (T, B). The same values as stepping
@@ -217,15 +223,7 @@ class StepBatchNorm(nn.Module):
             masks = [None] * steps if mask is None else mask.unbind(0)
             # unbind, not x[t]: the backward of each x[t] would fill a zero tensor the size of the whole sequence
             return torch.stack([self(step, t, m) for t, (step, m) in enumerate(zip(x.unbind(0), masks, strict=True))])
-        w = x.new_ones(steps, x.shape[1], 1) if mask is None else mask.to(x.dtype).unsqueeze(-1)
-        n = w.sum(1, keepdim=True).clamp_min(1.0)  # (T, 1, 1) valid rows a step
-        mean = (x * w).sum(1, keepdim=True) / n
-        var = ((x - mean).pow(2) * w).sum(1, keepdim=True) / n
-        with torch.no_grad():
-            self.running_mean[:steps].lerp_(mean.squeeze(1), self.momentum)
-            self.running_var[:steps].lerp_((var * n / (n - 1).clamp_min(1.0)).squeeze(1), self.momentum)
-        out = affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
-        return out if mask is None else out * w  # padded rows: 0, as stepping gives them
+        return self._by_formula(x, None if mask is None else mask.to(x.dtype).unsqueeze(-1), slice(0, steps))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, max_steps={self.max_steps}, bias={self.bias is not None}"

@@ -122,7 +122,8 @@ _LOADED: dict[tuple, Cifar10Arrays] = {}
 def _files_key(root: Path) -> tuple:
     """Name, time and size of every file of the images and of the fitted ZCAs beside them."""
     files = [*Path(root).iterdir(), *(Path(root) / FOLDER).iterdir()]
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(files) if p.is_file())
+    stats = ((str(p), p.stat()) for p in sorted(files) if p.is_file())
+    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
 
 
 def load_cifar10(root: Path, zca_eps: float, train_limit: int | None, test_limit: int | None,
