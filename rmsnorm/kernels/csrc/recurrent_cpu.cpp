@@ -12,8 +12,12 @@
 // 2 LayerNorm  y = (x - mean) * r * w + b,  r = 1 / sqrt(mean((x - mean)^2) + eps).
 // Gains and biases are optional; their gradients are summed per step over a fixed column split (the same bits
 // whatever the thread count).
-#include <torch/extension.h>
+// ATen and the autograd headers only, not torch/extension.h: the Python binding lives in rms_norm_cpu.cpp, and
+// without pybind and the C++ frontend this unit parses about half the headers
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cmath>
@@ -694,23 +698,20 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
 
 }  // namespace
 
-void bind_recurrent(pybind11::module_& m) {
-  m.def("gru_sequence",
-        [](const torch::Tensor& xg, const torch::Tensor& xc, const torch::Tensor& h0, const torch::Tensor& w_hh,
-           const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
-           const c10::optional<torch::Tensor>& wg, const c10::optional<torch::Tensor>& bg,
-           const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-           const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
-          return GruFunction::apply(xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles);
-        },
-        "a normalised GRU over a whole (T, B, .) sequence in one direction, with autograd (CPU)");
-  m.def("lstm_sequence",
-        [](const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
-           const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
-           const c10::optional<torch::Tensor>& wh,
-           const c10::optional<torch::Tensor>& bh, const c10::optional<torch::Tensor>& wc,
-           const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
-          return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles);
-        },
-        "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, with autograd (CPU)");
+// the entry points rms_norm_cpu.cpp binds for Python
+torch::Tensor gru_sequence(const torch::Tensor& xg, const torch::Tensor& xc, const torch::Tensor& h0,
+                           const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias_h,
+                           const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wg,
+                           const c10::optional<torch::Tensor>& bg, const c10::optional<torch::Tensor>& wc,
+                           const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints,
+                           const std::vector<double>& doubles) {
+  return GruFunction::apply(xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles);
+}
+
+torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
+                            const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
+                            const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
+                            const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
+                            const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+  return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles);
 }
