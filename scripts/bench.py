@@ -467,6 +467,8 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], run: dict) -
         lines.append("")
     if cuda:
         lines += render_targets(gpu_targets(results, rooflines, size), run.get("dispatch", {}))
+    elif targets := cpu_targets(results, rooflines, size):
+        lines += render_targets(targets, None, "The CPU targets (pRMSNorm)")
     return "\n".join(lines)
 
 
@@ -507,13 +509,42 @@ def gpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: i
     return out
 
 
-def render_targets(targets: list[dict], chosen: dict[str, str]) -> list[str]:
+# pRMSNorm on the CPU: it does strictly less arithmetic than RMSNorm, so at every shape of at least this many
+# elements its backward should stream near the copy's rate and its fwd+bwd cost no more than RMSNorm's
+PRMS_TARGET_ELEMENTS = 1 << 20
+
+
+def cpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: int) -> list[dict]:
+    """pRMSNorm's targets at each shape of >= PRMS_TARGET_ELEMENTS elements where ours ran both norms."""
+    out = []
+    for key in dict.fromkeys((r.task, r.shape, r.rows, r.d) for r in results):
+        _, _, rows, d = key
+        group = {r.impl: r for r in results if (r.task, r.shape, r.rows, r.d) == key}
+        prms = next((r for name, r in group.items() if name.startswith("prmsnorm (ours")), None)
+        rms = group.get("rmsnorm (ours)")
+        if rows * d < PRMS_TARGET_ELEMENTS or prms is None or rms is None:
+            continue
+        where = f"{rows} x {d}, {prms.impl}"
+        bwd_gbps = 3 * rows * d * size / prms.bwd / 1e9
+        copy, fresh = rooflines[key].gbps(rows * d * size), rooflines[key].gbps(rows * d * size, fresh=True)
+        out.append({"target": "backward >= 60% of copy", "where": where,
+                    "value": f"{100 * bwd_gbps / copy:.0f}% ({100 * bwd_gbps / fresh:.0f}% of the fresh copy)",
+                    "met": bwd_gbps >= 0.6 * copy})
+        est, _, hi = ratio_interval(prms, rms, "fwd_bwd")
+        out.append({"target": "fwd+bwd <= 1.05x RMSNorm (ours) (upper end)", "where": where,
+                    "value": f"{est:.2f} (upper {hi:.2f})", "met": hi <= 1.05})
+    return out
+
+
+def render_targets(targets: list[dict], chosen: dict[str, str] | None, title: str = "The GPU targets") -> list[str]:
+    """The targets as a table; `chosen`: the CUDA dispatch's choices in the run (None: no dispatch to list)."""
     met = sum(t["met"] for t in targets)
-    lines = ["## The GPU targets", "", f"{met} of {len(targets)} met.", "",
+    lines = [f"## {title}", "", f"{met} of {len(targets)} met.", "",
              "| target | shape, norm | measured | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['where']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
-    lines += ["", "The dispatch's choices in this run (norm/dtype/width/rows -> path):", ""]
-    lines += [f"- `{k}`: {v}" for k, v in sorted(chosen.items())] or ["- none"]
+    if chosen is not None:
+        lines += ["", "The dispatch's choices in this run (norm/dtype/width/rows -> path):", ""]
+        lines += [f"- `{k}`: {v}" for k, v in sorted(chosen.items())] or ["- none"]
     return lines + [""]
 
 

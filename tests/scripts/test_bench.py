@@ -137,6 +137,41 @@ def test_the_gpu_targets_are_read_from_the_measurements():
 
 
 
+def test_the_cpu_targets_for_prmsnorm_are_read_from_the_measurements():
+    # made-up rounds: pRMSNorm's backward at 70% of the copy's rate meets that target; its fwd+bwd 10% over
+    # RMSNorm's in every round misses the 1.05x one; a shape under a million elements carries no target
+    from scripts.bench import Result, Roofline, cpu_targets, render
+
+    size, rounds = 4, 5
+
+    def results_at(rows, d, prms_over_rms):
+        nbytes = rows * d * size
+        bwd = 3 * nbytes / (0.7 * 20e9)
+
+        def result(impl, scale):
+            jitter = [1.0, 1.01, 0.99, 1.02, 0.98]
+            times = {m: [bwd * scale * j for j in jitter] for m in ("fwd", "bwd", "fwd_bwd")}
+            return Result("t", "s", rows, d, impl, times)
+
+        return [result("layernorm (torch)", 1.0), result("rmsnorm (ours)", 1.0),
+                result("prmsnorm (ours, p=0.0625)", prms_over_rms)]
+
+    copy = [2 * 4000 * 1024 * size / 20e9] * rounds  # 20 GB/s
+    results = results_at(4000, 1024, 1.0) + results_at(64, 240, 1.1)
+    rooflines = {("t", "s", 4000, 1024): Roofline(copy, copy), ("t", "s", 64, 240): Roofline(copy, copy)}
+    targets = cpu_targets(results, rooflines, size)
+    assert [t["where"].split(",")[0] for t in targets] == ["4000 x 1024"] * 2
+    by = {t["target"]: t for t in targets}
+    assert by["backward >= 60% of copy"]["met"] and by["backward >= 60% of copy"]["value"].startswith("70%")
+    assert by["fwd+bwd <= 1.05x RMSNorm (ours) (upper end)"]["met"]
+    slow = cpu_targets(results_at(4000, 1024, 1.1), rooflines, size)
+    assert not next(t for t in slow if t["target"].startswith("fwd+bwd"))["met"]
+    run = {"machine": "m", "command": "c", "produced_by": {"date": "d", "torch": "t", "commit": "abc"},
+           "dtype": "float32", "threads": 2, "kernel_note": "", "rounds": rounds, "device": "cpu", "malloc": "m"}
+    text = render(results, rooflines, run)
+    assert "## The CPU targets (pRMSNorm)" in text and "2 of 2 met." in text
+
+
 def test_gpu_checks_keeps_to_its_budget_and_says_what_produced_the_log(tmp_path):
     # with no budget left every step is skipped and marked, the exit status says so, and the log's head names
     # the commit (what a lent machine's copy of the tree, without .git, is told through RMSNORM_COMMIT)
