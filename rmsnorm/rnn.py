@@ -17,9 +17,10 @@ The sequence layer projects and normalises the inputs of all time steps at once,
 step is then one matmul for [U; Ux] h, two norms and the gate arithmetic.
 
 The layers (`NormGRU`, `NormLSTM`) run that loop in one native op per direction where they can
-(`native_plan`: CPU, float32/float64, the fused kernel built, norms it computes: none, LayerNorm and the RMS
-family; csrc/recurrent_cpu.cpp), forward and backward through time; elsewhere, and with `native=False`, the
-Python loop over the cells below, which is the reference the op is tested against.
+(`native_plan`: CPU, float32/float64, the fused kernel built, norms it computes: none, LayerNorm, the RMS
+family and, in the LSTM, the batch norm with statistics per time step; csrc/recurrent_cpu.cpp), forward and
+backward through time; elsewhere, and with `native=False`, the Python loop over the cells below, which is the
+reference the op is tested against.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from rmsnorm.blocks import BlockNorm
 from rmsnorm.kernels import cpu, dispatch
-from rmsnorm.norms import AffineNorm, LayerNorm, NoNorm
+from rmsnorm.norms import AffineNorm, LayerNorm, NoNorm, StepBatchNorm
 from rmsnorm.reference import NormConfigError
 from rmsnorm.registry import recurrent_norm_names
 from rmsnorm.spec import NormSpec
@@ -48,13 +49,15 @@ def recurrent_spec(norm: NormSpec | str, per_step: bool = False) -> NormSpec:
 
 
 #: norm kinds of the native op (csrc/recurrent_cpu.cpp)
-_NONE, _RMS, _LAYER = 0, 1, 2
+_NONE, _RMS, _LAYER, _BATCH = 0, 1, 2, 3
 
 
 def _native_norm(norm: nn.Module, width: int):
     """(kind, k, inv_n, eps, gain, bias) of a norm the native op computes, or None."""
     if isinstance(norm, NoNorm):
         return _NONE, width, 0.0, 0.0, None, None
+    if isinstance(norm, StepBatchNorm):  # its statistics per step: the op takes them with `batch_extras`
+        return (_BATCH, width, 0.0, norm.eps, norm.weight, norm.bias) if norm.num_features == width else None
     if not isinstance(norm, AffineNorm) or norm.impl != "fused" or norm.num_features != width:
         return None
     if isinstance(norm, LayerNorm):
@@ -80,6 +83,17 @@ def native_plan(norms: list[tuple[nn.Module, int]], x: torch.Tensor):
     if any(t is not None and t.dtype != x.dtype for t in tensors):
         return None
     return ints, doubles, tensors
+
+
+def batch_extras(norm_h: StepBatchNorm, norm_c: StepBatchNorm, x: torch.Tensor):
+    """What the native LSTM op takes besides the plan for its per-step batch norms, read at each call (the
+    training flag changes): ints {train, max_steps}, doubles {momentum}, the four running estimates; None where
+    the two norms differ in those settings or their buffers are not x's dtype (the Python loop runs)."""
+    running = [norm_h.running_mean, norm_h.running_var, norm_c.running_mean, norm_c.running_var]
+    if (norm_h.max_steps != norm_c.max_steps or norm_h.momentum != norm_c.momentum or norm_h.training != norm_c.training
+            or any(r.dtype != x.dtype or r.device != x.device for r in running)):
+        return None
+    return [int(norm_h.training), norm_h.max_steps], [float(norm_h.momentum)], running
 
 
 def _cached_plan(cell: nn.Module, x: torch.Tensor, norms):
@@ -266,10 +280,15 @@ class NormLSTMCell(nn.Module):
         nn.init.zeros_(self.bias)
 
     def native_plan(self, x: torch.Tensor):
-        """The native op's settings for this cell's norms on input x, or None (always for per-step statistics)."""
-        if self.per_step:
+        """The native op's settings for this cell's norms on input x, or None: (ints, doubles, gains, running), the
+        per-step batch norms' extras (`batch_extras`) added to the first two and in `running` (else empty)."""
+        plan = _cached_plan(self, x, lambda: [(self.norm_h, 4 * self.hidden_size), (self.norm_c, self.hidden_size)])
+        if plan is None or not self.per_step:
+            return None if plan is None else (*plan, [])
+        extras = batch_extras(self.norm_h, self.norm_c, x)
+        if extras is None:
             return None
-        return _cached_plan(self, x, lambda: [(self.norm_h, 4 * self.hidden_size), (self.norm_c, self.hidden_size)])
+        return plan[0] + extras[0], plan[1] + extras[1], plan[2], extras[2]
 
     def project_inputs(self, x: torch.Tensor, mask: torch.Tensor | None = None, add_bias: bool = True) -> torch.Tensor:
         """N_x(W x + b_x) + b for (T, B, input) sequences or (B, input) steps: all time steps at once (the
@@ -321,17 +340,17 @@ class NormLSTM(nn.Module):
         self.native = native  # False: the Python loop over the cell (the reference)
 
     def uses_native(self, x: torch.Tensor) -> bool:
-        """Whether a forward on x runs the native op (never for per-step batch statistics)."""
+        """Whether a forward on x runs the native op."""
         return self.native and self.cells[0].native_plan(x) is not None
 
     def _run(self, cell: NormLSTMCell, x: torch.Tensor, mask: torch.Tensor | None, h0: torch.Tensor, reverse: bool):
         plan = cell.native_plan(x) if self.native else None
         if plan is None:
             return self._run_python(cell, x, mask, h0, reverse)
-        ints, doubles, gains = plan
+        ints, doubles, gains, running = plan
         proj = cell.project_inputs(x, mask, add_bias=False).contiguous()
         out = cpu.module().lstm_sequence(proj, h0.expand(x.shape[1], -1), cell.weight_hh, cell.bias, mask, *gains,
-                                         [int(reverse), *ints], doubles)
+                                         [int(reverse), *ints], doubles, running)
         return out, out[0] if reverse else out[-1]
 
     @staticmethod

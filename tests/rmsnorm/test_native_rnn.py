@@ -147,16 +147,90 @@ def test_lstm_op_gradcheck_float64(norm):
 
     def op(xp, h0, w, bias, *gains):
         return cpu.module().lstm_sequence(xp, h0, w, bias, mask, *gains, [0, kind, 4 * H, kind, H],
-                                          [1.0 / (4 * H), 1e-6, 1.0 / H, 1e-6])
+                                          [1.0 / (4 * H), 1e-6, 1.0 / H, 1e-6], [])
 
     assert torch.autograd.gradcheck(op, (xp, h0, w, bias, *gains))
+
+
+def _batch_layer(bidirectional, max_steps, training):
+    layer = _layer("LSTM", "batchnorm", bidirectional)
+    for cell in layer.cells:
+        for norm in (cell.norm_x, cell.norm_h, cell.norm_c):
+            norm.max_steps = max_steps  # slots shared past max_steps: the updates' order matters
+            norm.running_mean = 0.1 * torch.randn(max_steps, norm.num_features, dtype=D)
+            norm.running_var = 0.5 + torch.rand(max_steps, norm.num_features, dtype=D)
+    return layer.train(training)
+
+
+def _buffers(layer):
+    return {name: b.clone() for name, b in layer.named_buffers()}
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("max_steps", [3, 16])
+@pytest.mark.parametrize("training", [True, False])
+def test_native_lstm_batch_norm_equals_the_python_loop(bidirectional, masked, max_steps, training):
+    """Statistics per time step over the valid rows (steps 4-6 of the mask hold one valid row, step 7 of the
+    second case none), the running estimates per step moved the same way, evaluation from them."""
+    layer = _batch_layer(bidirectional, max_steps, training)
+    x = torch.randn(7, 3, 5, dtype=D, requires_grad=True)
+    mask = _mask() if masked else None
+    assert layer.uses_native(x)
+    start = _buffers(layer)
+    runs = []
+    for native in (True, False):
+        for name, b in layer.named_buffers():
+            b.copy_(start[name])
+        runs.append((_run(layer, x, mask, native), _buffers(layer)))
+    (native, native_buffers), (python, python_buffers) = runs
+    torch.testing.assert_close(native[0], python[0])
+    torch.testing.assert_close(native[1], python[1])
+    names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
+    for name, a, b in zip(names, native[2], python[2], strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"gradient of {name}: {m}")
+    for name in start:
+        torch.testing.assert_close(native_buffers[name], python_buffers[name], msg=lambda m, name=name: f"{name}: {m}")
+    moved = any(not torch.equal(native_buffers[n], start[n]) for n in start)
+    assert moved == training  # training moves the estimates, evaluation reads them only
+
+
+def test_native_lstm_batch_norm_with_a_step_of_no_valid_row_in_float32():
+    layer = _batch_layer(True, 16, True).float()
+    x = torch.randn(7, 4, 5, requires_grad=True)
+    mask = torch.ones(7, 4)
+    mask[5:, :] = 0  # the last two steps of every row padded
+    mask[3:, 1] = 0
+    _assert_same(layer, x, mask, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_lstm_op_gradcheck_float64_with_batch_norm(training):
+    """The op alone with per-step batch norms on both sides, one step with a single valid row."""
+    torch.manual_seed(0)
+    T, B, H = 3, 4, 3
+    g = dict(dtype=D, requires_grad=True)
+    xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
+    bias = torch.randn(4 * H, **g)
+    gains = [torch.randn(4 * H, **g), None, torch.randn(H, **g), torch.randn(H, **g)]
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]], dtype=D)
+
+    def op(xp, h0, w, bias, wh, wc, bc):
+        running = [torch.zeros(T, 4 * H, dtype=D), torch.ones(T, 4 * H, dtype=D), torch.zeros(T, H, dtype=D),
+                   torch.ones(T, H, dtype=D)]
+        ints = [1, 3, 4 * H, 3, H, int(training), T]  # reverse, two batch norms, train, max_steps
+        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, wh, None, wc, bc, ints, [0.0, 1e-3, 0.0, 1e-3, 0.1],
+                                          running)
+
+    assert torch.autograd.gradcheck(op, (xp, h0, w, bias, gains[0], gains[2], gains[3]))
 
 
 def test_cases_the_native_op_leaves_to_the_python_loop():
     x = torch.randn(4, 2, 5)
     assert NormGRU(5, 6, "rmsnorm").uses_native(x)
     assert not NormGRU(5, 6, "rmsnorm", native=False).uses_native(x)  # the reference, selected
-    assert not NormLSTM(5, 6, "batchnorm").uses_native(x)  # per-step statistics stay in Python
+    assert NormLSTM(5, 6, "batchnorm").uses_native(x)  # per-step statistics, in the op too
+    assert not NormLSTM(5, 6, "batchnorm").double().uses_native(x)  # running estimates of another dtype
     assert not NormGRU(5, 6, NormSpec("rmsnorm", impl="composite")).uses_native(x)  # another implementation
     assert not NormGRU(5, 6, "rmsnorm").half().uses_native(x.half())  # a dtype the op does not take
     with dispatch.reference_only():

@@ -10,6 +10,9 @@
 // Norms (one per column block): kind 0 none (identity), 1 the RMS family
 //   y = x * r * w (+ b),  r = 1 / sqrt(inv_n * sum_{i<k} x_i^2 + eps)   (RMSNorm, pRMSNorm, L2-Norm)
 // 2 LayerNorm  y = (x - mean) * r * w + b,  r = 1 / sqrt(mean((x - mean)^2) + eps).
+// 3 recurrent batch norm (LSTM only): the same with a mean and r per column and time step, from the step's valid
+//   rows in training (running estimates per step updated in place) or from the running estimates in evaluation;
+//   the rows of a step are coupled through those statistics, so the step's row pass splits where they are needed.
 // Gains and biases are optional; their gradients are summed per step over a fixed column split (the same bits
 // whatever the thread count).
 // ATen and the autograd headers only, not torch/extension.h: the Python binding lives in rms_norm_cpu.cpp, and
@@ -33,7 +36,7 @@ int64_t rmsnorm_parallel_grain();  // elements per thread before a loop goes par
 
 namespace {
 
-enum Kind : int64_t { kNone = 0, kRms = 1, kLayer = 2 };
+enum Kind : int64_t { kNone = 0, kRms = 1, kLayer = 2, kBatch = 3 };
 
 template <typename T>
 struct Norm {
@@ -41,12 +44,23 @@ struct Norm {
   T inv_n = 0, eps = 0;
   const T* w = nullptr;
   const T* b = nullptr;
+  // kBatch: this step's mean and r per column (set per step)
+  const T* col_mean = nullptr;
+  const T* col_r = nullptr;
+
+  Norm with_columns(const T* mean, const T* r) const {
+    Norm n = *this;
+    n.col_mean = mean;
+    n.col_r = r;
+    return n;
+  }
 };
 
 template <typename T>
 Norm<T> make_norm(int64_t kind, int64_t d, int64_t k, double inv_n, double eps, const c10::optional<torch::Tensor>& w,
                   const c10::optional<torch::Tensor>& b) {
-  TORCH_CHECK(kind >= kNone && kind <= kLayer, "norm kind must be 0 (none), 1 (RMS family) or 2 (LayerNorm)");
+  TORCH_CHECK(kind >= kNone && kind <= kBatch,
+              "norm kind must be 0 (none), 1 (RMS family), 2 (LayerNorm) or 3 (batch norm per step)");
   TORCH_CHECK(kind != kRms || (k >= 1 && k <= d), "k must lie in [1, d]");
   Norm<T> n;
   n.kind = kind;
@@ -137,6 +151,17 @@ inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restric
     std::copy(x, x + d, y);
     return;
   }
+  if (n.kind == kBatch) {
+    const T *cm = n.col_mean, *cr = n.col_r, *w = n.w, *b = n.b;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) {
+      T v = (x[j] - cm[j]) * cr[j];
+      if (w) v *= w[j];
+      if (b) v += b[j];
+      y[j] = v;
+    }
+    return;
+  }
   T mean = 0, acc = 0;
   if (n.kind == kLayer) {
 #pragma omp simd reduction(+ : mean)
@@ -204,7 +229,7 @@ inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* _
 template <typename T>
 void gain_grads(const Norm<T>& n, const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* stats,
                 int64_t stat_stride, int64_t rows, T* dw, T* db) {
-  if (n.kind == kNone || (!dw && !db)) return;
+  if (n.kind == kNone || n.kind == kBatch || (!dw && !db)) return;  // batch norm: summed per step
   const int64_t grain = std::max<int64_t>(16, rmsnorm_parallel_grain() / std::max<int64_t>(rows, 1));
   at::parallel_for(0, n.d, grain, [&](int64_t j0, int64_t j1) {
     for (int64_t row = 0; row < rows; ++row) {
@@ -224,6 +249,116 @@ void gain_grads(const Norm<T>& n, const T* dy, int64_t dy_stride, const T* x, in
 }
 
 inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, rmsnorm_parallel_grain() / std::max<int64_t>(width, 1)); }
+
+// ---- recurrent batch norm: statistics per column over a step's valid rows ------------------------------------
+// Columns are split over threads and each column's sums run over the rows in order: the same bits whatever the
+// thread count. Rows a mask marks padded take no part (their outputs are discarded by the state update).
+
+struct BatchSettings {
+  bool train = false;
+  int64_t max_steps = 1;
+  double momentum = 0.1;
+};
+
+// the number of valid rows of a step, at least 1 (a step with none updates nothing it could use)
+template <typename T>
+T valid_rows(const T* m, int64_t rows) {
+  if (!m) return T(rows);
+  T n = 0;
+  for (int64_t b = 0; b < rows; ++b) n += m[b];
+  return std::max(n, T(1));
+}
+
+// mean and r = 1 / sqrt(var + eps) per column of x (rows x d): from the valid rows (biased variance) in training,
+// the running estimates of slot `slot` then moved toward them (unbiased variance); from those estimates otherwise
+template <typename T>
+void batch_column_stats(const T* x, int64_t x_stride, int64_t rows, int64_t d, const T* m, T eps,
+                        const BatchSettings& bs, T* run_mean, T* run_var, T* mean, T* r) {
+  if (!bs.train) {
+    for (int64_t j = 0; j < d; ++j) {
+      mean[j] = run_mean[j];
+      r[j] = T(1) / std::sqrt(run_var[j] + eps);
+    }
+    return;
+  }
+  const T n = valid_rows(m, rows);
+  const T unbias = n / std::max(n - T(1), T(1)), mom = T(bs.momentum);
+  at::parallel_for(0, d, std::max<int64_t>(16, rmsnorm_parallel_grain() / std::max<int64_t>(rows, 1)),
+                   [&](int64_t j0, int64_t j1) {
+    std::vector<T> var(j1 - j0, T(0));
+    T* mu = mean + j0;
+    std::fill(mu, mu + (j1 - j0), T(0));
+    for (int64_t b = 0; b < rows; ++b) {
+      const T mb = m ? m[b] : T(1);
+      const T* xr = x + b * x_stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < j1 - j0; ++j) mu[j] += mb * xr[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < j1 - j0; ++j) mu[j] /= n;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T mb = m ? m[b] : T(1);
+      const T* xr = x + b * x_stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < j1 - j0; ++j) var[j] += mb * (xr[j] - mu[j]) * (xr[j] - mu[j]);
+    }
+    for (int64_t j = 0; j < j1 - j0; ++j) {
+      const T v = var[j] / n;
+      r[j0 + j] = T(1) / std::sqrt(v + eps);
+      run_mean[j0 + j] += mom * (mu[j] - run_mean[j0 + j]);
+      run_var[j0 + j] += mom * (v * unbias - run_var[j0 + j]);
+    }
+  });
+}
+
+// Backward of a step's batch norm: dy (its output's gradient, 0 on padded rows) -> dx. In training
+//   dx = m r w (dy - sum(dy) / n - xhat sum(dy xhat) / n),  sums over the valid rows per column;
+// in evaluation dx = r w dy. The gain and bias gradients (sum dy xhat, sum dy) are added to dw and db.
+template <typename T>
+void batch_norm_backward(const Norm<T>& nn, const T* dy, int64_t dy_stride, const T* x, int64_t x_stride,
+                         int64_t rows, const T* m, bool train, T* dx, int64_t dx_stride, T* dw, T* db) {
+  const int64_t d = nn.d;
+  const T n = valid_rows(m, rows);
+  at::parallel_for(0, d, std::max<int64_t>(16, rmsnorm_parallel_grain() / std::max<int64_t>(rows, 1)),
+                   [&](int64_t j0, int64_t j1) {
+    const int64_t w = j1 - j0;
+    std::vector<T> s_dy(w, T(0)), s_dyx(w, T(0)), scale(w);
+    const T* cm = nn.col_mean + j0;
+    const T* cr = nn.col_r + j0;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T* dyr = dy + b * dy_stride + j0;
+      const T* xr = x + b * x_stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        s_dy[j] += dyr[j];
+        s_dyx[j] += dyr[j] * (xr[j] - cm[j]) * cr[j];
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      scale[j] = cr[j] * (nn.w ? nn.w[j0 + j] : T(1));
+      if (dw) dw[j0 + j] += s_dyx[j];
+      if (db) db[j0 + j] += s_dy[j];
+      s_dy[j] /= n;
+      s_dyx[j] /= n;
+    }
+    for (int64_t b = 0; b < rows; ++b) {
+      const T* dyr = dy + b * dy_stride + j0;
+      const T* xr = x + b * x_stride + j0;
+      T* dxr = dx + b * dx_stride + j0;
+      if (!train) {
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) dxr[j] = scale[j] * dyr[j];
+        continue;
+      }
+      const T mb = m ? m[b] : T(1);
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const T xhat = (xr[j] - cm[j]) * cr[j];
+        dxr[j] = mb * scale[j] * (dyr[j] - s_dy[j] - xhat * s_dyx[j]);
+      }
+    }
+  });
+}
 
 torch::Tensor opt_or_undefined(const c10::optional<torch::Tensor>& t) {
   return t.has_value() ? *t : torch::Tensor();
@@ -405,19 +540,24 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
 //   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + x_p + b);  c' = f c + i g;  h' = o tanh(N_c(c'))
 //   with a mask m per row: h <- h + m (h' - h), c <- c + m (c' - c); c starts at 0
 
+// colstats_h (T, 2, 4H) and colstats_c (T, 2, H): each step's column means and r where that norm is a batch norm
+// (else empty); running: the batch norms' running means and variances, (max_steps, width) each, updated in place
 struct LstmTensors {
-  torch::Tensor xp, h0, w_hh, bias, mask, out, cell, a, stats, act, cnew;
+  torch::Tensor xp, h0, w_hh, bias, mask, out, cell, a, stats, act, cnew, colstats_h, colstats_c;
 };
 
 template <typename T>
-void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse) {
+void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse, const BatchSettings& bs,
+                  const std::vector<torch::Tensor>& running) {
   const int64_t steps = s.xp.size(0), B = s.xp.size(1), H = s.h0.size(1);
   const T* mask = ptr_or_null<T>(s.mask);
   const T* bias = ptr_or_null<T>(s.bias);
+  const bool bn_h = nh.kind == kBatch, bn_c = nc.kind == kBatch;
   auto w_t = s.w_hh.t();
   std::vector<T> zeros(B * H, T(0));
   for (int64_t i = 0; i < steps; ++i) {
     const int64_t t = reverse ? steps - 1 - i : i;
+    const int64_t slot = std::min(t, bs.max_steps - 1);  // later steps share the last slot's running estimates
     auto hp_t = i == 0 ? s.h0 : s.out[previous_step(t, reverse)];
     auto a_t = s.a[t];
     at::mm_out(a_t, hp_t, w_t);
@@ -431,42 +571,75 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
     T* out = s.out.data_ptr<T>() + t * B * H;
     T* cell = s.cell.data_ptr<T>() + t * B * H;
     const T* m = mask ? mask + t * B : nullptr;
-    at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> n(4 * H);
-      for (int64_t b = b0; b < b1; ++b) {
-        norm_forward(nh, a + b * 4 * H, n.data(), st + b * 4);
-        const T* xr = xp + b * 4 * H;
-        T* ar = act + b * 4 * H;
-        if (bias) {
+    Norm<T> nh_t = nh, nc_t = nc;
+    if (bn_h) {
+      T* cs = s.colstats_h.data_ptr<T>() + t * 2 * 4 * H;
+      batch_column_stats(a, 4 * H, B, 4 * H, m, nh.eps, bs, running[0].data_ptr<T>() + slot * 4 * H,
+                         running[1].data_ptr<T>() + slot * 4 * H, cs, cs + 4 * H);
+      nh_t = nh.with_columns(cs, cs + 4 * H);
+    }
+    // the gates and c' of row b (n: scratch of 4H)
+    auto gates_row = [&](int64_t b, T* n) {
+      norm_forward(nh_t, a + b * 4 * H, n, st + b * 4);
+      const T* xr = xp + b * 4 * H;
+      T* ar = act + b * 4 * H;
+      if (bias) {
 #pragma omp simd
-          for (int64_t j = 0; j < 4 * H; ++j) n[j] += bias[j];
-        }
-        sigmoid_of_sum(ar, n.data(), xr, 3 * H);
-        tanh_of_sum(ar + 3 * H, n.data() + 3 * H, xr + 3 * H, H);
-        const T* cpr = cp + b * H;
-        T* cnr = cnew + b * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) cnr[j] = ar[H + j] * cpr[j] + ar[j] * ar[3 * H + j];
-        norm_forward(nc, cnr, n.data(), st + b * 4 + 2);
-        tanh_of_sum(n.data(), n.data(), static_cast<const T*>(nullptr), H);
-        const T mb = m ? m[b] : T(1);
-        const T* hpr = hp + b * H;
-        T* outr = out + b * H;
-        T* cellr = cell + b * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T hn = ar[2 * H + j] * n[j];
-          outr[j] = hpr[j] + mb * (hn - hpr[j]);
-          cellr[j] = cpr[j] + mb * (cnr[j] - cpr[j]);
-        }
+        for (int64_t j = 0; j < 4 * H; ++j) n[j] += bias[j];
       }
-    });
+      sigmoid_of_sum(ar, n, xr, 3 * H);
+      tanh_of_sum(ar + 3 * H, n + 3 * H, xr + 3 * H, H);
+      const T* cpr = cp + b * H;
+      T* cnr = cnew + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) cnr[j] = ar[H + j] * cpr[j] + ar[j] * ar[3 * H + j];
+    };
+    // h' and the state update of row b from its c'
+    auto output_row = [&](int64_t b, T* n) {
+      const T* ar = act + b * 4 * H;
+      const T* cpr = cp + b * H;
+      const T* cnr = cnew + b * H;
+      norm_forward(nc_t, cnr, n, st + b * 4 + 2);
+      tanh_of_sum(n, n, static_cast<const T*>(nullptr), H);
+      const T mb = m ? m[b] : T(1);
+      const T* hpr = hp + b * H;
+      T* outr = out + b * H;
+      T* cellr = cell + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T hn = ar[2 * H + j] * n[j];
+        outr[j] = hpr[j] + mb * (hn - hpr[j]);
+        cellr[j] = cpr[j] + mb * (cnr[j] - cpr[j]);
+      }
+    };
+    if (!bn_c) {  // one pass over the rows
+      at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
+        std::vector<T> n(4 * H);
+        for (int64_t b = b0; b < b1; ++b) {
+          gates_row(b, n.data());
+          output_row(b, n.data());
+        }
+      });
+    } else {  // N_c's statistics need every row's c' first
+      at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+        std::vector<T> n(4 * H);
+        for (int64_t b = b0; b < b1; ++b) gates_row(b, n.data());
+      });
+      T* cs = s.colstats_c.data_ptr<T>() + t * 2 * H;
+      batch_column_stats(static_cast<const T*>(cnew), H, B, H, m, nc.eps, bs, running[2].data_ptr<T>() + slot * H,
+                         running[3].data_ptr<T>() + slot * H, cs, cs + H);
+      nc_t = nc.with_columns(cs, cs + H);
+      at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+        std::vector<T> n(H);
+        for (int64_t b = b0; b < b1; ++b) output_row(b, n.data());
+      });
+    }
   }
 }
 
 template <typename T>
 std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse,
-                                         const torch::Tensor& grad_out, bool want_gains) {
+                                         const torch::Tensor& grad_out, bool want_gains, bool train) {
   const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
   const auto opts = s.out.options();
   auto dxp = torch::empty({steps, B, 4 * H}, opts), dA = torch::empty({steps, B, 4 * H}, opts);
@@ -481,7 +654,10 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
   auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
   const T* mask = ptr_or_null<T>(s.mask);
   const T* go_all = grad_out.data_ptr<T>();
+  const bool bn_h = nh.kind == kBatch, bn_c = nc.kind == kBatch;
   std::vector<T> zeros(B * H, T(0));
+  // N_c's input gradient, every row of a step (the batch norm's rows are coupled: computed after the step's sums)
+  std::vector<T> dcn_all(bn_c ? B * H : 0);
   for (int64_t i = steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? steps - 1 - i : i;
     const T* cp = i == 0 ? zeros.data() : s.cell.data_ptr<T>() + previous_step(t, reverse) * B * H;
@@ -498,40 +674,71 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
     const T* dc_in = dc.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
     T* dc_out = dc_next.data_ptr<T>();
-    at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> n(H), dcn(H), stat(2);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* cnr = cnew + b * H;
-        norm_forward(nc, cnr, n.data(), stat.data());  // tanh(N_c(c')) again
-        tanh_of_sum(n.data(), n.data(), static_cast<const T*>(nullptr), H);
-        const T* ar = act + b * 4 * H;
-        const T mb = m ? m[b] : T(1);
-        T* dncr = dnc_all + b * H;
-        T* dxr = dxp_t + b * 4 * H;
+    const Norm<T> nh_t = bn_h ? nh.with_columns(s.colstats_h.data_ptr<T>() + t * 2 * 4 * H,
+                                                s.colstats_h.data_ptr<T>() + t * 2 * 4 * H + 4 * H) : nh;
+    const Norm<T> nc_t = bn_c ? nc.with_columns(s.colstats_c.data_ptr<T>() + t * 2 * H,
+                                                s.colstats_c.data_ptr<T>() + t * 2 * H + H) : nc;
+    // row b: the output gate's gradient and N_c's output gradient (n: scratch of H)
+    auto output_row = [&](int64_t b, T* n, T* stat) {
+      const T* cnr = cnew + b * H;
+      norm_forward(nc_t, cnr, n, stat);  // tanh(N_c(c')) again
+      tanh_of_sum(n, n, static_cast<const T*>(nullptr), H);
+      const T* ar = act + b * 4 * H;
+      const T mb = m ? m[b] : T(1);
+      T* dncr = dnc_all + b * H;
+      T* dxr = dxp_t + b * 4 * H;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T dhn = mb * (go[b * H + j] + dh_in[b * H + j]);
-          const T th = n[j], o = ar[2 * H + j];
-          dxr[2 * H + j] = dhn * th * o * (T(1) - o);
-          dncr[j] = dhn * o * (T(1) - th * th);
-        }
-        norm_backward(nc, dncr, cnr, st + b * 4 + 2, dcn.data());
-        const T* cpr = cp + b * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T dht = go[b * H + j] + dh_in[b * H + j];
-          const T dct = dc_in[b * H + j];
-          const T dcnew = mb * dct + dcn[j];
-          const T ig = ar[j], fg = ar[H + j], gg = ar[3 * H + j];
-          dxr[j] = dcnew * gg * ig * (T(1) - ig);
-          dxr[H + j] = dcnew * cpr[j] * fg * (T(1) - fg);
-          dxr[3 * H + j] = dcnew * ig * (T(1) - gg * gg);
-          dc_out[b * H + j] = dct - mb * dct + dcnew * fg;
-          dhp_out[b * H + j] = dht - mb * dht;
-        }
-        norm_backward(nh, dxr, a + b * 4 * H, st + b * 4, dA_t + b * 4 * H);
+      for (int64_t j = 0; j < H; ++j) {
+        const T dhn = mb * (go[b * H + j] + dh_in[b * H + j]);
+        const T th = n[j], o = ar[2 * H + j];
+        dxr[2 * H + j] = dhn * th * o * (T(1) - o);
+        dncr[j] = dhn * o * (T(1) - th * th);
       }
-    });
+    };
+    // row b from N_c's input gradient dcn: the other gates' gradients, and the states' for the step before
+    auto gates_row = [&](int64_t b, const T* dcn) {
+      const T* ar = act + b * 4 * H;
+      const T mb = m ? m[b] : T(1);
+      T* dxr = dxp_t + b * 4 * H;
+      const T* cpr = cp + b * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T dht = go[b * H + j] + dh_in[b * H + j];
+        const T dct = dc_in[b * H + j];
+        const T dcnew = mb * dct + dcn[j];
+        const T ig = ar[j], fg = ar[H + j], gg = ar[3 * H + j];
+        dxr[j] = dcnew * gg * ig * (T(1) - ig);
+        dxr[H + j] = dcnew * cpr[j] * fg * (T(1) - fg);
+        dxr[3 * H + j] = dcnew * ig * (T(1) - gg * gg);
+        dc_out[b * H + j] = dct - mb * dct + dcnew * fg;
+        dhp_out[b * H + j] = dht - mb * dht;
+      }
+      if (!bn_h) norm_backward(nh_t, dxr, a + b * 4 * H, st + b * 4, dA_t + b * 4 * H);
+    };
+    if (!bn_c) {  // one pass over the rows
+      at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
+        std::vector<T> n(H), dcn(H), stat(2);
+        for (int64_t b = b0; b < b1; ++b) {
+          output_row(b, n.data(), stat.data());
+          norm_backward(nc_t, dnc_all + b * H, cnew + b * H, st + b * 4 + 2, dcn.data());
+          gates_row(b, dcn.data());
+        }
+      });
+    } else {  // N_c's gradient needs sums over every row of the step first
+      at::parallel_for(0, B, row_grain(2 * H), [&](int64_t b0, int64_t b1) {
+        std::vector<T> n(H), stat(2);
+        for (int64_t b = b0; b < b1; ++b) output_row(b, n.data(), stat.data());
+      });
+      batch_norm_backward(nc_t, static_cast<const T*>(dnc_all), H, cnew, H, B, m, train, dcn_all.data(), H,
+                          ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
+      at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) gates_row(b, dcn_all.data() + b * H);
+      });
+    }
+    if (bn_h) {  // and N_h's over every row's gate gradients
+      batch_norm_backward(nh_t, static_cast<const T*>(dxp_t), 4 * H, a, 4 * H, B, m, train, dA_t, 4 * H,
+                          ptr_or_null<T>(dwh), ptr_or_null<T>(dbh));
+    }
     at::addmm_out(dh, dhp, dA[t], s.w_hh);
     std::swap(dc, dc_next);
   }
@@ -580,6 +787,16 @@ struct OpMeta {
             ctx->saved_data["want_gains"].toBool()};
   }
   bool reverse() const { return ints[0] != 0; }
+  // recurrent batch norm (LSTM): ints {..., train, max_steps}, doubles {..., momentum} after the norms'
+  BatchSettings batch() const {
+    BatchSettings bs;
+    if (ints.size() >= 7 && doubles.size() >= 5) {
+      bs.train = ints[5] != 0;
+      bs.max_steps = ints[6];
+      bs.momentum = doubles[4];
+    }
+    return bs;
+  }
   // the norm over `width` columns: the first (0) or second (1) of the op
   template <typename T>
   Norm<T> norm(int which, int64_t width, const torch::Tensor& gain, const torch::Tensor& bias) const {
@@ -604,6 +821,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
                 "h0 must be (B, H) and the hidden weights (3H, H)");
     TORCH_CHECK(ints.size() == 5 && doubles.size() == 4, "gru_sequence: ints {reverse, kind_g, k_g, kind_c, k_c}, "
                 "doubles {inv_n_g, eps_g, inv_n_c, eps_c}");
+    TORCH_CHECK(ints[1] != kBatch && ints[3] != kBatch, "gru_sequence: no batch norm per step in the GRU");
     const auto opts = xg.options();
     torch::Tensor out = torch::empty({steps, B, H}, opts), a = torch::empty({steps, B, 3 * H}, opts);
     torch::Tensor stats = torch::empty({steps, B, 4}, opts), gates = torch::empty({steps, B, 2 * H}, opts);
@@ -649,15 +867,34 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
                                const c10::optional<torch::Tensor>& mask,
                                const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                                const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-                               const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+                               const std::vector<int64_t>& ints, const std::vector<double>& doubles,
+                               const std::vector<torch::Tensor>& running) {
     check_sequence(xp, "x_proj");
     const int64_t steps = xp.size(0), B = xp.size(1), H = xp.size(2) / 4;
     TORCH_CHECK(xp.size(2) == 4 * H && h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 4 * H &&
                     w_hh.size(1) == H,
                 "x_proj must be (T, B, 4H), h0 (B, H) and the hidden weights (4H, H)");
-    TORCH_CHECK(ints.size() == 5 && doubles.size() == 4, "lstm_sequence: ints {reverse, kind_h, k_h, kind_c, k_c}, "
-                "doubles {inv_n_h, eps_h, inv_n_c, eps_c}");
+    const bool batch = ints.size() == 7 && doubles.size() == 5;
+    TORCH_CHECK((ints.size() == 5 && doubles.size() == 4) || batch,
+                "lstm_sequence: ints {reverse, kind_h, k_h, kind_c, k_c[, train, max_steps]}, "
+                "doubles {inv_n_h, eps_h, inv_n_c, eps_c[, momentum]}");
     const auto opts = xp.options();
+    // a batch norm's running estimates (max_steps, width), updated in place; its column statistics per step
+    const bool bn_h = ints[1] == kBatch, bn_c = ints[3] == kBatch;
+    TORCH_CHECK(!(bn_h || bn_c) || (batch && ints[6] >= 1 && running.size() == 4),
+                "lstm_sequence: a batch norm needs {train, max_steps >= 1}, the momentum and four running tensors");
+    for (int which = 0; which < 2; ++which) {
+      if (!(which == 0 ? bn_h : bn_c)) continue;
+      const int64_t width = which == 0 ? 4 * H : H;
+      for (int k = 0; k < 2; ++k) {
+        const auto& r = running[2 * which + k];
+        TORCH_CHECK(r.defined() && r.is_contiguous() && r.scalar_type() == xp.scalar_type() && r.dim() == 2 &&
+                        r.size(0) == ints[6] && r.size(1) == width,
+                    "lstm_sequence: running estimates must be contiguous (max_steps, width) tensors of x's dtype");
+      }
+    }
+    torch::Tensor colstats_h = torch::empty({bn_h ? steps : 0, 2, 4 * H}, opts);
+    torch::Tensor colstats_c = torch::empty({bn_c ? steps : 0, 2, H}, opts);
     torch::Tensor out = torch::empty({steps, B, H}, opts), cell = torch::empty({steps, B, H}, opts);
     torch::Tensor a = torch::empty({steps, B, 4 * H}, opts), stats = torch::empty({steps, B, 4}, opts);
     torch::Tensor act = torch::empty({steps, B, 4 * H}, opts), cnew = torch::empty({steps, B, H}, opts);
@@ -669,11 +906,12 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     const auto gain_h = opt_or_undefined(wh), bias_h = opt_or_undefined(bh);
     const auto gain_c = opt_or_undefined(wc), bias_c = opt_or_undefined(bc);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_sequence_forward", [&] {
-      LstmTensors s{xp, h0c, w, b, m, out, cell, a, stats, act, cnew};
+      LstmTensors s{xp, h0c, w, b, m, out, cell, a, stats, act, cnew, colstats_h, colstats_c};
       lstm_forward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, gain_h, bias_h), meta.norm<scalar_t>(1, H, gain_c, bias_c),
-                             meta.reverse());
+                             meta.reverse(), meta.batch(), running);
     });
-    ctx->save_for_backward({h0c, w, m, gain_h, bias_h, gain_c, bias_c, out, cell, a, stats, act, cnew, b});
+    ctx->save_for_backward(
+        {h0c, w, m, gain_h, bias_h, gain_c, bias_c, out, cell, a, stats, act, cnew, b, colstats_h, colstats_c});
     meta.save(ctx);
     return out;
   }
@@ -687,12 +925,13 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     auto go = grad_or_zeros(grads[0], out);
     std::vector<torch::Tensor> r;
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_sequence_backward", [&] {
-      LstmTensors s{torch::Tensor(), v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12]};
+      LstmTensors s{torch::Tensor(), v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12], v[14], v[15]};
       r = lstm_backward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, v[3], v[4]), meta.norm<scalar_t>(1, H, v[5], v[6]),
-                                  meta.reverse(), go, meta.want_gains);
+                                  meta.reverse(), go, meta.want_gains, meta.batch().train);
     });
-    // inputs: xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles
-    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], torch::Tensor(), torch::Tensor()};
+    // inputs: xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles, running
+    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -712,6 +951,7 @@ torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, co
                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
                             const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                             const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-                            const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
-  return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles);
+                            const std::vector<int64_t>& ints, const std::vector<double>& doubles,
+                            const std::vector<torch::Tensor>& running) {
+  return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles, running);
 }

@@ -386,7 +386,8 @@ torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, co
                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
                             const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                             const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-                            const std::vector<int64_t>& ints, const std::vector<double>& doubles);
+                            const std::vector<int64_t>& ints, const std::vector<double>& doubles,
+                            const std::vector<torch::Tensor>& running);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_parallel_grain", [](int64_t n) { min_elements_per_thread.store(std::max<int64_t>(1, n)); },
