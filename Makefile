@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
 	printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
 
-demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; about 20 min on 2 cores from a fresh clone, docs/demo.md); tables + plots in results/demo/
+demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min on 2 cores from a fresh clone, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
 	PY=$(PY) JOBS=$(DEMO_JOBS) SEEDS="$(DEMO_SEEDS)" LOGGER=$(DEMO_LOGGER) bash scripts/demo_runs.sh multirun/demo || status=1; \
