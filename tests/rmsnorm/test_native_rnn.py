@@ -132,14 +132,20 @@ def test_gru_op_gradcheck_float64(norm):
     assert torch.autograd.gradcheck(op, inputs)
 
 
-@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_lstm_op_gradcheck_float64(norm):
+def _lstm_op_inputs(T, B, H):
+    """Float64 inputs of the LSTM op that ask for gradients: projections, h0, hidden weights, bias, and four
+    gains and biases of the two norms (hidden side 4H, cell H)."""
     torch.manual_seed(0)
-    T, B, H = 3, 2, 4
     g = dict(dtype=D, requires_grad=True)
     xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
-    bias = torch.randn(4 * H, **g)
     gains = [torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
+    return xp, h0, w, torch.randn(4 * H, **g), gains
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_lstm_op_gradcheck_float64(norm):
+    T, B, H = 3, 2, 4
+    xp, h0, w, bias, gains = _lstm_op_inputs(T, B, H)
     kind = 2 if norm == "layernorm" else 1
     if norm != "layernorm":
         gains[1] = gains[3] = None
@@ -207,12 +213,8 @@ def test_native_lstm_batch_norm_with_a_step_of_no_valid_row_in_float32():
 @pytest.mark.parametrize("training", [True, False])
 def test_lstm_op_gradcheck_float64_with_batch_norm(training):
     """The op alone with per-step batch norms on both sides, one step with a single valid row."""
-    torch.manual_seed(0)
     T, B, H = 3, 4, 3
-    g = dict(dtype=D, requires_grad=True)
-    xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
-    bias = torch.randn(4 * H, **g)
-    gains = [torch.randn(4 * H, **g), None, torch.randn(H, **g), torch.randn(H, **g)]
+    xp, h0, w, bias, gains = _lstm_op_inputs(T, B, H)  # the hidden side's batch norm has no bias: gains[1] unused
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]], dtype=D)
 
     def op(xp, h0, w, bias, wh, wc, bc):
