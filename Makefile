@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
 	printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
 
-demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min on 2 cores from a fresh clone, docs/demo.md); tables + plots in results/demo/
+demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
 	PY=$(PY) JOBS=$(DEMO_JOBS) SEEDS="$(DEMO_SEEDS)" LOGGER=$(DEMO_LOGGER) bash scripts/demo_runs.sh multirun/demo || status=1; \
@@ -58,7 +58,7 @@ test: install ## ruff, then the whole test suite (pytest, no GPU, no network; pa
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
-test-fast: install ## the unit tests only (the library, the loop's parts, the docs): about a minute
+test-fast: install ## the unit tests only (the library, the loop's parts, the docs): about 2 min on 2 cores
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not integration"
 
 test-slow: install ## the long tests too
