@@ -260,7 +260,8 @@ struct BatchSettings {
   double momentum = 0.1;
 };
 
-// the number of valid rows of a step, at least 1 (a step with none updates nothing it could use)
+// the number of valid rows of a step, at least 1: a step with none gets mean 0 and variance 0, and its running
+// estimates move toward them, as StepBatchNorm's formula (the reference) does
 template <typename T>
 T valid_rows(const T* m, int64_t rows) {
   if (!m) return T(rows);
@@ -270,7 +271,7 @@ T valid_rows(const T* m, int64_t rows) {
 }
 
 // mean and r = 1 / sqrt(var + eps) per column of x (rows x d): from the valid rows (biased variance) in training,
-// the running estimates of slot `slot` then moved toward them (unbiased variance); from those estimates otherwise
+// the running estimates given (one step's slot) then moved toward them (unbiased variance); from them otherwise
 template <typename T>
 void batch_column_stats(const T* x, int64_t x_stride, int64_t rows, int64_t d, const T* m, T eps,
                         const BatchSettings& bs, T* run_mean, T* run_var, T* mean, T* r) {
