@@ -157,6 +157,11 @@ class Result:
     def fwd_bwd(self) -> float:
         return self.median("fwd_bwd")
 
+    def gbps(self, mode: str, size: int) -> float:
+        """The minimal traffic's rate: the forward reads x and writes y, the backward reads x and dy, writes dx."""
+        tensors = {"fwd": 2, "bwd": 3}[mode]
+        return tensors * self.rows * self.d * size / self.median(mode) / 1e9
+
 
 @dataclass
 class Roofline:
@@ -452,8 +457,7 @@ def render(results: list[Result], rooflines: dict[tuple, Roofline], run: dict) -
                   f"{roof.gbps(nbytes, fresh=True):.1f} GB/s.", "",
                   head, "|---" * (head.count("|") - 1) + "|"]
         for r in group:
-            fwd_gbps = 2 * nbytes / r.fwd / 1e9
-            bwd_gbps = 3 * nbytes / r.bwd / 1e9
+            fwd_gbps, bwd_gbps = r.gbps("fwd", size), r.gbps("bwd", size)
             ref = ln_c if "(composite" in r.impl else ln
             cells = [r.impl, f"{r.fwd * 1e6:.1f}", f"{r.bwd * 1e6:.1f}", f"{r.fwd_bwd * 1e6:.1f}",
                      _ratio(r, ref, "fwd"), _ratio(r, ref, "fwd_bwd"), f"{fwd_gbps:.1f}",
@@ -489,8 +493,7 @@ def gpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: i
         for r in (r for r in group if r.impl.startswith(OURS)):
             where = f"{rows} x {d}, {r.impl}"
             if (rows, d) in TARGET_SHAPES:
-                fwd = 100 * 2 * rows * d * size / r.fwd / 1e9 / copy_gbps
-                bwd = 100 * 3 * rows * d * size / r.bwd / 1e9 / copy_gbps
+                fwd, bwd = (100 * r.gbps(mode, size) / copy_gbps for mode in ("fwd", "bwd"))
                 out.append({"target": "forward >= 80% of copy", "where": where, "value": f"{fwd:.0f}%",
                             "met": fwd >= 80})
                 out.append({"target": "backward >= 65% of copy", "where": where, "value": f"{bwd:.0f}%",
@@ -525,7 +528,7 @@ def cpu_targets(results: list[Result], rooflines: dict[tuple, Roofline], size: i
         if rows * d < PRMS_TARGET_ELEMENTS or prms is None or rms is None:
             continue
         where = f"{rows} x {d}, {prms.impl}"
-        bwd_gbps = 3 * rows * d * size / prms.bwd / 1e9
+        bwd_gbps = prms.gbps("bwd", size)
         copy, fresh = rooflines[key].gbps(rows * d * size), rooflines[key].gbps(rows * d * size, fresh=True)
         out.append({"target": "backward >= 60% of copy", "where": where,
                     "value": f"{100 * bwd_gbps / copy:.0f}% ({100 * bwd_gbps / fresh:.0f}% of the fresh copy)",
