@@ -2,9 +2,9 @@
 
 Takes the same overrides as scripts/train.py and writes everything training reads into
 data_dir/<task.data_subdir>: the generated set of the demo and smoke presets, or the real data set for
-preset=paper (downloaded once; needs internet), plus what is derived from it (CIFAR-10's ZCA, translation's
-BPE model and ids). Training only reads. Several processes preparing one folder at once take turns on a
-lock, and every file appears atomically, so a parallel sweep cannot corrupt it.
+preset=paper (downloaded once; needs internet), plus what is derived from it (CIFAR-10's ZCA and its
+whitened images, translation's BPE model and ids). Training only reads. Several processes preparing one
+folder at once take turns on a lock, and every file appears atomically, so a parallel sweep cannot corrupt it.
 """
 
 from __future__ import annotations

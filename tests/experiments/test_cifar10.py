@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.cifar10 import data as cifar_data
 from experiments.cifar10.data import fit_zca, load_cifar10, prepare_zca
 from experiments.cifar10.model import ConvPoolCNNC
 from experiments.cifar10.pickle_format import write_cifar_folder
@@ -47,6 +48,32 @@ def test_loaded_images_are_shared_until_their_files_change(tmp_path, rng):
         zca.unlink()
     with pytest.raises(MissingData, match="no ZCA fitted"):
         load_cifar10(tmp_path, 1e-2, None, None, "make data-cifar10")
+
+
+def test_preparation_keeps_the_whitened_images_the_loader_would_compute(tmp_path, rng, monkeypatch):
+    x = rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(40) % 10
+    write_cifar_folder(tmp_path, x, y, x[:12], y[:12])
+    prepare_zca(tmp_path, 1e-2, 30, "make data-cifar10")
+    with monkeypatch.context() as m:  # a training process reads them, it does not whiten
+        m.setattr(cifar_data, "whiten", lambda *a: pytest.fail("whitened again"))
+        kept = load_cifar10(tmp_path, 1e-2, 30, 5, "make data-cifar10")
+    [first] = tmp_path.glob("whitened-*")
+    first.unlink()  # without the file the loader whitens in the process: the same images
+    computed = load_cifar10(tmp_path, 1e-2, 30, 5, "make data-cifar10")
+    assert kept.train_x.shape == (30, 3, 32, 32) and kept.test_x.shape == (5, 3, 32, 32)
+    # equal up to the matmul's rounding, which depends on how many rows it is given
+    torch.testing.assert_close(kept.train_x, computed.train_x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kept.test_x, computed.test_x, rtol=1e-4, atol=1e-4)
+    assert torch.equal(kept.test_y, computed.test_y) and torch.equal(kept.train_y, computed.train_y)
+    # other test images beside the same training images: a file of their own, never the first one's
+    write_cifar_folder(tmp_path, x, y, x[12:24], y[12:24], replace=True)
+    prepare_zca(tmp_path, 1e-2, 30, "make data-cifar10")
+    [second] = tmp_path.glob("whitened-*")
+    assert second.name != first.name
+    other = load_cifar10(tmp_path, 1e-2, 30, None, "make data-cifar10")
+    torch.testing.assert_close(other.train_x, kept.train_x)
+    assert not torch.allclose(other.test_x[:5], kept.test_x)
 
 
 def test_zca_whitens(rng):
