@@ -19,7 +19,12 @@ from experiments.translation.data import BOS, EOS, PAD
 @torch.no_grad()
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam: int, max_len: int,
                 alpha: float = 1.0) -> list[list[int]]:
-    """Token ids (without BOS/EOS) of the best hypothesis for each sentence of the (S, B) batch."""
+    """Token ids (without BOS/EOS) of the best hypothesis for each sentence of the (S, B) batch.
+
+    A sentence whose every beam has emitted EOS would only carry them on with PAD at no cost, which changes
+    neither its scores nor its lengths: it is settled then and leaves the batch, so the steps after it cost
+    only what the sentences still open need (a few that never end would otherwise keep the whole batch going
+    to max_len)."""
     batch = src.shape[1]
     state, ctx, pctx = model.encode(src, src_mask)
     expand = lambda t, dim: t.repeat_interleave(beam, dim=dim)  # noqa: E731
@@ -30,28 +35,46 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam: int, max
     tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=src.device)
     lengths = torch.zeros(batch * beam, device=src.device)
     finished = torch.zeros(batch * beam, dtype=torch.bool, device=src.device)
+    open_ = torch.arange(batch, device=src.device)  # the original index of each sentence still searched
+    best: list[list[int]] = [[] for _ in range(batch)]
+
+    def settle(which: torch.Tensor) -> None:
+        """Write the best hypothesis of the sentences `which` (a mask over the open ones) into `best`."""
+        n = len(open_)
+        normalised = (scores.view(-1) / lengths.clamp_min(1) ** alpha).view(n, beam)
+        rows = (normalised.argmax(1) + torch.arange(n, device=src.device) * beam)[which]
+        for index, ids in zip(open_[which].tolist(), _until_eos(tokens[rows, 1:]), strict=True):
+            best[index] = ids
 
     for _ in range(max_len):
+        n = len(open_)
         log_probs, new_state = model.step_log_probs(tokens[:, -1], state, ctx, pctx, mask)
         vocab = log_probs.shape[-1]
         frozen = torch.full_like(log_probs, float("-inf"))
         frozen[:, PAD] = 0.0
         log_probs = torch.where(finished.unsqueeze(1), frozen, log_probs)
-        total = (scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
+        total = (scores.view(-1, 1) + log_probs).view(n, beam * vocab)
         scores, flat = total.topk(beam, dim=1)
-        origin = (flat // vocab + torch.arange(batch, device=src.device).unsqueeze(1) * beam).view(-1)
+        origin = (flat // vocab + torch.arange(n, device=src.device).unsqueeze(1) * beam).view(-1)
         word = (flat % vocab).view(-1)
         tokens = torch.cat([tokens[origin], word.unsqueeze(1)], dim=1)
-        state = new_state[origin]
         was_finished = finished[origin]
         lengths = lengths[origin] + (~was_finished).float()
         finished = was_finished | (word == EOS)
-        if finished.all():
-            break
-
-    normalised = (scores.view(-1) / lengths.clamp_min(1) ** alpha).view(batch, beam)
-    best = normalised.argmax(1) + torch.arange(batch, device=src.device) * beam
-    return _until_eos(tokens[best, 1:])
+        done = finished.view(n, beam).all(1)
+        if done.all():
+            settle(done)
+            return best
+        if done.any():
+            settle(done)
+            keep = ~done
+            rows = keep.repeat_interleave(beam)
+            origin, tokens, lengths, finished = origin[rows], tokens[rows], lengths[rows], finished[rows]
+            ctx, pctx, mask = ctx[:, rows], pctx[:, rows], mask[:, rows]
+            scores, open_ = scores[keep], open_[keep]
+        state = new_state[origin]
+    settle(torch.ones(len(open_), dtype=torch.bool, device=src.device))
+    return best
 
 
 def _until_eos(rows: torch.Tensor) -> list[list[int]]:

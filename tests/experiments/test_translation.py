@@ -162,6 +162,47 @@ def test_beam_search_returns_the_most_likely_sequence_of_a_known_model():
     assert beam_search(Fixed(), src, torch.ones(1, 1), beam=2, max_len=5, alpha=0.0) == [[5]]
 
 
+@pytest.mark.parametrize("kind", ["rnnsearch", "transformer"])
+def test_beam_search_decodes_each_sentence_of_a_batch_as_it_would_alone(kind):
+    """Sentences whose beams have all ended leave the batch: what the others get must not change."""
+    from experiments.transformer.model import Transformer
+
+    torch.manual_seed(0)
+    vocab = 12
+    if kind == "rnnsearch":
+        model = RNNSearch(vocab, vocab, 16, 16, NormSpec("rmsnorm"))
+    else:
+        model = Transformer(vocab, 16, 2, 32, 1, 2, 0.0, NormSpec("rmsnorm"), "post")
+    model = model.double().eval()
+    lengths = [3, 7, 5, 9, 4, 6, 8, 2]
+    src = torch.full((max(lengths), len(lengths)), D.PAD)
+    for i, n in enumerate(lengths):
+        src[:n, i] = torch.randint(4, vocab, (n,))
+    mask = (src != D.PAD).double()
+    sizes = []
+    step = model.step_log_probs
+
+    def ending_by_source_length(prev, state, ctx, pctx, src_mask):
+        """The model's step, with EOS made certain from the source's length on: sentences end at scattered
+        steps (decided row by row, as the model's own distributions are)."""
+        sizes.append(len(prev))
+        log_probs, state = step(prev, state, ctx, pctx, src_mask)
+        due = (len(sizes) >= src_mask.sum(0)).double().unsqueeze(1)
+        return log_probs + 30.0 * due * (torch.arange(vocab) == D.EOS), state
+
+    model.step_log_probs = ending_by_source_length
+
+    def search(src, mask):
+        sizes.clear()
+        return beam_search(model, src, mask, beam=3, max_len=14, alpha=1.0)
+
+    batched = search(src, mask)
+    assert sizes[0] > sizes[-1] > 0  # sentences did leave the batch before the last step
+    alone = [search(src[:n, i:i + 1], mask[:n, i:i + 1])[0] for i, n in enumerate(lengths)]
+    assert batched == alone
+    assert len({len(ids) for ids in alone}) > 2  # hypotheses of several lengths: the test means something
+
+
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 
