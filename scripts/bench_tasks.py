@@ -64,7 +64,7 @@ def pipeline_rate(task_name: str, batch_size: int, data_dir: Path, data_preset: 
                   seconds: float = 1.0) -> dict:
     """Batches per second of the task's own batch building (`Task.batches`, on the CPU, in this process) on
     its demo data at the timed batch size: what one loader worker, or the training process, can feed. Whole
-    epochs for at least `seconds` (on the demo sets thousands of batches a second, so one second says it)."""
+    epochs for at least `seconds` (on the demo sets 350-5600 batches a second: one second is hundreds of them)."""
     from experiments.core.errors import UserError
     from experiments.core.training.run import build_task
 

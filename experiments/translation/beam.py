@@ -62,10 +62,11 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor, beam: int, max
         lengths = lengths[origin] + (~was_finished).float()
         finished = was_finished | (word == EOS)
         done = finished.view(n, beam).all(1)
-        if done.all():
+        ended = int(done.sum())  # one read of the device per step, as the search always had
+        if ended == n:
             settle(done)
             return best
-        if done.any():
+        if ended:
             settle(done)
             keep = ~done
             rows = keep.repeat_interleave(beam)
