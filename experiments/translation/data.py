@@ -106,6 +106,10 @@ def train_bpe(sentences: list[str], model_path: Path, vocab_size: int) -> None:
             vocab_size=vocab_size, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, character_coverage=1.0,
             input_sentence_size=10_000_000, shuffle_input_sentence=True, minloglevel=2, hard_vocab_limit=False,
         )
+        pieces = spm.SentencePieceProcessor(model_file=str(prefix.with_suffix(".model"))).get_piece_size()
+        if pieces != vocab_size:  # too little text for that many merges: say so rather than train on fewer
+            raise MissingData(f"the training text yields only {pieces} BPE pieces, not {vocab_size}; set "
+                              f"task.bpe_vocab_size={pieces} or give more text")
         os.replace(prefix.with_suffix(".vocab"), model_path.with_suffix(".vocab"))
         os.replace(prefix.with_suffix(".model"), model_path)
 

@@ -97,6 +97,12 @@ def prepare(cfg, root: Path, download: bool) -> None:
                     raise D.MissingData(f"no download is known for split '{split}'; put {root / file} there yourself")
                 download_split(root / file, *HUB_SOURCES[split], cfg.make_target)
     bpe_path = root / cfg.bpe_model
+    if bpe_path.exists() and (pieces := D.load_bpe(bpe_path, cfg.make_target).get_piece_size()) != cfg.bpe_vocab_size:
+        # learnt for another task.bpe_vocab_size (an older preset): kept, the runs would train on other pieces
+        # than their config names
+        log.info("%s has %d pieces, task.bpe_vocab_size asks for %d: learning it again", bpe_path, pieces,
+                 cfg.bpe_vocab_size)
+        bpe_path.unlink()
     if not bpe_path.exists():
         pairs = D.read_pairs(root / files["train"], cfg.src_lang, cfg.tgt_lang, cfg.make_target)
         sample = random.Random(0).sample(pairs, min(BPE_SAMPLE, len(pairs)))

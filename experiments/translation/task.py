@@ -112,6 +112,9 @@ class TranslationTask(Task):
         if "train" not in cfg.files:
             raise UserError(f"task.files names no `train` file; it names {', '.join(cfg.files)}")
         self.sp = D.load_bpe(root / cfg.bpe_model, cfg.make_target)
+        if self.sp.get_piece_size() != cfg.bpe_vocab_size:  # learnt for an older preset: the run would be mislabelled
+            raise UserError(f"{root / cfg.bpe_model} has {self.sp.get_piece_size()} pieces but "
+                            f"task.bpe_vocab_size={cfg.bpe_vocab_size}; run `{cfg.make_target}` to learn it again")
         src, tgt = cfg.src_lang, cfg.tgt_lang
         self.train = self.load_train(root / cfg.files.train)
         if len(self.train) == 0:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments.core.data.batching import bucketed_batches, count_batches
-from experiments.core.errors import MissingData
+from experiments.core.errors import MissingData, UserError
 from experiments.core.records import read_metrics
 from experiments.core.training.run import run_training
 from experiments.translation import data as D
@@ -57,6 +57,21 @@ def test_reader_errors_are_clear(tmp_path):
     (tmp_path / "bad.model").write_bytes(b"garbage")
     with pytest.raises(MissingData, match="corrupt"):
         D.load_bpe(tmp_path / "bad.model")
+
+
+def test_a_bpe_model_of_another_size_is_learnt_again_and_never_trained_on(tmp_path):
+    """A folder prepared under an older preset's task.bpe_vocab_size: preparing again relearns the model, and a
+    run refuses it meanwhile, so no run trains on pieces its config does not name."""
+    overrides = ["task=translation", "preset=smoke", f"data_dir={tmp_path}", "logger=none"]
+    root = prepare([*overrides, "task.bpe_vocab_size=90"])
+    assert D.load_bpe(root / "bpe.model").get_piece_size() == 90
+    with pytest.raises(UserError, match="has 90 pieces but task.bpe_vocab_size=100; run `make"):
+        run_training(compose_cfg([*overrides, "task.bpe_vocab_size=100"]), tmp_path / "run")
+    prepare([*overrides, "task.bpe_vocab_size=100"])
+    assert D.load_bpe(root / "bpe.model").get_piece_size() == 100
+    with pytest.raises(MissingData, match="yields only .* pieces, not 100000; set task.bpe_vocab_size="):
+        D.train_bpe(["a b c.", "b c d."], tmp_path / "tiny.model", 100_000)
+    assert not (tmp_path / "tiny.model").exists()
 
 
 def smoke_generator(sizes: dict):
