@@ -44,11 +44,11 @@ demo-data: install ## generate every task's demo data set into data/ (once; trai
 demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
-	PY=$(PY) JOBS=$(DEMO_JOBS) SEEDS="$(DEMO_SEEDS)" LOGGER=$(DEMO_LOGGER) bash scripts/demo_runs.sh multirun/demo || status=1; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --out results/demo --stem timing \
-	  || status=1; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --out results/demo --stem timing-pre \
-	  --tasks transformer task.model.norm_position=pre || status=1; \
+	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds $(DEMO_SEEDS) $(DEMO_LOGGER) || status=1; \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) \
+	  --out results/demo --stem timing || status=1; \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --out results/demo \
+	  --stem timing-pre --tasks transformer task.model.norm_position=pre || status=1; \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" \
 	  --timing results/demo/timing.json results/demo/timing-pre.json || status=1; \
 	$(PY) scripts/readme.py || status=1; \

@@ -24,6 +24,7 @@ if __name__ == "__main__":
 import argparse
 import datetime
 import json
+import os
 import shlex
 import sys
 import time
@@ -48,6 +49,8 @@ TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))  # ev
 # batch takes 17 s a step on 2 cores (the 32k-word output layer dominates); its scale shrinks the number of
 # sentences only (30 tokens each); widths stay the paper's
 CPU_SCALE = {"transformer": 0.01}
+# --jobs: the tasks' order into the lanes, the longest timing first (the demo's, 2-core AMD EPYC, 2026-12-01)
+LANE_ORDER = ["translation", "reading", "cifar10", "transformer", "retrieval"]
 
 
 def task_config(task: str, norm: str, overrides: list[str], preset: str = "paper"):
@@ -143,10 +146,32 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
             "rows": rows, "rounds": rounds, "steps_per_round": steps, "warmup_steps": warmup, "pipeline": pipeline}
 
 
+def _lane_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> list[dict]:
+    """bench_task for each call in `jobs` processes (spawned: torch's thread pool is not forked), the results in
+    the calls' order. The tasks with most steps to time go first, so the lanes end together."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    order = sorted(range(len(calls)), key=lambda i: LANE_ORDER.index(calls[i][0]) if calls[i][0] in LANE_ORDER
+                   else len(LANE_ORDER))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_lane_threads,
+                             initargs=(threads,)) as pool:
+        futures = {i: pool.submit(bench_task, *calls[i]) for i in order}
+        return [futures[i].result() for i in range(len(calls))]
+
+
 def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper",
            other_scales: dict[str, float] | None = None, produced_by: dict | None = None,
-           kernels: dict | None = None) -> str:
+           kernels: dict | None = None, lanes: int = 1) -> str:
     others = "".join(f", {t} {s:g}" for t, s in (other_scales or {}).items())
+    side_by_side = (f" The tasks were timed in {lanes} processes side by side (a task's norms all in one), as "
+                    "`make demo` trains its runs: each norm under the same load from the other lanes."
+                    if lanes > 1 else "")
     lines = [f"# Task step timing: {machine}", "", f"Command: `{command}`  ",
              *([f"Produced by: {describe_stamp(produced_by)}  "] if produced_by else []),
              f"Date: {datetime.date.today()}, torch {torch.__version__}, preset {preset}, scale {scale:g}{others}  ",
@@ -159,7 +184,7 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way. The paper's column "
              "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti). `<norm>/composite` is the norm as the chain "
              "of tensor ops the paper's frameworks ran (`norm.impl=composite`), its speed-up against LayerNorm "
-             "computed the same way; the plain name is the fused kernels.", ""]
+             "computed the same way; the plain name is the fused kernels." + side_by_side, ""]
     for res in results:
         paper = paper_times(res["task"])
         title = res["task"] + (f" ({res['variant']})" if res.get("variant") else "")
@@ -210,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="norm implementations timed side by side (fused, composite, torch): the norms as fused "
                              "kernels and as the tensor ops the paper's frameworks ran")
     parser.add_argument("--stem", help="file name without suffix (default: device, machine and preset)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="CPU: tasks timed side by side in this many processes (each task's norms interleaved "
+                             "within one), as `make demo` trains them: --jobs 2 --threads 1 on 2 cores")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides applied to every task, e.g. task.model.hidden=256")
     args = parser.parse_args(argv)
@@ -217,31 +246,35 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     cuda = device.type == "cuda"
+    if args.jobs > 1 and cuda:
+        raise SystemExit("--jobs is for the CPU: on a GPU the tasks would share the device they are timed on")
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the lanes' torch, read when it loads
+        torch.set_num_threads(args.threads)
     scale = args.scale if args.scale is not None else (1.0 if cuda else 0.5)
     rounds = args.rounds or (10 if cuda else 7)
     steps = args.steps or (5 if cuda else 2)
     machine = machine_name(device)
     scales = {t: scale if args.scale is not None or cuda or args.preset != "paper" else CPU_SCALE.get(t, scale)
               for t in args.tasks.split(",")}
-    results = [bench_task(t, device, scales[t], rounds, steps, args.warmup,
-                          args.norms.split(",") if args.norms else None, args.overrides, args.preset,
-                          None if args.no_pipeline else args.data_dir, args.data_preset,
-                          tuple(args.impls.split(",")))
-               for t in args.tasks.split(",")]
+    calls = [(t, device, scales[t], rounds, steps, args.warmup, args.norms.split(",") if args.norms else None,
+              args.overrides, args.preset, None if args.no_pipeline else args.data_dir, args.data_preset,
+              tuple(args.impls.split(","))) for t in args.tasks.split(",")]
+    results = in_lanes(calls, args.jobs, args.threads) if args.jobs > 1 else [bench_task(*c) for c in calls]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()
     produced = stamp(machine)
     kernels = dispatch.describe()
     text = render(results, machine, command, scale, args.preset,
-                  {t: s for t, s in scales.items() if s != scale}, produced, kernels)
+                  {t: s for t, s in scales.items() if s != scale}, produced, kernels, args.jobs)
     name = f"{device.type}-{machine}" + ("" if args.preset == "paper" else f"-{args.preset}")
     stem = args.stem or "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     while "--" in stem:
         stem = stem.replace("--", "-")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(text + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, "scale": scale,
-                                                       "preset": args.preset, "produced_by": produced,
+    (args.out / f"{stem}.json").write_text(json.dumps({"machine": machine, "lanes": args.jobs, "command": command,
+                                                       "scale": scale, "preset": args.preset, "produced_by": produced,
                                                        "kernels": kernels, "results": results}, indent=1) + "\n")
     print(text)
     print(f"wrote {args.out / stem}.md and .json")
