@@ -44,7 +44,7 @@ demo-data: install ## generate every task's demo data set into data/ (once; trai
 demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
-	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds $(DEMO_SEEDS) $(DEMO_LOGGER) || status=1; \
+	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds "$(DEMO_SEEDS)" $(DEMO_LOGGER) || status=1; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) \
 	  --out results/demo --stem timing || status=1; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --out results/demo \

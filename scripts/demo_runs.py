@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the sweeps' folder (multirun/demo)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel lanes, one thread each")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", default="0 1 2", help='the seeds, "0 1 2" or 0,1,2')
     parser.add_argument("--tasks", help="comma list (default: every task configs/ declares)")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--script", type=Path, default=REPO / "scripts" / "train.py", help=argparse.SUPPRESS)
@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         names = args.tasks.split(",")
     table = {t: list(compose_config([f"task={t}"]).task.norms) for t in names}
     os.environ["OMP_NUM_THREADS"] = "1"  # the lanes' torch reads it when it loads: one thread each
-    failed = run_lanes(plan(table, args.seeds, args.out, args.preset, args.overrides), args.jobs, args.out,
+    try:
+        seeds = [int(s) for s in args.seeds.replace(",", " ").split()]
+    except ValueError:
+        raise SystemExit(f"demo: --seeds takes whole numbers (\"0 1 2\" or 0,1,2), not {args.seeds!r}") from None
+    failed = run_lanes(plan(table, seeds, args.out, args.preset, args.overrides), args.jobs, args.out,
                        args.script)
     if failed:
         print(f"demo: {failed} sweep(s) failed", file=sys.stderr)

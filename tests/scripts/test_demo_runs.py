@@ -2,6 +2,8 @@
 long-lived lanes; a failed sweep or a dead lane loses nothing else."""
 
 import json
+import shlex
+import subprocess
 
 from tests.conftest import REPO, run_script
 
@@ -39,9 +41,14 @@ def test_demo_runs_every_sweep_in_lanes_and_reports_failures_without_losing_othe
     calls = tmp_path / "calls"
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN.format(calls=str(calls)))
+    # the arguments `make demo` passes (read from `make -n`), then this test's own
+    line = next(x for x in subprocess.run(["make", "-n", "demo", "DEMO_SEEDS=0 1"], cwd=REPO, capture_output=True,
+                                          text=True, timeout=60).stdout.splitlines() if "scripts/demo_runs.py" in x)
+    made = shlex.split(line.split("scripts/demo_runs.py", 1)[1].split("||")[0])
+    assert made[0] == "multirun/demo" and "--seeds" in made and "logger=none" in made
     out = tmp_path / "out"
-    r = run_script("scripts/demo_runs.py", str(out), "--jobs", "2", "--seeds", "0", "1", "--tasks",
-                   "retrieval,transformer", "--script", str(script), "logger=none", timeout=120)
+    r = run_script("scripts/demo_runs.py", str(out), *made[1:], "--tasks", "retrieval,transformer",
+                   "--script", str(script), timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr  # failures are in the exit status, the others still ran
     assert "demo: 6 sweeps in 2 lanes" in r.stdout
     assert "transformer-pre seed 1: FAILED after" in r.stdout
@@ -68,7 +75,7 @@ def test_a_sweep_run_after_another_in_one_lane_gives_what_a_fresh_process_gives(
 
     norms = ",".join(compose_config(["task=retrieval"]).task.norms)
     lane = tmp_path / "lane"
-    r = run_script("scripts/demo_runs.py", str(lane), "--jobs", "1", "--seeds", "0", "1", "--tasks", "retrieval",
+    r = run_script("scripts/demo_runs.py", str(lane), "--jobs", "1", "--seeds", "0,1", "--tasks", "retrieval",
                    "--preset", "smoke", f"data_dir={smoke_data}", "logger=none",
                    timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
