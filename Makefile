@@ -22,6 +22,10 @@ DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 DEMO_SEEDS ?= 0 1 2
 DEMO_JOBS ?= 2
 DEMO_ROUNDS ?= 10
+# what the demo's interleaved timing times: every task, and the Transformer again in its pre-norm placement
+comma := ,
+space := $(subst ,, )
+DEMO_TIMED = $(subst $(space),$(comma),$(strip $(TASKS))),transformer:task.model.norm_position=pre
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo demo-data test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
@@ -45,12 +49,12 @@ demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer
 	rm -rf multirun/demo
 	status=0; \
 	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds "$(DEMO_SEEDS)" $(DEMO_LOGGER) || status=1; \
+	rm -f results/demo/timing-pre.*; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) \
+	  --tasks $(DEMO_TIMED) \
 	  --out results/demo --stem timing || status=1; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --out results/demo \
-	  --stem timing-pre --tasks transformer task.model.norm_position=pre || status=1; \
-	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" \
-	  --timing results/demo/timing.json results/demo/timing-pre.json || status=1; \
+	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \
+	  || status=1; \
 	$(PY) scripts/readme.py || status=1; \
 	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/*/wandb/offline-run-*"; fi; \
 	exit $$status

@@ -157,8 +157,8 @@ def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> list[dict]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    order = sorted(range(len(calls)), key=lambda i: LANE_ORDER.index(calls[i][0]) if calls[i][0] in LANE_ORDER
-                   else len(LANE_ORDER))
+    order = sorted(range(len(calls)), key=lambda i: (LANE_ORDER.index(calls[i][0]) if calls[i][0] in LANE_ORDER
+                                                     else len(LANE_ORDER), len(calls[i][7])))
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_lane_threads,
                              initargs=(threads,)) as pool:
         futures = {i: pool.submit(bench_task, *calls[i]) for i in order}
@@ -218,7 +218,9 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help="comma list; task:override[:override] times the task again with its own overrides "
+                             "(transformer:task.model.norm_position=pre)")
     parser.add_argument("--norms", default=None, help="comma list (default: every norm of the task's config)")
     parser.add_argument("--scale", type=float, default=None, help="batch/length factor (default 1 on CUDA, 0.5 on CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="default 10 on CUDA, 7 on CPU")
@@ -255,11 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (10 if cuda else 7)
     steps = args.steps or (5 if cuda else 2)
     machine = machine_name(device)
+    # a task may carry overrides of its own: transformer:task.model.norm_position=pre is a second Transformer
+    entries = [entry.split(":") for entry in args.tasks.split(",")]
+    unknown = sorted({t for t, *_ in entries} - set(TASKS))
+    if unknown:
+        raise SystemExit(f"--tasks: no task {', '.join(unknown)} in configs/task/ (there: {', '.join(TASKS)})")
     scales = {t: scale if args.scale is not None or cuda or args.preset != "paper" else CPU_SCALE.get(t, scale)
-              for t in args.tasks.split(",")}
+              for t, *_ in entries}
     calls = [(t, device, scales[t], rounds, steps, args.warmup, args.norms.split(",") if args.norms else None,
-              args.overrides, args.preset, None if args.no_pipeline else args.data_dir, args.data_preset,
-              tuple(args.impls.split(","))) for t in args.tasks.split(",")]
+              [*args.overrides, *own], args.preset, None if args.no_pipeline else args.data_dir, args.data_preset,
+              tuple(args.impls.split(","))) for t, *own in entries]
     results = in_lanes(calls, args.jobs, args.threads) if args.jobs > 1 else [bench_task(*c) for c in calls]
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()

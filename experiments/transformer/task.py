@@ -169,8 +169,9 @@ class TransformerTask(TranslationTask):
         o = self.cfg.optim
         return sequence_loss(model(src, src_mask, tgt_in), tgt_out, o.label_smoothing, o.smoothing, o.loss) * scale
 
-    def translate(self, enc: D.Encoded, batch_size: int = 64) -> list[str]:
+    def translate(self, enc: D.Encoded, batch_size: int | None = None) -> list[str]:
         d = self.cfg.decode
+        batch_size = batch_size or int(d.batch)
         if d.search == Search.nematus:
             return super().translate(enc, batch_size)
         out = []

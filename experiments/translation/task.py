@@ -65,6 +65,7 @@ class Decoding:
     beam: int = MISSING
     length_alpha: float = MISSING  # score / length^alpha
     max_len_ratio: float = MISSING  # hypotheses up to ratio x source length + 10 tokens
+    batch: int = MISSING  # sentences decoded together (the hypotheses do not depend on it)
 
 
 @dataclass
@@ -195,7 +196,8 @@ class TranslationTask(Task):
             loss = total / count.clamp(min=1)
         return loss
 
-    def translate(self, enc: D.Encoded, batch_size: int = 64) -> list[str]:
+    def translate(self, enc: D.Encoded, batch_size: int | None = None) -> list[str]:
+        batch_size = batch_size or int(self.cfg.decode.batch)
         out = []
         for start in range(0, len(enc), batch_size):
             srcs = [enc.pair(i)[0] for i in range(start, min(start + batch_size, len(enc)))]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -126,14 +127,21 @@ def _diff(paper, ours, key: str):
         yield f"{key}: {_short(paper)} -> {_short(ours)}"
 
 
+@functools.lru_cache(maxsize=64)
+def _paper_sections(task: str, norm: str) -> dict:
+    """preset=paper's task, train and norm sections (composing them costs half a second: a process that runs
+    sweep after sweep composes each task and norm once). Read only."""
+    paper = compose_config([f"task={task}", f"norm={norm}", "preset=paper"])
+    return {section: OmegaConf.to_container(paper[section], resolve=True) for section in ("task", "train", "norm")}
+
+
 def differences_from_paper(cfg: DictConfig) -> list[str]:
     """'key: paper -> this run' for every training setting of this run's task, train loop and norm that
     differs from `preset=paper` (bookkeeping such as log intervals left out)."""
-    paper = compose_config([f"task={cfg.task.name}", f"norm={cfg.norm.name}", "preset=paper"])
+    paper = _paper_sections(cfg.task.name, cfg.norm.name)
     lines = []
     for section in ("task", "train", "norm"):
-        lines += _diff(OmegaConf.to_container(paper[section], resolve=True),
-                       OmegaConf.to_container(cfg[section], resolve=True), section)
+        lines += _diff(paper[section], OmegaConf.to_container(cfg[section], resolve=True), section)
     return lines
 
 
