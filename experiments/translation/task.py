@@ -52,6 +52,7 @@ class LossScale(enum.Enum):
 @dataclass
 class TranslationOptim:
     lr: float = MISSING
+    lr_by_norm: dict[str, float] = MISSING  # a norm's own learning rate instead of lr (the demo's no-norm model)
     label_smoothing: float = MISSING
     clip_norm: float | None = MISSING  # gradient norm clipping; null: none
     clip: str = MISSING  # over all parameters together, as Nematus
@@ -146,7 +147,8 @@ class TranslationTask(Task):
         m = self.cfg.model
         self.model = RNNSearch(self.vocab, self.vocab, m.emb, m.hidden, self.norm, m.dropout,
                                init_mean=m.init_mean, gru2_bias_on_state=m.gru2_bias_on_state).to(self.device)
-        self.optimizer = torch_adam(self.model.parameters(), lr=self.cfg.optim.lr)
+        lr = self.cfg.optim.lr_by_norm.get(self.norm.name, self.cfg.optim.lr)
+        self.optimizer = torch_adam(self.model.parameters(), lr=float(lr))
         self.signature = None
 
     def _timing_shape(self, scale: float) -> tuple[int, int]:

@@ -81,6 +81,27 @@ def test_bench_tasks_times_the_data_pipeline_on_the_demo_data(smoke_data, tmp_pa
     assert "batches/s built by `Task.batches`" in next((tmp_path / "out").glob("*.md")).read_text()
 
 
+def test_bench_tasks_in_lanes_times_a_task_again_with_its_own_overrides(smoke_data, tmp_path):
+    """`make demo`'s timing: tasks side by side in one-thread processes, the Transformer a second time in its
+    pre-norm placement (task:override), each result as one process would give it, in the order asked."""
+    r = run_script("scripts/bench_tasks.py", "--device", "cpu", "--scale", "0.05", "--rounds", "2", "--steps", "1",
+                   "--warmup", "1", "--preset", "smoke", "--threads", "1", "--jobs", "2", "--norms",
+                   "layernorm,rmsnorm", "--impls", "fused", "--tasks",
+                   "retrieval,transformer,transformer:task.model.norm_position=pre", "--data-dir", str(smoke_data),
+                   "--data-preset", "smoke", "--out", str(tmp_path), "--stem", "timing", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / "timing.json").read_text())
+    assert data["lanes"] == 2 and data["machine"].endswith("1 threads")
+    assert [(res["task"], res["variant"]) for res in data["results"]] == [
+        ("retrieval", None), ("transformer", None), ("transformer", "pre-norm")]
+    assert all("speedup_interval95" in res["rows"][1] for res in data["results"])
+    text = (tmp_path / "timing.md").read_text()
+    assert "## transformer (pre-norm):" in text and "timed in 2 processes side by side" in text
+    bad = run_script("scripts/bench_tasks.py", "--tasks", "transfomer:task.model.norm_position=pre",
+                     "--out", str(tmp_path))
+    assert bad.returncode != 0 and "no task transfomer in configs/task/" in bad.stderr
+
+
 def test_speedup_interval_separates_a_real_difference_from_noise():
     import random
 
