@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
 	printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
 
-demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 16-18 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
+demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 13-16 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
 	rm -rf multirun/demo
 	status=0; \
 	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds "$(DEMO_SEEDS)" $(DEMO_LOGGER) || status=1; \
