@@ -151,9 +151,15 @@ def _lane_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> list[dict]:
+def _bench_in_lane(*call) -> tuple[dict, dict]:
+    """bench_task in a lane, with the kernel paths that lane's norms took (the parent runs none)."""
+    return bench_task(*call), dispatch.describe()
+
+
+def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> tuple[list[dict], dict]:
     """bench_task for each call in `jobs` processes (spawned: torch's thread pool is not forked), the results in
-    the calls' order. The tasks with most steps to time go first, so the lanes end together."""
+    the calls' order, and the kernel paths the lanes took. The tasks with most steps to time go first, so the
+    lanes end together."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
@@ -161,8 +167,13 @@ def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> list[dict]:
                                                      else len(LANE_ORDER), len(calls[i][7])))
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_lane_threads,
                              initargs=(threads,)) as pool:
-        futures = {i: pool.submit(bench_task, *calls[i]) for i in order}
-        return [futures[i].result() for i in range(len(calls))]
+        futures = {i: pool.submit(_bench_in_lane, *calls[i]) for i in order}
+        done = [futures[i].result() for i in range(len(calls))]
+    kernels = {"cpu": sorted({k["cpu"] for _, k in done} - {"not used"}) or "not used",
+               "cuda": {c: p for _, k in done for c, p in k["cuda"].items()}}
+    if isinstance(kernels["cpu"], list) and len(kernels["cpu"]) == 1:
+        kernels["cpu"] = kernels["cpu"][0]
+    return [r for r, _ in done], kernels
 
 
 def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper",
@@ -267,11 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     calls = [(t, device, scales[t], rounds, steps, args.warmup, args.norms.split(",") if args.norms else None,
               [*args.overrides, *own], args.preset, None if args.no_pipeline else args.data_dir, args.data_preset,
               tuple(args.impls.split(","))) for t, *own in entries]
-    results = in_lanes(calls, args.jobs, args.threads) if args.jobs > 1 else [bench_task(*c) for c in calls]
+    if args.jobs > 1:
+        results, kernels = in_lanes(calls, args.jobs, args.threads)
+    else:
+        results = [bench_task(*c) for c in calls]
+        kernels = dispatch.describe()
     given = argv if argv is not None else sys.argv[1:]
     command = ("python scripts/bench_tasks.py " + " ".join(shlex.quote(a) for a in given)).strip()
     produced = stamp(machine)
-    kernels = dispatch.describe()
     text = render(results, machine, command, scale, args.preset,
                   {t: s for t, s in scales.items() if s != scale}, produced, kernels, args.jobs)
     name = f"{device.type}-{machine}" + ("" if args.preset == "paper" else f"-{args.preset}")

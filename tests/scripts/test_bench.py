@@ -92,6 +92,7 @@ def test_bench_tasks_in_lanes_times_a_task_again_with_its_own_overrides(smoke_da
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / "timing.json").read_text())
     assert data["lanes"] == 2 and data["machine"].endswith("1 threads")
+    assert data["kernels"]["cpu"] == "fused C++ kernel"  # what the lanes ran, not the idle parent
     assert [(res["task"], res["variant"]) for res in data["results"]] == [
         ("retrieval", None), ("transformer", None), ("transformer", "pre-norm")]
     assert all("speedup_interval95" in res["rows"][1] for res in data["results"])
