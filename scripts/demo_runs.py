@@ -198,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", type=Path, default=REPO / "scripts" / "train.py", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. logger=none")
     args = parser.parse_intermixed_args(argv)  # overrides before or after the options
-    from experiments.core.training.config import compose_config  # after argparse: --help answers at once
+    # after argparse: --help answers at once
+    from experiments.core.training.config import CONFIG_DIR, compose_config
 
-    names = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))
+    names = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
     if args.tasks:
         unknown = sorted(set(args.tasks.split(",")) - set(names))
         if unknown:

@@ -97,17 +97,18 @@ def prepare(cfg, root: Path, download: bool) -> None:
                     raise D.MissingData(f"no download is known for split '{split}'; put {root / file} there yourself")
                 download_split(root / file, *HUB_SOURCES[split], cfg.make_target)
     bpe_path = root / cfg.bpe_model
-    if bpe_path.exists() and (pieces := D.load_bpe(bpe_path, cfg.make_target).get_piece_size()) != cfg.bpe_vocab_size:
+    sp = D.load_bpe(bpe_path, cfg.make_target) if bpe_path.exists() else None
+    if sp is not None and sp.get_piece_size() != cfg.bpe_vocab_size:
         # learnt for another task.bpe_vocab_size (an older preset): kept, the runs would train on other pieces
-        # than their config names
-        log.info("%s has %d pieces, task.bpe_vocab_size asks for %d: learning it again", bpe_path, pieces,
-                 cfg.bpe_vocab_size)
-        bpe_path.unlink()
-    if not bpe_path.exists():
+        # than their config names, so it is learnt again
+        log.info("%s has %d pieces, task.bpe_vocab_size asks for %d: learning it again", bpe_path,
+                 sp.get_piece_size(), cfg.bpe_vocab_size)
+        sp = None
+    if sp is None:
         pairs = D.read_pairs(root / files["train"], cfg.src_lang, cfg.tgt_lang, cfg.make_target)
         sample = random.Random(0).sample(pairs, min(BPE_SAMPLE, len(pairs)))
         D.train_bpe([s for pair in sample for s in pair], bpe_path, cfg.bpe_vocab_size)
         log.info("%s: joint BPE, %d pieces", bpe_path, cfg.bpe_vocab_size)
-    sp = D.load_bpe(bpe_path, cfg.make_target)
+        sp = D.load_bpe(bpe_path, cfg.make_target)
     for split, file in files.items():
         D.encode_file(root / file, sp, cfg.src_lang, cfg.tgt_lang, with_refs=split != "train")
