@@ -52,9 +52,9 @@ def recurrent_spec(norm: NormSpec | str, per_step: bool = False) -> NormSpec:
 _NONE, _RMS, _LAYER, _BATCH = 0, 1, 2, 3
 
 
-def _native_norm(norm: nn.Module, width: int):
-    """(kind, k, inv_n, eps, gain, bias) of a norm the native op computes, or None."""
-    if isinstance(norm, NoNorm):
+def _native_norm(norm: nn.Module | None, width: int):
+    """(kind, k, inv_n, eps, gain, bias) of a norm the native op computes, or None; `norm=None`: no norm there."""
+    if norm is None or isinstance(norm, NoNorm):
         return _NONE, width, 0.0, 0.0, None, None
     if isinstance(norm, StepBatchNorm):  # its statistics per step: the op takes them with `batch_extras`
         return (_BATCH, width, 0.0, norm.eps, norm.weight, norm.bias) if norm.num_features == width else None
@@ -280,9 +280,13 @@ class NormLSTMCell(nn.Module):
         nn.init.zeros_(self.bias)
 
     def native_plan(self, x: torch.Tensor):
-        """The native op's settings for this cell's norms on input x, or None: (ints, doubles, gains, running), the
-        per-step batch norms' extras (`batch_extras`) added to the first two and in `running` (else empty)."""
-        plan = _cached_plan(self, x, lambda: [(self.norm_h, 4 * self.hidden_size), (self.norm_c, self.hidden_size)])
+        """The native op's settings for this cell's norms (N_x, N_h, N_c) on input x, or None: (ints, doubles, gains,
+        running), the per-step batch norms' extras (`batch_extras`) added to the first two and in `running` (else
+        empty). The op normalises the projections itself (N_x) except where the norm is the per-step batch norm:
+        `native_inputs` then hands it normalised projections and N_x is none in the op."""
+        h = self.hidden_size
+        plan = _cached_plan(self, x, lambda: [(None if self.per_step else self.norm_x, 4 * h), (self.norm_h, 4 * h),
+                                              (self.norm_c, h)])
         if plan is None or not self.per_step:
             return None if plan is None else (*plan, [])
         extras = batch_extras(self.norm_h, self.norm_c, x)
@@ -302,6 +306,14 @@ class NormLSTMCell(nn.Module):
         else:
             normed = self.norm_x.forward_sequence(proj, mask)
         return normed + self.bias if add_bias else normed
+
+    def native_inputs(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """What the native op starts from, contiguous: W x + b_x, which the op normalises in its row pass, or for the
+        per-step batch norm (statistics over a step's rows, taken outside the op) N_x(W x + b_x); the bias after
+        the norms is the op's."""
+        if self.per_step:
+            return self.project_inputs(x, mask, add_bias=False).contiguous()
+        return torch.nn.functional.linear(x, self.weight_ih, self.bias_ih).contiguous()
 
     def step(self, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, t: int = 0,
              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,7 +360,7 @@ class NormLSTM(nn.Module):
         if plan is None:
             return self._run_python(cell, x, mask, h0, reverse)
         ints, doubles, gains, running = plan
-        proj = cell.project_inputs(x, mask, add_bias=False).contiguous()
+        proj = cell.native_inputs(x, mask)
         out = cpu.module().lstm_sequence(proj, h0.expand(x.shape[1], -1), cell.weight_hh, cell.bias, mask, *gains,
                                          [int(reverse), *ints], doubles, running)
         return out, out[0] if reverse else out[-1]

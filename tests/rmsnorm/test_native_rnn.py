@@ -133,27 +133,35 @@ def test_gru_op_gradcheck_float64(norm):
 
 
 def _lstm_op_inputs(T, B, H):
-    """Float64 inputs of the LSTM op that ask for gradients: projections, h0, hidden weights, bias, and four
-    gains and biases of the two norms (hidden side 4H, cell H)."""
+    """Float64 inputs of the LSTM op that ask for gradients: projections, h0, hidden weights, bias, and six
+    gains and biases of the three norms (input and hidden side 4H, cell H)."""
     torch.manual_seed(0)
     g = dict(dtype=D, requires_grad=True)
     xp, h0, w = torch.randn(T, B, 4 * H, **g), torch.randn(B, H, **g), torch.randn(4 * H, H, **g)
-    gains = [torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
+    gains = [torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(4 * H, **g), torch.randn(4 * H, **g),
+             torch.randn(H, **g), torch.randn(H, **g)]
     return xp, h0, w, torch.randn(4 * H, **g), gains
 
 
-@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_lstm_op_gradcheck_float64(norm):
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "prmsnorm"])
+@pytest.mark.parametrize("input_norm", [True, False])
+def test_lstm_op_gradcheck_float64(norm, input_norm):
+    """The op alone, its input-side norm in the op or not (the projections then reach the gates as they are)."""
     T, B, H = 3, 2, 4
     xp, h0, w, bias, gains = _lstm_op_inputs(T, B, H)
     kind = 2 if norm == "layernorm" else 1
+    k_wide, k_cell = (3, 2) if norm == "prmsnorm" else (4 * H, H)
     if norm != "layernorm":
-        gains[1] = gains[3] = None
+        gains[1] = gains[3] = gains[5] = None
+    if not input_norm:
+        gains[0] = gains[1] = None
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=D)
+    kind_x = kind if input_norm else 0
 
     def op(xp, h0, w, bias, *gains):
-        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, *gains, [0, kind, 4 * H, kind, H],
-                                          [1.0 / (4 * H), 1e-6, 1.0 / H, 1e-6], [])
+        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, *gains,
+                                          [0, kind_x, k_wide, kind, k_wide, kind, k_cell],
+                                          [1.0 / k_wide, 1e-6, 1.0 / k_wide, 1e-6, 1.0 / k_cell, 1e-6], [])
 
     assert torch.autograd.gradcheck(op, (xp, h0, w, bias, *gains))
 
@@ -214,17 +222,17 @@ def test_native_lstm_batch_norm_with_a_step_of_no_valid_row_in_float32():
 def test_lstm_op_gradcheck_float64_with_batch_norm(training):
     """The op alone with per-step batch norms on both sides, one step with a single valid row."""
     T, B, H = 3, 4, 3
-    xp, h0, w, bias, gains = _lstm_op_inputs(T, B, H)  # the hidden side's batch norm has no bias: gains[1] unused
+    xp, h0, w, bias, gains = _lstm_op_inputs(T, B, H)  # the hidden side's batch norm has no bias: gains[3] unused
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]], dtype=D)
 
     def op(xp, h0, w, bias, wh, wc, bc):
         running = [torch.zeros(T, 4 * H, dtype=D), torch.ones(T, 4 * H, dtype=D), torch.zeros(T, H, dtype=D),
                    torch.ones(T, H, dtype=D)]
-        ints = [1, 3, 4 * H, 3, H, int(training), T]  # reverse, two batch norms, train, max_steps
-        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, wh, None, wc, bc, ints, [0.0, 1e-3, 0.0, 1e-3, 0.1],
-                                          running)
+        ints = [1, 0, 4 * H, 3, 4 * H, 3, H, int(training), T]  # reverse, no input norm, two batch norms, settings
+        return cpu.module().lstm_sequence(xp, h0, w, bias, mask, None, None, wh, None, wc, bc, ints,
+                                          [0.0, 0.0, 0.0, 1e-3, 0.0, 1e-3, 0.1], running)
 
-    assert torch.autograd.gradcheck(op, (xp, h0, w, bias, gains[0], gains[2], gains[3]))
+    assert torch.autograd.gradcheck(op, (xp, h0, w, bias, gains[2], gains[4], gains[5]))
 
 
 def test_cases_the_native_op_leaves_to_the_python_loop():

@@ -1,8 +1,10 @@
 // Normalised GRU and LSTM layers over whole sequences: the time loop, the cell and its norms in one op per
 // direction, forward and backward through time (CPU). The Python cells in rmsnorm/rnn.py are the reference.
 //
-// The input side (W x + b and its norms, for all steps at once) is computed by the caller; this op takes those
-// projections and runs the recurrence. Per step: one matmul of the previous state with the hidden weights (the
+// The input side's matmul (W x + b for all steps at once) is computed by the caller; this op takes those
+// projections and runs the recurrence. The LSTM normalises them inside its row pass (N_x, every norm but the batch
+// norm, whose caller passes them normalised): a separate norm call would stream all steps' projections through
+// memory twice more in each direction, which cost more than the norm's arithmetic at the reading task's shape. Per step: one matmul of the previous state with the hidden weights (the
 // only call into ATen), then, per batch row, the hidden-side norms, the gates and the state update in one pass.
 // Backward: per step (latest first) the same pass in reverse and one matmul for the state's gradient; the
 // hidden weights' gradient is one matmul over all steps at the end.
@@ -538,8 +540,10 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, 
 }
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
-//   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + x_p + b);  c' = f c + i g;  h' = o tanh(N_c(c'))
+//   a = h U^T;  [i f o g] = [sigmoid x3, tanh](N_h(a) + N_x(x_p) + b);  c' = f c + i g;  h' = o tanh(N_c(c'))
 //   with a mask m per row: h <- h + m (h' - h), c <- c + m (c' - c); c starts at 0
+// stats per row: {mean, r} of N_h, N_c and N_x
+constexpr int64_t kLstmStats = 6;
 
 // colstats_h (T, 2, 4H) and colstats_c (T, 2, H): each step's column means and r where that norm is a batch norm
 // (else empty); running: the batch norms' running means and variances, (max_steps, width) each, updated in place
@@ -548,8 +552,8 @@ struct LstmTensors {
 };
 
 template <typename T>
-void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse, const BatchSettings& bs,
-                  const std::vector<torch::Tensor>& running) {
+void lstm_forward(LstmTensors& s, const Norm<T>& nx, const Norm<T>& nh, const Norm<T>& nc, bool reverse,
+                  const BatchSettings& bs, const std::vector<torch::Tensor>& running) {
   const int64_t steps = s.xp.size(0), B = s.xp.size(1), H = s.h0.size(1);
   const T* mask = ptr_or_null<T>(s.mask);
   const T* bias = ptr_or_null<T>(s.bias);
@@ -566,7 +570,7 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
     const T* cp = i == 0 ? zeros.data() : s.cell.data_ptr<T>() + previous_step(t, reverse) * B * H;
     const T* a = a_t.data_ptr<T>();
     const T* xp = s.xp.data_ptr<T>() + t * B * 4 * H;
-    T* st = s.stats.data_ptr<T>() + t * B * 4;
+    T* st = s.stats.data_ptr<T>() + t * B * kLstmStats;
     T* act = s.act.data_ptr<T>() + t * B * 4 * H;
     T* cnew = s.cnew.data_ptr<T>() + t * B * H;
     T* out = s.out.data_ptr<T>() + t * B * H;
@@ -579,10 +583,14 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
                          running[1].data_ptr<T>() + slot * 4 * H, cs, cs + 4 * H);
       nh_t = nh.with_columns(cs, cs + 4 * H);
     }
-    // the gates and c' of row b (n: scratch of 4H)
+    // the gates and c' of row b (n: scratch of 8H, its second half N_x's output)
     auto gates_row = [&](int64_t b, T* n) {
-      norm_forward(nh_t, a + b * 4 * H, n, st + b * 4);
+      norm_forward(nh_t, a + b * 4 * H, n, st + b * kLstmStats);
       const T* xr = xp + b * 4 * H;
+      if (nx.kind != kNone) {
+        norm_forward(nx, xr, n + 4 * H, st + b * kLstmStats + 4);
+        xr = n + 4 * H;
+      }
       T* ar = act + b * 4 * H;
       if (bias) {
 #pragma omp simd
@@ -600,7 +608,7 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
       const T* ar = act + b * 4 * H;
       const T* cpr = cp + b * H;
       const T* cnr = cnew + b * H;
-      norm_forward(nc_t, cnr, n, st + b * 4 + 2);
+      norm_forward(nc_t, cnr, n, st + b * kLstmStats + 2);
       tanh_of_sum(n, n, static_cast<const T*>(nullptr), H);
       const T mb = m ? m[b] : T(1);
       const T* hpr = hp + b * H;
@@ -615,7 +623,7 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
     };
     if (!bn_c) {  // one pass over the rows
       at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
-        std::vector<T> n(4 * H);
+        std::vector<T> n(8 * H);
         for (int64_t b = b0; b < b1; ++b) {
           gates_row(b, n.data());
           output_row(b, n.data());
@@ -623,7 +631,7 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
       });
     } else {  // N_c's statistics need every row's c' first
       at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
-        std::vector<T> n(4 * H);
+        std::vector<T> n(8 * H);
         for (int64_t b = b0; b < b1; ++b) gates_row(b, n.data());
       });
       T* cs = s.colstats_c.data_ptr<T>() + t * 2 * H;
@@ -638,39 +646,74 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool rev
   }
 }
 
+// The gains' and biases' gradients are summed per row in the backward's row pass, while the row is in cache:
+// rows go to threads in fixed blocks of kSumRows, each block's sums (over its rows and every step) kept apart and
+// added in block order at the end, so the result is the same whatever the thread count. A block's sums: the
+// bias after the norms (4H), N_h's gain (4H), N_x's gain (4H), N_c's gain and bias (H each).
+constexpr int64_t kSumRows = 8;
+constexpr int64_t kLstmSums = 14;  // times H
+
 template <typename T>
-std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh, const Norm<T>& nc, bool reverse,
-                                         const torch::Tensor& grad_out, bool want_gains, bool train) {
+std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx, const Norm<T>& nh, const Norm<T>& nc,
+                                         bool reverse, const torch::Tensor& grad_out, bool want_gains, bool train) {
   const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
   const auto opts = s.out.options();
-  auto dxp = torch::empty({steps, B, 4 * H}, opts), dA = torch::empty({steps, B, 4 * H}, opts);
-  auto dNc = torch::empty({steps, B, H}, opts);  // N_c's output gradient, every step (gains summed at the end)
+  // The gates' gradient g (before N_h and N_x) is kept for every step only where it is the input's gradient (no
+  // N_x in the op); with N_h none it is also the hidden matmul's dA. Else one step's g at a time (its sums are
+  // taken per step, while it is in cache), and the input's gradient is N_x's backward of it.
+  const bool g_is_input_grad = nx.kind == kNone, h_identity = nh.kind == kNone;
+  torch::Tensor dA = torch::empty({steps, B, 4 * H}, opts);
+  torch::Tensor dxp = g_is_input_grad ? (h_identity ? dA : torch::empty({steps, B, 4 * H}, opts)) : torch::Tensor();
+  torch::Tensor dproj = g_is_input_grad ? dxp : torch::empty({steps, B, 4 * H}, opts);
+  std::vector<T> g_step(g_is_input_grad || h_identity ? 0 : B * 4 * H);
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
   auto dc = torch::zeros({B, H}, opts), dc_next = torch::empty({B, H}, opts);
   auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
     const bool present = gain ? n.w != nullptr : n.b != nullptr;
     return want_gains && present ? torch::zeros({n.d}, opts) : torch::Tensor();
   };
+  auto dwx = zeros_or_none(nx, true), dbx = zeros_or_none(nx, false);
   auto dwh = zeros_or_none(nh, true), dbh = zeros_or_none(nh, false);
   auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
   const T* mask = ptr_or_null<T>(s.mask);
   const T* go_all = grad_out.data_ptr<T>();
   const bool bn_h = nh.kind == kBatch, bn_c = nc.kind == kBatch;
   std::vector<T> zeros(B * H, T(0));
-  // N_c's input gradient, every row of a step (the batch norm's rows are coupled: computed after the step's sums)
-  std::vector<T> dcn_all(bn_c ? B * H : 0);
+  // N_c's output gradient of a step's rows, and its input gradient (the batch norm's rows are coupled: computed
+  // after the step's sums)
+  std::vector<T> dnc_step(B * H), dcn_all(bn_c ? B * H : 0);
+  // which sums the row pass takes (the batch norms sum their own per step)
+  const bool sum_h = nh.kind == kRms || nh.kind == kLayer, sum_c = nc.kind == kRms || nc.kind == kLayer;
+  const bool s_bias = s.bias.defined() || (sum_h && dbh.defined()) || dbx.defined();
+  const bool s_wh = sum_h && dwh.defined(), s_wx = nx.kind != kNone && dwx.defined();
+  const bool s_wc = sum_c && dwc.defined(), s_bc = sum_c && dbc.defined();
+  const int64_t blocks = (B + kSumRows - 1) / kSumRows;
+  std::vector<T> sums(blocks * kLstmSums * H, T(0));
+  // rows in fixed blocks over threads: f(b, the block's sums, scratch of 2H + 2) for every row
+  auto over_blocks = [&](int64_t width, auto&& f) {
+    at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(width) / kSumRows), [&](int64_t k0, int64_t k1) {
+      std::vector<T> scratch(2 * H + 2);
+      for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t b = k * kSumRows; b < std::min(B, (k + 1) * kSumRows); ++b) {
+          f(b, sums.data() + k * kLstmSums * H, scratch.data());
+        }
+      }
+    });
+  };
   for (int64_t i = steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? steps - 1 - i : i;
     const T* cp = i == 0 ? zeros.data() : s.cell.data_ptr<T>() + previous_step(t, reverse) * B * H;
     const T* a = s.a.data_ptr<T>() + t * B * 4 * H;
-    const T* st = s.stats.data_ptr<T>() + t * B * 4;
+    const T* st = s.stats.data_ptr<T>() + t * B * kLstmStats;
     const T* act = s.act.data_ptr<T>() + t * B * 4 * H;
+    const T* xp = nx.kind != kNone ? s.xp.data_ptr<T>() + t * B * 4 * H : nullptr;
+    T* dproj_t = nx.kind != kNone ? dproj.data_ptr<T>() + t * B * 4 * H : nullptr;
     const T* cnew = s.cnew.data_ptr<T>() + t * B * H;
     const T* go = go_all + t * B * H;
     const T* m = mask ? mask + t * B : nullptr;
-    T* dxp_t = dxp.data_ptr<T>() + t * B * 4 * H;
     T* dA_t = dA.data_ptr<T>() + t * B * 4 * H;
-    T* dnc_all = dNc.data_ptr<T>() + t * B * H;
+    T* dxp_t = g_is_input_grad ? dxp.data_ptr<T>() + t * B * 4 * H : h_identity ? dA_t : g_step.data();
+    T* dnc_all = dnc_step.data();
     const T* dh_in = dh.data_ptr<T>();
     const T* dc_in = dc.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
@@ -697,7 +740,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
       }
     };
     // row b from N_c's input gradient dcn: the other gates' gradients, and the states' for the step before
-    auto gates_row = [&](int64_t b, const T* dcn) {
+    auto gates_row = [&](int64_t b, const T* dcn, T* sum) {
       const T* ar = act + b * 4 * H;
       const T mb = m ? m[b] : T(1);
       T* dxr = dxp_t + b * 4 * H;
@@ -714,16 +757,44 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
         dc_out[b * H + j] = dct - mb * dct + dcnew * fg;
         dhp_out[b * H + j] = dht - mb * dht;
       }
-      if (!bn_h) norm_backward(nh_t, dxr, a + b * 4 * H, st + b * 4, dA_t + b * 4 * H);
+      const T* sr = st + b * kLstmStats;
+      if (!bn_h && !h_identity) norm_backward(nh_t, dxr, a + b * 4 * H, sr, dA_t + b * 4 * H);
+      if (xp) norm_backward(nx, dxr, xp + b * 4 * H, sr + 4, dproj_t + b * 4 * H);
+      if (s_bias) {
+#pragma omp simd
+        for (int64_t j = 0; j < 4 * H; ++j) sum[j] += dxr[j];
+      }
+      if (s_wh) {
+        const T* xr = a + b * 4 * H;
+        T* acc = sum + 4 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < 4 * H; ++j) acc[j] += dxr[j] * (xr[j] - sr[0]) * sr[1];
+      }
+      if (s_wx) {
+        const T* xr = xp + b * 4 * H;
+        T* acc = sum + 8 * H;
+#pragma omp simd
+        for (int64_t j = 0; j < 4 * H; ++j) acc[j] += dxr[j] * (xr[j] - sr[4]) * sr[5];
+      }
     };
     if (!bn_c) {  // one pass over the rows
-      at::parallel_for(0, B, row_grain(5 * H), [&](int64_t b0, int64_t b1) {
-        std::vector<T> n(H), dcn(H), stat(2);
-        for (int64_t b = b0; b < b1; ++b) {
-          output_row(b, n.data(), stat.data());
-          norm_backward(nc_t, dnc_all + b * H, cnew + b * H, st + b * 4 + 2, dcn.data());
-          gates_row(b, dcn.data());
+      over_blocks(5 * H, [&](int64_t b, T* sum, T* scratch) {
+        T *n = scratch, *dcn = scratch + H, *stat = scratch + 2 * H;
+        output_row(b, n, stat);
+        const T* sr = st + b * kLstmStats + 2;
+        const T* dncr = dnc_all + b * H;
+        const T* cnr = cnew + b * H;
+        norm_backward(nc_t, dncr, cnr, sr, dcn);
+        if (s_wc || s_bc) {
+          T* wc = sum + 12 * H;
+          T* bc = sum + 13 * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            wc[j] += dncr[j] * (cnr[j] - sr[0]) * sr[1];
+            bc[j] += dncr[j];
+          }
         }
+        gates_row(b, dcn, sum);
       });
     } else {  // N_c's gradient needs sums over every row of the step first
       at::parallel_for(0, B, row_grain(2 * H), [&](int64_t b0, int64_t b1) {
@@ -732,9 +803,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
       });
       batch_norm_backward(nc_t, static_cast<const T*>(dnc_all), H, cnew, H, B, m, train, dcn_all.data(), H,
                           ptr_or_null<T>(dwc), ptr_or_null<T>(dbc));
-      at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) gates_row(b, dcn_all.data() + b * H);
-      });
+      over_blocks(4 * H, [&](int64_t b, T* sum, T*) { gates_row(b, dcn_all.data() + b * H, sum); });
     }
     if (bn_h) {  // and N_h's over every row's gate gradients
       batch_norm_backward(nh_t, static_cast<const T*>(dxp_t), 4 * H, a, 4 * H, B, m, train, dA_t, 4 * H,
@@ -743,16 +812,25 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nh
     at::addmm_out(dh, dhp, dA[t], s.w_hh);
     std::swap(dc, dc_next);
   }
-  if (want_gains) {
-    const T* st = s.stats.data_ptr<T>();
-    gain_grads(nh, dxp.data_ptr<T>(), 4 * H, s.a.data_ptr<T>(), 4 * H, st, 4, steps * B, ptr_or_null<T>(dwh),
-               ptr_or_null<T>(dbh));
-    gain_grads(nc, dNc.data_ptr<T>(), H, s.cnew.data_ptr<T>(), H, st + 2, 4, steps * B, ptr_or_null<T>(dwc),
-               ptr_or_null<T>(dbc));
+  // the blocks' sums in block order; N_h's and N_x's biases get the bias's sum (they add into the same gates)
+  auto sum_dy = s_bias ? torch::zeros({4 * H}, opts) : torch::Tensor();
+  for (auto [on, out, offset, width] : {std::make_tuple(s_bias, ptr_or_null<T>(sum_dy), 0 * H, 4 * H),
+                                        std::make_tuple(s_wh, ptr_or_null<T>(dwh), 4 * H, 4 * H),
+                                        std::make_tuple(s_wx, ptr_or_null<T>(dwx), 8 * H, 4 * H),
+                                        std::make_tuple(s_wc, ptr_or_null<T>(dwc), 12 * H, H),
+                                        std::make_tuple(s_bc, ptr_or_null<T>(dbc), 13 * H, H)}) {
+    if (!on) continue;
+    for (int64_t k = 0; k < blocks; ++k) {
+      const T* part = sums.data() + k * kLstmSums * H + offset;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) out[j] += part[j];
+    }
   }
+  if (sum_h && dbh.defined()) dbh.copy_(sum_dy);
+  if (dbx.defined()) dbx.copy_(sum_dy);
   auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
-  auto dbias = s.bias.defined() ? dxp.sum({0, 1}) : torch::Tensor();
-  return {dxp, dh, dw, dbias, dwh, dbh, dwc, dbc};
+  auto dbias = s.bias.defined() ? sum_dy : torch::Tensor();
+  return {dproj, dh, dw, dbias, dwx, dbx, dwh, dbh, dwc, dbc};
 }
 
 // ---- autograd -------------------------------------------------------------------------------------------------
@@ -788,17 +866,17 @@ struct OpMeta {
             ctx->saved_data["want_gains"].toBool()};
   }
   bool reverse() const { return ints[0] != 0; }
-  // recurrent batch norm (LSTM): ints {..., train, max_steps}, doubles {..., momentum} after the norms'
+  // recurrent batch norm (LSTM, three norms): ints {..., train, max_steps}, doubles {..., momentum} after the norms'
   BatchSettings batch() const {
     BatchSettings bs;
-    if (ints.size() >= 7 && doubles.size() >= 5) {
-      bs.train = ints[5] != 0;
-      bs.max_steps = ints[6];
-      bs.momentum = doubles[4];
+    if (ints.size() >= 9 && doubles.size() >= 7) {
+      bs.train = ints[7] != 0;
+      bs.max_steps = ints[8];
+      bs.momentum = doubles[6];
     }
     return bs;
   }
-  // the norm over `width` columns: the first (0) or second (1) of the op
+  // the norm over `width` columns: the op's first (0), second (1) or third (2)
   template <typename T>
   Norm<T> norm(int which, int64_t width, const torch::Tensor& gain, const torch::Tensor& bias) const {
     return make_norm<T>(ints[1 + 2 * which], width, ints[2 + 2 * which], doubles[2 * which], doubles[1 + 2 * which],
@@ -866,6 +944,7 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xp, const torch::Tensor& h0,
                                const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias,
                                const c10::optional<torch::Tensor>& mask,
+                               const c10::optional<torch::Tensor>& wx, const c10::optional<torch::Tensor>& bx,
                                const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                                const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
                                const std::vector<int64_t>& ints, const std::vector<double>& doubles,
@@ -875,14 +954,15 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     TORCH_CHECK(xp.size(2) == 4 * H && h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 4 * H &&
                     w_hh.size(1) == H,
                 "x_proj must be (T, B, 4H), h0 (B, H) and the hidden weights (4H, H)");
-    const bool batch = ints.size() == 7 && doubles.size() == 5;
-    TORCH_CHECK((ints.size() == 5 && doubles.size() == 4) || batch,
-                "lstm_sequence: ints {reverse, kind_h, k_h, kind_c, k_c[, train, max_steps]}, "
-                "doubles {inv_n_h, eps_h, inv_n_c, eps_c[, momentum]}");
+    const bool batch = ints.size() == 9 && doubles.size() == 7;
+    TORCH_CHECK((ints.size() == 7 && doubles.size() == 6) || batch,
+                "lstm_sequence: ints {reverse, kind_x, k_x, kind_h, k_h, kind_c, k_c[, train, max_steps]}, "
+                "doubles {inv_n_x, eps_x, inv_n_h, eps_h, inv_n_c, eps_c[, momentum]}");
+    TORCH_CHECK(ints[1] != kBatch, "lstm_sequence: a batch norm of the inputs runs outside the op (pass kind_x 0)");
     const auto opts = xp.options();
     // a batch norm's running estimates (max_steps, width), updated in place; its column statistics per step
-    const bool bn_h = ints[1] == kBatch, bn_c = ints[3] == kBatch;
-    TORCH_CHECK(!(bn_h || bn_c) || (batch && ints[6] >= 1 && running.size() == 4),
+    const bool bn_h = ints[3] == kBatch, bn_c = ints[5] == kBatch;
+    TORCH_CHECK(!(bn_h || bn_c) || (batch && ints[8] >= 1 && running.size() == 4),
                 "lstm_sequence: a batch norm needs {train, max_steps >= 1}, the momentum and four running tensors");
     for (int which = 0; which < 2; ++which) {
       if (!(which == 0 ? bn_h : bn_c)) continue;
@@ -890,29 +970,33 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
       for (int k = 0; k < 2; ++k) {
         const auto& r = running[2 * which + k];
         TORCH_CHECK(r.defined() && r.is_contiguous() && r.scalar_type() == xp.scalar_type() && r.dim() == 2 &&
-                        r.size(0) == ints[6] && r.size(1) == width,
+                        r.size(0) == ints[8] && r.size(1) == width,
                     "lstm_sequence: running estimates must be contiguous (max_steps, width) tensors of x's dtype");
       }
     }
     torch::Tensor colstats_h = torch::empty({bn_h ? steps : 0, 2, 4 * H}, opts);
     torch::Tensor colstats_c = torch::empty({bn_c ? steps : 0, 2, H}, opts);
     torch::Tensor out = torch::empty({steps, B, H}, opts), cell = torch::empty({steps, B, H}, opts);
-    torch::Tensor a = torch::empty({steps, B, 4 * H}, opts), stats = torch::empty({steps, B, 4}, opts);
+    torch::Tensor a = torch::empty({steps, B, 4 * H}, opts), stats = torch::empty({steps, B, kLstmStats}, opts);
     torch::Tensor act = torch::empty({steps, B, 4 * H}, opts), cnew = torch::empty({steps, B, H}, opts);
     auto h0c = h0.contiguous(), w = w_hh.contiguous();
     auto b = bias.has_value() && bias->defined() ? bias->contiguous() : torch::Tensor();
     TORCH_CHECK(!b.defined() || b.numel() == 4 * H, "the bias after the norms must have 4H values");
     auto m = checked_mask(mask, xp);
-    const OpMeta meta{ints, doubles, any_requires_grad({&wh, &bh, &wc, &bc})};
+    const OpMeta meta{ints, doubles, any_requires_grad({&wx, &bx, &wh, &bh, &wc, &bc})};
+    const auto gain_x = opt_or_undefined(wx), bias_x = opt_or_undefined(bx);
     const auto gain_h = opt_or_undefined(wh), bias_h = opt_or_undefined(bh);
     const auto gain_c = opt_or_undefined(wc), bias_c = opt_or_undefined(bc);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_sequence_forward", [&] {
       LstmTensors s{xp, h0c, w, b, m, out, cell, a, stats, act, cnew, colstats_h, colstats_c};
-      lstm_forward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, gain_h, bias_h), meta.norm<scalar_t>(1, H, gain_c, bias_c),
+      lstm_forward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, gain_x, bias_x),
+                             meta.norm<scalar_t>(1, 4 * H, gain_h, bias_h), meta.norm<scalar_t>(2, H, gain_c, bias_c),
                              meta.reverse(), meta.batch(), running);
     });
-    ctx->save_for_backward(
-        {h0c, w, m, gain_h, bias_h, gain_c, bias_c, out, cell, a, stats, act, cnew, b, colstats_h, colstats_c});
+    // the raw projections only where N_x's backward needs them
+    auto xp_saved = ints[1] != kNone ? xp : torch::Tensor();
+    ctx->save_for_backward({h0c, w, m, gain_h, bias_h, gain_c, bias_c, out, cell, a, stats, act, cnew, b, colstats_h,
+                            colstats_c, xp_saved, gain_x, bias_x});
     meta.save(ctx);
     return out;
   }
@@ -926,13 +1010,14 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     auto go = grad_or_zeros(grads[0], out);
     std::vector<torch::Tensor> r;
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lstm_sequence_backward", [&] {
-      LstmTensors s{torch::Tensor(), v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12], v[14], v[15]};
-      r = lstm_backward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, v[3], v[4]), meta.norm<scalar_t>(1, H, v[5], v[6]),
+      LstmTensors s{v[16], v[0], v[1], v[13], v[2], v[7], v[8], v[9], v[10], v[11], v[12], v[14], v[15]};
+      r = lstm_backward<scalar_t>(s, meta.norm<scalar_t>(0, 4 * H, v[17], v[18]),
+                                  meta.norm<scalar_t>(1, 4 * H, v[3], v[4]), meta.norm<scalar_t>(2, H, v[5], v[6]),
                                   meta.reverse(), go, meta.want_gains, meta.batch().train);
     });
-    // inputs: xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles, running
-    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+    // inputs: xp, h0, w_hh, bias, mask, wx, bx, wh, bh, wc, bc, ints, doubles, running
+    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], r[8], r[9], torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -950,9 +1035,10 @@ torch::Tensor gru_sequence(const torch::Tensor& xg, const torch::Tensor& xc, con
 
 torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
+                            const c10::optional<torch::Tensor>& wx, const c10::optional<torch::Tensor>& bx,
                             const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                             const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
                             const std::vector<int64_t>& ints, const std::vector<double>& doubles,
                             const std::vector<torch::Tensor>& running) {
-  return LstmFunction::apply(xp, h0, w_hh, bias, mask, wh, bh, wc, bc, ints, doubles, running);
+  return LstmFunction::apply(xp, h0, w_hh, bias, mask, wx, bx, wh, bh, wc, bc, ints, doubles, running);
 }

@@ -384,6 +384,7 @@ torch::Tensor gru_sequence(const torch::Tensor& xg, const torch::Tensor& xc, con
                            const std::vector<double>& doubles);
 torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
+                            const c10::optional<torch::Tensor>& wx, const c10::optional<torch::Tensor>& bx,
                             const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
                             const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
                             const std::vector<int64_t>& ints, const std::vector<double>& doubles,
@@ -398,5 +399,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_sequence", &gru_sequence,
         "a normalised GRU over a whole (T, B, .) sequence in one direction, with autograd (CPU)");
   m.def("lstm_sequence", &lstm_sequence,
-        "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, with autograd (CPU)");
+        "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, its input norm included, "
+        "with autograd (CPU)");
 }
