@@ -145,6 +145,53 @@ inline void tanh_of_sum(T* y, const T* a, const T* b, int64_t n) {
   for (; j < n; ++j) y[j] = std::tanh(b ? a[j] + b[j] : a[j]);
 }
 
+// Row sums in four vectors of independent partial sums: with one accumulator (what `omp simd reduction` gives) a
+// row in L1 is bound by the add's latency, 3-4 cycles a vector, not by its loads. sum_j f(j) for j < n, and the
+// two sums of (f(j), g(j)) in one pass.
+template <typename T>
+constexpr int64_t kSumLanes = 4 * 32 / sizeof(T);
+
+template <typename T, typename F>
+inline T row_sum(int64_t n, F&& f) {
+  constexpr int64_t L = kSumLanes<T>;
+  T acc[L] = {};
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) acc[l] += f(j + l);
+  }
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = j; i < n; ++i) s += f(i);
+  for (int64_t l = 0; l < L; ++l) s += acc[l];
+  return s;
+}
+
+template <typename T, typename F, typename G>
+inline std::pair<T, T> row_sums(int64_t n, F&& f, G&& g) {
+  constexpr int64_t L = kSumLanes<T> / 2;
+  T acc_f[L] = {}, acc_g[L] = {};
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) {
+      acc_f[l] += f(j + l);
+      acc_g[l] += g(j + l);
+    }
+  }
+  T sf = 0, sg = 0;
+#pragma omp simd reduction(+ : sf, sg)
+  for (int64_t i = j; i < n; ++i) {
+    sf += f(i);
+    sg += g(i);
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    sf += acc_f[l];
+    sg += acc_g[l];
+  }
+  return {sf, sg};
+}
+
 // y = N(x) over one row; stat[0] = mean (LayerNorm), stat[1] = r. y may not alias x.
 template <typename T>
 inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restrict__ y, T* stat) {
@@ -153,8 +200,10 @@ inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restric
     std::copy(x, x + d, y);
     return;
   }
+  const T* w = n.w;
+  const T* b = n.b;
   if (n.kind == kBatch) {
-    const T *cm = n.col_mean, *cr = n.col_r, *w = n.w, *b = n.b;
+    const T *cm = n.col_mean, *cr = n.col_r;
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) {
       T v = (x[j] - cm[j]) * cr[j];
@@ -166,30 +215,32 @@ inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restric
   }
   T mean = 0, acc = 0;
   if (n.kind == kLayer) {
-#pragma omp simd reduction(+ : mean)
-    for (int64_t j = 0; j < d; ++j) mean += x[j];
-    mean /= T(d);
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < d; ++j) acc += (x[j] - mean) * (x[j] - mean);
+    mean = row_sum<T>(d, [&](int64_t j) { return x[j]; }) / T(d);
+    acc = row_sum<T>(d, [&](int64_t j) { return (x[j] - mean) * (x[j] - mean); });
   } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n.k; ++j) acc += x[j] * x[j];
+    acc = row_sum<T>(n.k, [&](int64_t j) { return x[j] * x[j]; });
   }
   const T r = T(1) / std::sqrt(acc * n.inv_n + n.eps);
   stat[0] = mean;
   stat[1] = r;
-  const T* w = n.w;
-  const T* b = n.b;
+  if (n.kind == kRms && w && !b) {  // the RMS family as the cells use it: no shift
 #pragma omp simd
-  for (int64_t j = 0; j < d; ++j) {
-    T v = (x[j] - mean) * r;
-    if (w) v *= w[j];
-    if (b) v += b[j];
-    y[j] = v;
+    for (int64_t j = 0; j < d; ++j) y[j] = x[j] * r * w[j];
+  } else if (w && b) {
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - mean) * r * w[j] + b[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) {
+      T v = (x[j] - mean) * r;
+      if (w) v *= w[j];
+      if (b) v += b[j];
+      y[j] = v;
+    }
   }
 }
 
-// dx = dN/dx^T dy over one row (gains' gradients are summed separately: gain_grads)
+// dx = dN/dx^T dy over one row (gains' gradients are summed separately)
 template <typename T>
 inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* __restrict__ x, const T* stat,
                           T* __restrict__ dx) {
@@ -201,30 +252,29 @@ inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* _
   const T mean = stat[0], r = stat[1];
   const T* w = n.w;
   if (n.kind == kRms) {
-    T dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < d; ++j) dot += (w ? dy[j] * w[j] : dy[j]) * x[j];
+    // every output depends on r, and r on the first k inputs only
+    const T dot = w ? row_sum<T>(d, [&](int64_t j) { return dy[j] * w[j] * x[j]; })
+                    : row_sum<T>(d, [&](int64_t j) { return dy[j] * x[j]; });
     const T c = n.inv_n * r * r * r * dot;
+    if (w) {
 #pragma omp simd
-    for (int64_t j = 0; j < n.k; ++j) dx[j] = r * (w ? dy[j] * w[j] : dy[j]) - c * x[j];
+      for (int64_t j = 0; j < n.k; ++j) dx[j] = r * dy[j] * w[j] - c * x[j];
 #pragma omp simd
-    for (int64_t j = n.k; j < d; ++j) dx[j] = r * (w ? dy[j] * w[j] : dy[j]);
+      for (int64_t j = n.k; j < d; ++j) dx[j] = r * dy[j] * w[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n.k; ++j) dx[j] = r * dy[j] - c * x[j];
+#pragma omp simd
+      for (int64_t j = n.k; j < d; ++j) dx[j] = r * dy[j];
+    }
     return;
   }
-  T m1 = 0, m2 = 0;
-#pragma omp simd reduction(+ : m1, m2)
-  for (int64_t j = 0; j < d; ++j) {
-    const T g = w ? dy[j] * w[j] : dy[j];
-    m1 += g;
-    m2 += g * (x[j] - mean) * r;
-  }
+  auto g = [&](int64_t j) { return w ? dy[j] * w[j] : dy[j]; };
+  auto [m1, m2] = row_sums<T>(d, g, [&](int64_t j) { return g(j) * (x[j] - mean) * r; });
   m1 /= T(d);
   m2 /= T(d);
 #pragma omp simd
-  for (int64_t j = 0; j < d; ++j) {
-    const T g = w ? dy[j] * w[j] : dy[j];
-    dx[j] = r * (g - m1 - (x[j] - mean) * r * m2);
-  }
+  for (int64_t j = 0; j < d; ++j) dx[j] = r * (g(j) - m1 - (x[j] - mean) * r * m2);
 }
 
 // dw_j += sum_rows dy_j xhat_j, db_j += sum_rows dy_j over `rows` rows of one block (columns split over threads)
