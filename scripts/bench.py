@@ -271,6 +271,10 @@ QUICK_RNN = [("GRU", 32, 8, 5, ["torch", "none", "layernorm", "rmsnorm", "rmsnor
 # recurrent layers time whole sequences (0.05-1.5 s a call): at least this many rounds, so that the intervals
 # of ratios and of added times hold
 RNN_MIN_ROUNDS = 25
+# and as many more as fit in this many seconds a setting (at most RNN_MAX_ROUNDS): at the cheap settings what a
+# norm adds is a few ms of a 0.1 s call, and 25 rounds left its fraction of LayerNorm's anywhere in [0.45, 1.47]
+RNN_SECONDS_PER_SETTING = 75.0
+RNN_MAX_ROUNDS = 120
 PYTHON_LOOP = " (Python loop)"
 
 
@@ -283,6 +287,18 @@ def _layer(kind: str, hidden: int, name: str) -> torch.nn.Module:
     return cls(hidden, hidden, spec, native=native)
 
 
+def _rnn_rounds(calls: dict, rounds: int) -> int:
+    """Rounds for one recurrent setting: at least `rounds` and RNN_MIN_ROUNDS, more where a round is cheap
+    (RNN_SECONDS_PER_SETTING), from one timed round after a warm one."""
+    for call in calls.values():
+        call()
+    start = time.perf_counter()
+    for call in calls.values():
+        call()
+    per_round = time.perf_counter() - start
+    return max(rounds, RNN_MIN_ROUNDS, min(RNN_MAX_ROUNDS, int(RNN_SECONDS_PER_SETTING / per_round)))
+
+
 def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) -> list[dict]:
     """Forward+backward of a recurrent layer over its steps, the layers of one setting interleaved; every
     round's seconds kept (the intervals are computed from them)."""
@@ -293,10 +309,9 @@ def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) 
         for name in names:
             torch.manual_seed(0)
             layers[name] = _layer(kind, hidden, name).to(device, dtype)
-        times = time_interleaved({name: (lambda layer=layer, x=x: layer(x)[0].sum().backward())
-                                  for name, layer in layers.items()}, device,
-                                 rounds=rounds if quick else max(rounds, RNN_MIN_ROUNDS), steps_per_round=1,
-                                 warmup_steps=2)
+        calls = {name: (lambda layer=layer, x=x: layer(x)[0].sum().backward()) for name, layer in layers.items()}
+        times = time_interleaved(calls, device, rounds=rounds if quick else _rnn_rounds(calls, rounds),
+                                 steps_per_round=1, warmup_steps=2)
         for name in names:
             native = getattr(layers[name], "uses_native", lambda x: None)(x)
             rows.append({"kind": kind, "hidden": hidden, "batch": batch, "steps": steps, "norm": name,
@@ -344,9 +359,10 @@ def render_rnn(rows: list[dict]) -> str:
                 f"Ours on the native op (`rmsnorm/kernels/csrc/recurrent_cpu.cpp`) unless marked Python loop. "
                 f"`/ {ref}`: the time over torch's layer, {RATIO_RULE}. `added`: the time over our {kind} with "
                 "norm=none; `added / LN's`: that over LayerNorm's added time (ratio of median per-round added "
-                "times, 95% percentile bootstrap over rounds). Medians over rounds in ms.", "",
-                f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] |",
-                "|---|---|---|---|---|---|---|---|"]
+                "times, 95% percentile bootstrap over rounds). Medians over rounds in ms; `rounds`: interleaved "
+                "rounds of the setting (more where a round is cheap).", "",
+                f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] | rounds |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for hidden, batch, steps in dict.fromkeys((r["hidden"], r["batch"], r["steps"]) for r in rows
                                                   if r["kind"] == kind):
             group = {r["norm"]: r for r in rows
@@ -368,8 +384,9 @@ def render_rnn(rows: list[dict]) -> str:
                     vs_torch = f"{r['seconds'] / torch_['seconds']:.2f}"
                 label = ref if name == "torch" else f"ours, {name}"
                 fraction_text = "1" if name == REFERENCE_NORM else _interval_text(fraction)
+                rounds = len(r["rounds"]) if "rounds" in r else ""
                 out.append(f"| {hidden} | {batch} | {steps} | {label} | {r['seconds'] * 1e3:.1f} | {vs_torch} | "
-                           f"{'' if added is None else f'{added * 1e3:.1f}'} | {fraction_text} |")
+                           f"{'' if added is None else f'{added * 1e3:.1f}'} | {fraction_text} | {rounds} |")
         out.append("")
     return "\n".join(out)
 
