@@ -361,7 +361,8 @@ def render_rnn(rows: list[dict]) -> str:
                 "norm=none; `added / LN's`: that over LayerNorm's added time (ratio of median per-round added "
                 "times, 95% percentile bootstrap over rounds). Medians over rounds in ms; `rounds`: interleaved "
                 "rounds of the setting (more where a round is cheap).", "",
-                f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] | rounds |",
+                f"| hidden | batch | steps | layer | ms | / {ref} [95%] | added ms | added / LN's added [95%] "
+                "| rounds |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for hidden, batch, steps in dict.fromkeys((r["hidden"], r["batch"], r["steps"]) for r in rows
                                                   if r["kind"] == kind):

@@ -14,6 +14,8 @@ import torch
 
 # the row norms and the recurrent layers (recurrent_cpu.cpp) in one module
 _SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rms_norm_cpu.cpp", "recurrent_cpu.cpp")]
+# included by both: part of the build's identity as much as the sources
+_HEADERS = [Path(__file__).with_name("csrc") / "row_sums.h"]
 # -fopenmp, not just -fopenmp-simd: at::parallel_for is inlined from torch's headers as an OpenMP region,
 # so without it the kernel runs on one thread whatever torch.get_num_threads() says (same libgomp as torch)
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
@@ -33,7 +35,7 @@ def _cpu_flags() -> str:
 
 def build_dir() -> Path:
     """One cache per torch version and CPU feature set: the build uses -march=native."""
-    sources = b"".join(path.read_bytes() for path in _SOURCES)
+    sources = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
     identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{sources!r}"
     key = hashlib.sha1(identity.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RMSNORM_KERNEL_CACHE", Path.home() / ".cache" / "rmsnorm-kernels"))

@@ -34,6 +34,11 @@
 #endif
 #include <vector>
 
+#include "row_sums.h"
+
+using rmsnorm_kernels::row_sum;
+using rmsnorm_kernels::row_sums;
+
 int64_t rmsnorm_parallel_grain();  // elements per thread before a loop goes parallel (rms_norm_cpu.cpp)
 
 namespace {
@@ -143,53 +148,6 @@ inline void tanh_of_sum(T* y, const T* a, const T* b, int64_t n) {
   }
 #endif
   for (; j < n; ++j) y[j] = std::tanh(b ? a[j] + b[j] : a[j]);
-}
-
-// Row sums in four vectors of independent partial sums: with one accumulator (what `omp simd reduction` gives) a
-// row in L1 is bound by the add's latency, 3-4 cycles a vector, not by its loads. sum_j f(j) for j < n, and the
-// two sums of (f(j), g(j)) in one pass.
-template <typename T>
-constexpr int64_t kSumLanes = 4 * 32 / sizeof(T);
-
-template <typename T, typename F>
-inline T row_sum(int64_t n, F&& f) {
-  constexpr int64_t L = kSumLanes<T>;
-  T acc[L] = {};
-  int64_t j = 0;
-  for (; j + L <= n; j += L) {
-#pragma omp simd
-    for (int64_t l = 0; l < L; ++l) acc[l] += f(j + l);
-  }
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = j; i < n; ++i) s += f(i);
-  for (int64_t l = 0; l < L; ++l) s += acc[l];
-  return s;
-}
-
-template <typename T, typename F, typename G>
-inline std::pair<T, T> row_sums(int64_t n, F&& f, G&& g) {
-  constexpr int64_t L = kSumLanes<T> / 2;
-  T acc_f[L] = {}, acc_g[L] = {};
-  int64_t j = 0;
-  for (; j + L <= n; j += L) {
-#pragma omp simd
-    for (int64_t l = 0; l < L; ++l) {
-      acc_f[l] += f(j + l);
-      acc_g[l] += g(j + l);
-    }
-  }
-  T sf = 0, sg = 0;
-#pragma omp simd reduction(+ : sf, sg)
-  for (int64_t i = j; i < n; ++i) {
-    sf += f(i);
-    sg += g(i);
-  }
-  for (int64_t l = 0; l < L; ++l) {
-    sf += acc_f[l];
-    sg += acc_g[l];
-  }
-  return {sf, sg};
 }
 
 // y = N(x) over one row; stat[0] = mean (LayerNorm), stat[1] = r. y may not alias x.

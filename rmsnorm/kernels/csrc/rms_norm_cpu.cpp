@@ -19,6 +19,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "row_sums.h"
+
+using rmsnorm_kernels::row_sum;
+
 namespace {
 
 // Elements a thread must have before a call goes parallel: waking a thread costs a few microseconds, so small
@@ -33,11 +37,7 @@ constexpr int64_t kTileElements = 2048;
 
 template <typename T>
 inline T sum_squares(const T* __restrict__ x, int64_t n) {
-  T acc = 0;
-  // omp simd lets the compiler reorder the sum into vector lanes (plain -O3 must keep the serial order)
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
-  return acc;
+  return row_sum<T>(n, [&](int64_t i) { return x[i] * x[i]; });
 }
 
 template <typename T>
@@ -80,15 +80,8 @@ inline T* aligned_to_line(T* p) {
 template <typename T>
 __attribute__((noinline)) T partial_dot(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w, int64_t j0,
                      int64_t j1) {
-  T acc = 0;
-  if (w) {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = j0; j < j1; ++j) acc += dy[j] * w[j] * x[j];
-  } else {
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = j0; j < j1; ++j) acc += dy[j] * x[j];
-  }
-  return acc;
+  if (w) return row_sum<T>(j1 - j0, [&](int64_t j) { return dy[j0 + j] * w[j0 + j] * x[j0 + j]; });
+  return row_sum<T>(j1 - j0, [&](int64_t j) { return dy[j0 + j] * x[j0 + j]; });
 }
 
 // dwp_j += sum_{r0 <= r < r1} dy_rj x_rj rstd_r: 64 columns at a time held in a local array (registers) while
