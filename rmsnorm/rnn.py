@@ -14,7 +14,8 @@ With `norm="none"` the cell is torch.nn.GRUCell (gate order r, u=z, candidate) w
 folded into `bias` and no hidden bias on the candidate.
 
 The sequence layer projects and normalises the inputs of all time steps at once, outside the loop; each
-step is then one matmul for [U; Ux] h, two norms and the gate arithmetic.
+step is then one matmul for [U; Ux] h, two norms and the gate arithmetic. (The LSTM's native op takes the
+projections un-normalised and normalises them in its row pass: `NormLSTMCell.native_inputs`.)
 
 The layers (`NormGRU`, `NormLSTM`) run that loop in one native op per direction where they can
 (`native_plan`: CPU, float32/float64, the fused kernel built, norms it computes: none, LayerNorm, the RMS

@@ -75,6 +75,44 @@ def test_native_layer_at_odd_widths_and_in_float32(kind):
     _assert_same(layer, x, _mask(torch.float32), rtol=1e-4, atol=1e-5)
 
 
+def _wide_lstm_case(norm, dtype):
+    """A batch of 21 rows (two full blocks of the op's per-row sums and a partial one) and 4H = 164 gate values
+    (the norms' four-accumulator row sums and a tail), masked."""
+    layer = _layer("LSTM", norm, True, dtype=dtype, hidden=41)
+    torch.manual_seed(1)
+    x = torch.randn(6, 21, 5, dtype=dtype, requires_grad=True)
+    mask = torch.ones(6, 21, dtype=dtype)
+    mask[3:, 4] = mask[1:, 20] = 0
+    return layer, x, mask
+
+
+@pytest.mark.parametrize("norm", ["none", "layernorm", "rmsnorm", "prmsnorm"])
+def test_native_lstm_in_several_row_blocks_equals_the_python_loop(norm):
+    layer, x, mask = _wide_lstm_case(norm, D)
+    _assert_same(layer, x, mask)
+
+
+def test_native_lstm_gives_the_same_bits_whatever_the_grain_and_thread_count():
+    """The gains' and biases' gradients are summed per block of rows fixed by the batch size, so neither the
+    thread count nor the measured grain changes the order of their additions."""
+    module = cpu.module()
+    layer, x, mask = _wide_lstm_case("layernorm", torch.float32)
+    before_grain, before_threads = module.parallel_grain(), torch.get_num_threads()
+    results = []
+    try:
+        for grain, threads in [(1, 2), (1 << 30, 2), (1, 1), (600, 2)]:
+            module.set_parallel_grain(grain)
+            torch.set_num_threads(threads)
+            results.append(_run(layer, x, mask, True))
+    finally:
+        module.set_parallel_grain(before_grain)
+        torch.set_num_threads(before_threads)
+    for other in results[1:]:
+        for got, want in zip([other[0], other[1], *other[2]], [results[0][0], results[0][1], *results[0][2]],
+                             strict=True):
+            assert torch.equal(got, want)
+
+
 def test_native_gru_takes_an_initial_state():
     layer = _layer("GRU", "rmsnorm", False)
     x = torch.randn(4, 3, 5, dtype=D)
