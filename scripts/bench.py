@@ -287,14 +287,17 @@ def _layer(kind: str, hidden: int, name: str) -> torch.nn.Module:
     return cls(hidden, hidden, spec, native=native)
 
 
-def _rnn_rounds(calls: dict, rounds: int) -> int:
+def _rnn_rounds(calls: dict, rounds: int, device: torch.device) -> int:
     """Rounds for one recurrent setting: at least `rounds` and RNN_MIN_ROUNDS, more where a round is cheap
-    (RNN_SECONDS_PER_SETTING), from one timed round after a warm one."""
+    (RNN_SECONDS_PER_SETTING), from one timed round after a warm one (synchronised: on a GPU the calls only
+    queue kernels)."""
     for call in calls.values():
         call()
+    synchronize(device)
     start = time.perf_counter()
     for call in calls.values():
         call()
+    synchronize(device)
     per_round = time.perf_counter() - start
     return max(rounds, RNN_MIN_ROUNDS, min(RNN_MAX_ROUNDS, int(RNN_SECONDS_PER_SETTING / per_round)))
 
@@ -310,7 +313,7 @@ def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) 
             torch.manual_seed(0)
             layers[name] = _layer(kind, hidden, name).to(device, dtype)
         calls = {name: (lambda layer=layer, x=x: layer(x)[0].sum().backward()) for name, layer in layers.items()}
-        times = time_interleaved(calls, device, rounds=rounds if quick else _rnn_rounds(calls, rounds),
+        times = time_interleaved(calls, device, rounds=rounds if quick else _rnn_rounds(calls, rounds, device),
                                  steps_per_round=1, warmup_steps=2)
         for name in names:
             native = getattr(layers[name], "uses_native", lambda x: None)(x)

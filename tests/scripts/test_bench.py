@@ -258,3 +258,18 @@ def test_added_fraction_is_the_ratio_of_added_times_with_an_interval_around_it()
     est, lo, hi = bench.added_fraction(none, ln, half)
     assert est == pytest.approx(0.5, abs=0.01) and lo <= est <= hi and lo > 0.4 and hi < 0.6
     assert bench.added_fraction(none, none, half) is None  # LayerNorm adds nothing: no fraction to give
+
+
+def test_recurrent_rounds_grow_where_a_round_is_cheap_within_their_bounds(monkeypatch):
+    import time
+
+    import torch
+
+    from scripts import bench
+
+    cpu = torch.device("cpu")
+    assert bench._rnn_rounds({"a": lambda: None}, 3, cpu) == bench.RNN_MAX_ROUNDS  # free calls: the cap
+    monkeypatch.setattr(bench, "RNN_SECONDS_PER_SETTING", 0.01)
+    slow = {"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)}
+    assert bench._rnn_rounds(slow, 3, cpu) == bench.RNN_MIN_ROUNDS  # a round over the budget: the floor
+    assert bench._rnn_rounds(slow, 40, cpu) == 40  # never fewer than asked
