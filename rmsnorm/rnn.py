@@ -13,9 +13,10 @@ input->candidate (bias before the norm), hidden->gates [r; u] jointly, hidden->c
 With `norm="none"` the cell is torch.nn.GRUCell (gate order r, u=z, candidate) with its hidden biases
 folded into `bias` and no hidden bias on the candidate.
 
-The sequence layer projects and normalises the inputs of all time steps at once, outside the loop; each
-step is then one matmul for [U; Ux] h, two norms and the gate arithmetic. (The LSTM's native op takes the
-projections un-normalised and normalises them in its row pass: `NormLSTMCell.native_inputs`.)
+The sequence layer projects the inputs of all time steps at once (one matmul), outside the loop; each step is
+then one matmul for [U; Ux] h, the four norms and the gate arithmetic. The native ops (both layers) take the
+projections un-normalised and normalise them in their row pass; the Python loop normalises them all at once
+before it (`project_inputs`).
 
 The layers (`NormGRU`, `NormLSTM`) run that loop in one native op per direction where they can
 (`native_plan`: CPU, float32/float64, the fused kernel built, norms it computes: none, LayerNorm, the RMS
@@ -68,7 +69,7 @@ def _native_norm(norm: nn.Module | None, width: int):
 
 
 def native_plan(norms: list[tuple[nn.Module, int]], x: torch.Tensor):
-    """The native op's (ints, doubles, tensors) for a cell's hidden-side norms [(norm, width), ...] on input x,
+    """The native op's (ints, doubles, tensors) for a cell's norms [(norm, width), ...] on input x,
     or None where the Python loop runs (another device or dtype, a norm it does not compute, the kernels off,
     the kernel not built, TorchScript)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not dispatch.enabled():
@@ -97,11 +98,11 @@ def batch_extras(norm_h: StepBatchNorm, norm_c: StepBatchNorm, x: torch.Tensor):
     return [int(norm_h.training), norm_h.max_steps], [float(norm_h.momentum)], running
 
 
-def _cached_plan(cell: nn.Module, x: torch.Tensor, norms):
-    """`native_plan` for a cell, worked out once per (device, dtype, kernels switch, weights' dtype) and kept,
-    as BlockNorm keeps its plan: a decoder asks for it at every step, where working it out cost 20 us of a
+def _cached_plan(cell: nn.Module, x: torch.Tensor, norms, tag: str = ""):
+    """`native_plan` for a cell, worked out once per (device, dtype, kernels switch, weights' dtype, tag) and
+    kept, as BlockNorm keeps its plan: a decoder asks for it at every step, where working it out cost 20 us of a
     330 us step."""
-    key = (x.device.type, x.dtype, dispatch.enabled(), cell.weight_hh.dtype)
+    key = (x.device.type, x.dtype, dispatch.enabled(), cell.weight_hh.dtype, tag)
     cache = cell.__dict__.setdefault("_native_plans", {})
     if key not in cache:
         cache[key] = native_plan(norms(), x)
@@ -144,23 +145,36 @@ class NormGRUCell(nn.Module):
             (2 * self.hidden_size, self.hidden_size), dim=-1)
         return self.norm_x_gates(gates), self.norm_x_cand(cand)
 
-    def native_plan(self, x: torch.Tensor):
-        """The native op's settings for this cell's hidden-side norms on input x, or None (`native_plan`)."""
+    def native_plan(self, x: torch.Tensor, normalised_inputs: bool = False):
+        """The native op's settings for this cell's norms (N1, N2 on the input projections, N3, N4 on the hidden
+        ones) on input x, or None (`native_plan`); `normalised_inputs`: for inputs `project_inputs` has
+        normalised already (N1 and N2 none in the op)."""
         h = self.hidden_size
-        return _cached_plan(self, x, lambda: list(zip(self.norm_h.norms, (2 * h, h), strict=True)))
+        inputs = (None, None) if normalised_inputs else (self.norm_x_gates, self.norm_x_cand)
+        norms = (*inputs, *self.norm_h.norms)
+        return _cached_plan(self, x, lambda: list(zip(norms, (2 * h, h, 2 * h, h), strict=True)),
+                            tag="normalised inputs" if normalised_inputs else "")
+
+    def input_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """W x + b (the bias where `bias_on_state` does not move it), un-normalised: what the native op starts from."""
+        return torch.nn.functional.linear(x, self.weight_ih, None if self.bias_on_state else self.bias)
+
+    def run_native(self, proj: torch.Tensor, h_prev: torch.Tensor, plan, mask: torch.Tensor | None = None,
+                   reverse: bool = False) -> torch.Tensor:
+        """The native op over (T, B, 3H) projections from h_prev: the outputs (T, B, H)."""
+        ints, doubles, gains = plan
+        return cpu.module().gru_sequence(proj.contiguous(), h_prev, self.weight_hh,
+                                         self.bias if self.bias_on_state else None, mask, *gains,
+                                         [int(reverse), *ints], doubles)
 
     def step(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         """One step from `project_inputs`' output for this step: the native op over a one-step sequence where it
         applies (a decoder that steps beside its attention gets one autograd node a step instead of a dozen),
         else `step_python`."""
-        plan = self.native_plan(h_prev) if self.native else None
+        plan = self.native_plan(h_prev, normalised_inputs=True) if self.native else None
         if plan is None:
             return self.step_python(x_gates, x_cand, h_prev)
-        ints, doubles, gains = plan
-        out = cpu.module().gru_sequence(x_gates.unsqueeze(0).contiguous(), x_cand.unsqueeze(0).contiguous(), h_prev,
-                                        self.weight_hh, self.bias if self.bias_on_state else None, None, *gains,
-                                        [0, *ints], doubles)
-        return out[0]
+        return self.run_native(torch.cat([x_gates, x_cand], dim=-1).unsqueeze(0), h_prev, plan)[0]
 
     def step_python(self, x_gates: torch.Tensor, x_cand: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         """The reference step."""
@@ -173,7 +187,10 @@ class NormGRUCell(nn.Module):
     def forward(self, x: torch.Tensor, h_prev: torch.Tensor | None = None) -> torch.Tensor:
         if h_prev is None:
             h_prev = x.new_zeros(x.shape[0], self.hidden_size)
-        return self.step(*self.project_inputs(x), h_prev)
+        plan = self.native_plan(h_prev) if self.native else None
+        if plan is None:
+            return self.step_python(*self.project_inputs(x), h_prev)
+        return self.run_native(self.input_projection(x).unsqueeze(0), h_prev, plan)[0]
 
 
 class NormGRU(nn.Module):
@@ -199,13 +216,9 @@ class NormGRU(nn.Module):
         plan = cell.native_plan(x) if self.native else None
         if plan is None:
             return self._run_python(cell, x, mask, h, reverse)
-        ints, doubles, gains = plan
-        x_gates, x_cand = (t.contiguous() for t in cell.project_inputs(x))
         if h is None:
             h = x.new_zeros(x.shape[1], cell.hidden_size)
-        bias = cell.bias if cell.bias_on_state else None
-        out = cpu.module().gru_sequence(x_gates, x_cand, h, cell.weight_hh, bias, mask, *gains,
-                                        [int(reverse), *ints], doubles)
+        out = cell.run_native(cell.input_projection(x), h, plan, mask, reverse)
         return out, out[0] if reverse else out[-1]
 
     @staticmethod

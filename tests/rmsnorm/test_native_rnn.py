@@ -75,10 +75,10 @@ def test_native_layer_at_odd_widths_and_in_float32(kind):
     _assert_same(layer, x, _mask(torch.float32), rtol=1e-4, atol=1e-5)
 
 
-def _wide_lstm_case(norm, dtype):
-    """A batch of 21 rows (two full blocks of the op's per-row sums and a partial one) and 4H = 164 gate values
-    (the norms' four-accumulator row sums and a tail), masked."""
-    layer = _layer("LSTM", norm, True, dtype=dtype, hidden=41)
+def _wide_case(kind, norm, dtype):
+    """A batch of 21 rows (two full blocks of the op's per-row sums and a partial one) and gate blocks wide enough
+    for the norms' four-accumulator row sums, with a tail (LSTM 4H = 164, GRU 2H = 134), masked."""
+    layer = _layer(kind, norm, True, dtype=dtype, hidden=41 if kind == "LSTM" else 67)
     torch.manual_seed(1)
     x = torch.randn(6, 21, 5, dtype=dtype, requires_grad=True)
     mask = torch.ones(6, 21, dtype=dtype)
@@ -86,17 +86,19 @@ def _wide_lstm_case(norm, dtype):
     return layer, x, mask
 
 
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 @pytest.mark.parametrize("norm", ["none", "layernorm", "rmsnorm", "prmsnorm"])
-def test_native_lstm_in_several_row_blocks_equals_the_python_loop(norm):
-    layer, x, mask = _wide_lstm_case(norm, D)
+def test_native_layer_in_several_row_blocks_equals_the_python_loop(kind, norm):
+    layer, x, mask = _wide_case(kind, norm, D)
     _assert_same(layer, x, mask)
 
 
-def test_native_lstm_gives_the_same_bits_whatever_the_grain_and_thread_count():
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_native_layer_gives_the_same_bits_whatever_the_grain_and_thread_count(kind):
     """The gains' and biases' gradients are summed per block of rows fixed by the batch size, so neither the
     thread count nor the measured grain changes the order of their additions."""
     module = cpu.module()
-    layer, x, mask = _wide_lstm_case("layernorm", torch.float32)
+    layer, x, mask = _wide_case(kind, "layernorm", torch.float32)
     before_grain, before_threads = module.parallel_grain(), torch.get_num_threads()
     results = []
     try:
@@ -128,19 +130,21 @@ def test_native_gru_takes_an_initial_state():
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("bias_on_state", [False, True])
-def test_native_gru_cell_step_equals_the_python_step(norm, bias_on_state):
-    """The decoder's cells step one at a time (beside the attention): the op over a one-step sequence."""
+@pytest.mark.parametrize("entry", ["forward", "step"])
+def test_native_gru_cell_step_equals_the_python_step(norm, bias_on_state, entry):
+    """The decoder's cells step one at a time (beside the attention): the op over a one-step sequence, from the
+    raw input (`forward`: the input norms in the op) or from `project_inputs`' normalised projections (`step`)."""
     torch.manual_seed(0)
     cell = NormGRUCell(5, 6, NormSpec(norm, p=0.5), bias_on_state=bias_on_state).to(D)
     with torch.no_grad():
         for p in cell.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x, h = torch.randn(3, 5, dtype=D, requires_grad=True), torch.randn(3, 6, dtype=D, requires_grad=True)
-    assert cell.native_plan(h) is not None
+    assert cell.native_plan(h) is not None and cell.native_plan(h, normalised_inputs=True) is not None
     runs = []
     for native in (True, False):
         cell.native = native
-        out = cell(x, h)
+        out = cell(x, h) if entry == "forward" else cell.step(*cell.project_inputs(x), h)
         params = [x, h, *cell.parameters()]
         runs.append((out, *torch.autograd.grad((out * torch.arange(6.0, dtype=D)).sin().sum(), params)))
     for a, b in zip(*runs, strict=True):
@@ -148,26 +152,32 @@ def test_native_gru_cell_step_equals_the_python_step(norm, bias_on_state):
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "prmsnorm"])
-def test_gru_op_gradcheck_float64(norm):
-    """The op alone: every input, gain and bias against finite differences."""
+@pytest.mark.parametrize("input_norm", [True, False])
+def test_gru_op_gradcheck_float64(norm, input_norm):
+    """The op alone: every input, gain and bias against finite differences, its input-side norms in the op or not
+    (the projections then reach the gates as they are: the decoder's step on normalised inputs)."""
     torch.manual_seed(0)
     T, B, H = 3, 2, 4
     g = dict(dtype=D, requires_grad=True)
-    xg, xc, h0 = torch.randn(T, B, 2 * H, **g), torch.randn(T, B, H, **g), torch.randn(B, H, **g)
+    xp, h0 = torch.randn(T, B, 3 * H, **g), torch.randn(B, H, **g)
     w, bias = torch.randn(3 * H, H, **g), torch.randn(3 * H, **g)
-    gains = [torch.randn(2 * H, **g), torch.randn(2 * H, **g), torch.randn(H, **g), torch.randn(H, **g)]
-    kind, k_g, k_c = (2, 2 * H, H) if norm == "layernorm" else (1, 2 * H if norm == "rmsnorm" else 3,
-                                                                 H if norm == "rmsnorm" else 2)
+    # gain and bias of N_xg (2H), N_xc (H), N_hg (2H), N_hc (H)
+    gains = [torch.randn(n, **g) for n in (2 * H, 2 * H, H, H, 2 * H, 2 * H, H, H)]
+    kind = 2 if norm == "layernorm" else 1
+    k_g, k_c = (3, 2) if norm == "prmsnorm" else (2 * H, H)
     if norm != "layernorm":
-        gains[1] = gains[3] = None
+        gains[1] = gains[3] = gains[5] = gains[7] = None
+    if not input_norm:
+        gains[:4] = [None] * 4
+    kind_x = kind if input_norm else 0
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]], dtype=D)
 
-    def op(xg, xc, h0, w, bias, *gains):
-        return cpu.module().gru_sequence(xg, xc, h0, w, bias, mask, *gains, [1, kind, k_g, kind, k_c],
-                                         [1.0 / k_g, 1e-6, 1.0 / k_c, 1e-6])
+    def op(xp, h0, w, bias, *gains):
+        return cpu.module().gru_sequence(xp, h0, w, bias, mask, *gains,
+                                         [1, kind_x, k_g, kind_x, k_c, kind, k_g, kind, k_c],
+                                         [1.0 / k_g, 1e-6, 1.0 / k_c, 1e-6] * 2)
 
-    inputs = (xg, xc, h0, w, bias, *gains)
-    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradcheck(op, (xp, h0, w, bias, *gains))
 
 
 def _lstm_op_inputs(T, B, H):

@@ -2,10 +2,11 @@
 // direction, forward and backward through time (CPU). The Python cells in rmsnorm/rnn.py are the reference.
 //
 // The input side's matmul (W x + b for all steps at once) is computed by the caller; this op takes those
-// projections and runs the recurrence. The LSTM normalises them in its row pass (N_x; every norm but the batch
-// norm, whose caller passes them normalised), where a separate norm call streamed all steps' projections through
-// memory twice more each way (`make bench`, LSTM 240 x 64 x 50: LayerNorm and RMSNorm added 12.0 and 12.3 ms to
-// the layer that way at b4177ce, 10.8 and 7.6 ms in the row pass at d4d0a0f). Per step: one matmul of the previous
+// projections and runs the recurrence. Both layers normalise them in the row pass (the LSTM's N_x, the GRU's N_xg
+// and N_xc; every norm but the LSTM's batch norm, whose caller passes them normalised), where a separate norm call
+// streamed all steps' projections through memory twice more each way (`make bench`, LSTM 240 x 64 x 50: LayerNorm
+// and RMSNorm added 12.0 and 12.3 ms to the layer that way at b4177ce, 10.8 and 7.6 ms in the row pass at
+// d4d0a0f). Per step: one matmul of the previous
 // state with the hidden weights (the only call into ATen), then, per batch row, the norms, the gates and the
 // state update in one pass. Backward: per step (latest first) the same pass in reverse and one matmul for the
 // state's gradient; the hidden weights' gradient is one matmul over all steps at the end.
@@ -16,9 +17,9 @@
 // 3 recurrent batch norm (LSTM only): the same with a mean and r per column and time step, from the step's valid
 //   rows in training (running estimates per step updated in place) or from the running estimates in evaluation;
 //   the rows of a step are coupled through those statistics, so the step's row pass splits where they are needed.
-// Gains and biases are optional; their gradients are summed in an order fixed by the shape (the same bits whatever
-// the thread count): the GRU's over all steps at the end, columns split over threads; the LSTM's per row in its
-// row pass, rows in fixed blocks (kSumRows).
+// Gains and biases are optional; their gradients are summed per row in the backward's row pass (the norms'
+// reduction pass adds them), rows in fixed blocks (kSumRows): an order fixed by the shape, the same bits whatever
+// the thread count.
 // ATen and the autograd headers only, not torch/extension.h: the Python binding lives in rms_norm_cpu.cpp, and
 // without pybind and the C++ frontend this unit parses about half the headers
 #include <ATen/ATen.h>
@@ -27,6 +28,7 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -200,21 +202,30 @@ inline void norm_forward(const Norm<T>& n, const T* __restrict__ x, T* __restric
   }
 }
 
-// dx = dN/dx^T dy over one row (gains' gradients are summed separately)
-template <typename T>
-inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* __restrict__ x, const T* stat,
-                          T* __restrict__ dx) {
+// dx = dN/dx^T dy over one row; with SW / SB, the row's terms of the gain's and the bias's gradients (dy_j xhat_j,
+// dy_j) added into sum_w / sum_b in the reduction's pass, while the row is in cache
+template <typename T, bool SW, bool SB>
+inline void norm_backward_summing(const Norm<T>& n, const T* __restrict__ dy, const T* __restrict__ x, const T* stat,
+                                  T* __restrict__ dx, T* __restrict__ sum_w, T* __restrict__ sum_b) {
   const int64_t d = n.d;
   if (n.kind == kNone) {
     std::copy(dy, dy + d, dx);
+    if constexpr (SB) {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) sum_b[j] += dy[j];
+    }
     return;
   }
   const T mean = stat[0], r = stat[1];
   const T* w = n.w;
+  auto add_sums = [&](int64_t j) {
+    if constexpr (SW) sum_w[j] += dy[j] * (x[j] - mean) * r;
+    if constexpr (SB) sum_b[j] += dy[j];
+  };
   if (n.kind == kRms) {
     // every output depends on r, and r on the first k inputs only
-    const T dot = w ? row_sum<T>(d, [&](int64_t j) { return dy[j] * w[j] * x[j]; })
-                    : row_sum<T>(d, [&](int64_t j) { return dy[j] * x[j]; });
+    const T dot = w ? row_sum<T>(d, [&](int64_t j) { add_sums(j); return dy[j] * w[j] * x[j]; })
+                    : row_sum<T>(d, [&](int64_t j) { add_sums(j); return dy[j] * x[j]; });
     const T c = n.inv_n * r * r * r * dot;
     if (w) {
 #pragma omp simd
@@ -230,34 +241,27 @@ inline void norm_backward(const Norm<T>& n, const T* __restrict__ dy, const T* _
     return;
   }
   auto g = [&](int64_t j) { return w ? dy[j] * w[j] : dy[j]; };
-  auto [m1, m2] = row_sums<T>(d, g, [&](int64_t j) { return g(j) * (x[j] - mean) * r; });
+  auto [m1, m2] = row_sums<T>(d, g, [&](int64_t j) { add_sums(j); return g(j) * (x[j] - mean) * r; });
   m1 /= T(d);
   m2 /= T(d);
 #pragma omp simd
   for (int64_t j = 0; j < d; ++j) dx[j] = r * (g(j) - m1 - (x[j] - mean) * r * m2);
 }
 
-// dw_j += sum_rows dy_j xhat_j, db_j += sum_rows dy_j over `rows` rows of one block (columns split over threads)
+// dx = dN/dx^T dy over one row, and where sum_w / sum_b are given the row's terms of the gain's / bias's gradient
+// added into them (norm_backward_summing); a batch norm's rows are coupled: batch_norm_backward
 template <typename T>
-void gain_grads(const Norm<T>& n, const T* dy, int64_t dy_stride, const T* x, int64_t x_stride, const T* stats,
-                int64_t stat_stride, int64_t rows, T* dw, T* db) {
-  if (n.kind == kNone || n.kind == kBatch || (!dw && !db)) return;  // batch norm: summed per step
-  const int64_t grain = std::max<int64_t>(16, rmsnorm_parallel_grain() / std::max<int64_t>(rows, 1));
-  at::parallel_for(0, n.d, grain, [&](int64_t j0, int64_t j1) {
-    for (int64_t row = 0; row < rows; ++row) {
-      const T* dyr = dy + row * dy_stride;
-      const T* xr = x + row * x_stride;
-      const T mean = stats[row * stat_stride], r = stats[row * stat_stride + 1];
-      if (dw) {
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) dw[j] += dyr[j] * (xr[j] - mean) * r;
-      }
-      if (db) {
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) db[j] += dyr[j];
-      }
-    }
-  });
+inline void norm_backward(const Norm<T>& n, const T* dy, const T* x, const T* stat, T* dx, T* sum_w = nullptr,
+                          T* sum_b = nullptr) {
+  if (sum_w && sum_b) {
+    norm_backward_summing<T, true, true>(n, dy, x, stat, dx, sum_w, sum_b);
+  } else if (sum_w) {
+    norm_backward_summing<T, true, false>(n, dy, x, stat, dx, sum_w, sum_b);
+  } else if (sum_b) {
+    norm_backward_summing<T, false, true>(n, dy, x, stat, dx, sum_w, sum_b);
+  } else {
+    norm_backward_summing<T, false, false>(n, dy, x, stat, dx, sum_w, sum_b);
+  }
 }
 
 inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, rmsnorm_parallel_grain() / std::max<int64_t>(width, 1)); }
@@ -411,17 +415,33 @@ torch::Tensor grad_or_zeros(const torch::Tensor& g, const torch::Tensor& like) {
   return g.defined() ? g.contiguous() : torch::zeros_like(like);
 }
 
+// Both layers sum the gains' and biases' gradients per row in the backward's row pass, while the row is in cache:
+// rows go to threads in fixed blocks of kSumRows, each block's sums (over its rows and every step) kept apart and
+// added in block order at the end, so the result is the same whatever the thread count.
+constexpr int64_t kSumRows = 8;
+
 // ---- GRU ------------------------------------------------------------------------------------------------------
-//   a = h U^T (+ b_h);  r, u = sigmoid(x_g + N_g(a[:2H]));  c = tanh(r * N_c(a[2H:]) + x_c);  h' = u h + (1-u) c
-//   with a mask m per row: h <- h + m (h' - h)
+//   a = h U^T (+ b_h);  r, u = sigmoid(N_xg(p[:2H]) + N_hg(a[:2H]));  c = tanh(r * N_hc(a[2H:]) + N_xc(p[2H:]));
+//   h' = u h + (1-u) c,  with p = W x (+ b) the input projections of all steps (the caller's one matmul) and a mask
+//   m per row: h <- h + m (h' - h). The input norms run in the row pass, as the LSTM's N_x: outside the op they
+//   streamed all steps' projections through memory twice more each way.
+// stats per row: {mean, r} of N_hg, N_hc, N_xg and N_xc
+constexpr int64_t kGruStats = 8;
+// a row block's sums (times H): N_hg's gain and bias (2H each), N_hc's (H each), N_xg's (2H each), N_xc's (H each)
+constexpr int64_t kGruSums = 12;
 
 struct GruTensors {
-  torch::Tensor xg, xc, h0, w_hh, bias_h, mask, out, a, stats, gates, cand;
+  torch::Tensor xp, h0, w_hh, bias_h, mask, out, a, stats, gates, cand;
 };
 
 template <typename T>
-void gru_forward(GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool reverse) {
-  const int64_t steps = s.xg.size(0), B = s.xg.size(1), H = s.h0.size(1);
+struct GruNorms {
+  Norm<T> xg, xc, hg, hc;
+};
+
+template <typename T>
+void gru_forward(GruTensors& s, const GruNorms<T>& nn, bool reverse) {
+  const int64_t steps = s.xp.size(0), B = s.xp.size(1), H = s.h0.size(1);
   const T* mask = ptr_or_null<T>(s.mask);
   auto w_t = s.w_hh.t();
   for (int64_t i = 0; i < steps; ++i) {
@@ -435,28 +455,36 @@ void gru_forward(GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool rever
     }
     const T* hp = hp_t.data_ptr<T>();
     const T* a = a_t.data_ptr<T>();
-    const T* xg = s.xg.data_ptr<T>() + t * B * 2 * H;
-    const T* xc = s.xc.data_ptr<T>() + t * B * H;
-    T* st = s.stats.data_ptr<T>() + t * B * 4;
+    const T* xp = s.xp.data_ptr<T>() + t * B * 3 * H;
+    T* st = s.stats.data_ptr<T>() + t * B * kGruStats;
     T* gates = s.gates.data_ptr<T>() + t * B * 2 * H;
     T* cand = s.cand.data_ptr<T>() + t * B * H;
     T* out = s.out.data_ptr<T>() + t * B * H;
     const T* m = mask ? mask + t * B : nullptr;
     at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> n(3 * H);
+      std::vector<T> n(6 * H);  // the hidden norms' outputs (3H), then the input norms' (3H)
       for (int64_t b = b0; b < b1; ++b) {
         const T* ar = a + b * 3 * H;
-        norm_forward(ng, ar, n.data(), st + b * 4);
-        norm_forward(nc, ar + 2 * H, n.data() + 2 * H, st + b * 4 + 2);
+        T* sr = st + b * kGruStats;
+        norm_forward(nn.hg, ar, n.data(), sr);
+        norm_forward(nn.hc, ar + 2 * H, n.data() + 2 * H, sr + 2);
+        const T* xgr = xp + b * 3 * H;
+        const T* xcr = xgr + 2 * H;
+        if (nn.xg.kind != kNone) {
+          norm_forward(nn.xg, xgr, n.data() + 3 * H, sr + 4);
+          xgr = n.data() + 3 * H;
+        }
+        if (nn.xc.kind != kNone) {
+          norm_forward(nn.xc, xcr, n.data() + 5 * H, sr + 6);
+          xcr = n.data() + 5 * H;
+        }
         T* gr = gates + b * 2 * H;
-        const T* xgr = xg + b * 2 * H;
         sigmoid_of_sum(gr, xgr, n.data(), 2 * H);
-        const T* xcr = xc + b * H;
         const T* hpr = hp + b * H;
         T* cr = cand + b * H;
         T* outr = out + b * H;
         const T mb = m ? m[b] : T(1);
-        T* pre = n.data() + 2 * H;  // r * N_c(a_c), in place
+        T* pre = n.data() + 2 * H;  // r * N_hc(a_c), in place
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) pre[j] *= gr[j];
         tanh_of_sum(cr, pre, xcr, H);
@@ -472,81 +500,111 @@ void gru_forward(GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool rever
 }
 
 template <typename T>
-std::vector<torch::Tensor> gru_backward(const GruTensors& s, const Norm<T>& ng, const Norm<T>& nc, bool reverse,
+std::vector<torch::Tensor> gru_backward(const GruTensors& s, const GruNorms<T>& nn, bool reverse,
                                         const torch::Tensor& grad_out, bool want_gains) {
   const int64_t steps = s.out.size(0), B = s.out.size(1), H = s.out.size(2);
   const auto opts = s.out.options();
-  auto dxg = torch::empty({steps, B, 2 * H}, opts), dxc = torch::empty({steps, B, H}, opts);
-  // the candidate norm's output gradient, every step (the gates' is dxg itself): the gains' gradients are
-  // summed over all steps at the end, one pass instead of two parallel regions per step
-  auto dA = torch::empty({steps, B, 3 * H}, opts), dNc = torch::empty({steps, B, H}, opts);
+  // the projections' gradient: the gate pass writes it where an input norm is none, else that norm's backward
+  auto dproj = torch::empty({steps, B, 3 * H}, opts), dA = torch::empty({steps, B, 3 * H}, opts);
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
   auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
     const bool present = gain ? n.w != nullptr : n.b != nullptr;
-    return want_gains && present ? torch::zeros({n.d}, opts) : torch::Tensor();
+    return want_gains && present && n.kind != kNone ? torch::zeros({n.d}, opts) : torch::Tensor();
   };
-  auto dwg = zeros_or_none(ng, true), dbg = zeros_or_none(ng, false);
-  auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
+  // gains and biases in the op's input order, with their offsets (times H) in a row block's sums
+  const std::array<const Norm<T>*, 4> norms{&nn.xg, &nn.xc, &nn.hg, &nn.hc};
+  const std::array<int64_t, 4> offsets{6, 10, 0, 4};  // gain at offset, bias after the gain's width
+  std::array<torch::Tensor, 8> grads;
+  for (int k = 0; k < 4; ++k) {
+    grads[2 * k] = zeros_or_none(*norms[k], true);
+    grads[2 * k + 1] = zeros_or_none(*norms[k], false);
+  }
+  const bool x_g = nn.xg.kind != kNone, x_c = nn.xc.kind != kNone;
   const T* mask = ptr_or_null<T>(s.mask);
   const T* go_all = grad_out.data_ptr<T>();
+  const int64_t blocks = (B + kSumRows - 1) / kSumRows;
+  std::vector<T> sums(blocks * kGruSums * H, T(0));
+  // where norm k's gain (bias) sums go in a block's sums, or null where that gradient is not wanted
+  auto sum_at = [&](T* block, int k, bool bias) -> T* {
+    if (!grads[2 * k + (bias ? 1 : 0)].defined()) return nullptr;
+    return block + offsets[k] * H + (bias ? norms[k]->d : 0);
+  };
   for (int64_t i = steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? steps - 1 - i : i;
     const T* hp = (i == 0 ? s.h0 : s.out[previous_step(t, reverse)]).data_ptr<T>();
     const T* a = s.a.data_ptr<T>() + t * B * 3 * H;
-    const T* st = s.stats.data_ptr<T>() + t * B * 4;
+    const T* xp = s.xp.defined() ? s.xp.data_ptr<T>() + t * B * 3 * H : nullptr;
+    const T* st = s.stats.data_ptr<T>() + t * B * kGruStats;
     const T* gates = s.gates.data_ptr<T>() + t * B * 2 * H;
     const T* cand = s.cand.data_ptr<T>() + t * B * H;
     const T* go = go_all + t * B * H;
     const T* m = mask ? mask + t * B : nullptr;
-    T* dxg_t = dxg.data_ptr<T>() + t * B * 2 * H;
-    T* dxc_t = dxc.data_ptr<T>() + t * B * H;
+    T* dproj_t = dproj.data_ptr<T>() + t * B * 3 * H;
     T* dA_t = dA.data_ptr<T>() + t * B * 3 * H;
-    T* dnc_t = dNc.data_ptr<T>() + t * B * H;
     const T* dh_in = dh.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
-    at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
-      std::vector<T> ncand(H), stat(2);
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* ar = a + b * 3 * H;
-        norm_forward(nc, ar + 2 * H, ncand.data(), stat.data());  // N_c(a_c) again: cheaper than storing it
-        const T* gr = gates + b * 2 * H;
-        const T* cr = cand + b * H;
-        const T* hpr = hp + b * H;
-        const T mb = m ? m[b] : T(1);
-        T* dncr = dnc_t + b * H;
-        T* dxgr = dxg_t + b * 2 * H;
-        T* dxcr = dxc_t + b * H;
-        T* dhpr = dhp_out + b * H;
+    at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(3 * H) / kSumRows), [&](int64_t k0, int64_t k1) {
+      // N_hc's output again (cheaper than storing it), the gradients of N_hc's output and, where the input
+      // norms are not none, of their outputs
+      std::vector<T> ncand(H), dnc(H), dx(3 * H), stat(2);
+      for (int64_t k = k0; k < k1; ++k) {
+        T* block = sums.data() + k * kGruSums * H;
+        for (int64_t b = k * kSumRows; b < std::min(B, (k + 1) * kSumRows); ++b) {
+          const T* ar = a + b * 3 * H;
+          const T* sr = st + b * kGruStats;
+          norm_forward(nn.hc, ar + 2 * H, ncand.data(), stat.data());
+          const T* gr = gates + b * 2 * H;
+          const T* cr = cand + b * H;
+          const T* hpr = hp + b * H;
+          const T mb = m ? m[b] : T(1);
+          T* dpr_row = dproj_t + b * 3 * H;
+          T* dxgr = x_g ? dx.data() : dpr_row;
+          T* dxcr = x_c ? dx.data() + 2 * H : dpr_row + 2 * H;
+          T* dhpr = dhp_out + b * H;
+          T* dncr = dnc.data();
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          const T dht = go[b * H + j] + dh_in[b * H + j];
-          const T dhn = mb * dht;
-          const T r = gr[j], u = gr[H + j], c = cr[j];
-          const T dpc = dhn * (T(1) - u) * (T(1) - c * c);
-          const T dpu = dhn * (hpr[j] - c) * u * (T(1) - u);
-          const T dpr = dpc * ncand[j] * r * (T(1) - r);
-          dxcr[j] = dpc;
-          dxgr[j] = dpr;
-          dxgr[H + j] = dpu;
-          dncr[j] = dpc * r;
-          dhpr[j] = dht - dhn + dhn * u;
+          for (int64_t j = 0; j < H; ++j) {
+            const T dht = go[b * H + j] + dh_in[b * H + j];
+            const T dhn = mb * dht;
+            const T r = gr[j], u = gr[H + j], c = cr[j];
+            const T dpc = dhn * (T(1) - u) * (T(1) - c * c);
+            const T dpu = dhn * (hpr[j] - c) * u * (T(1) - u);
+            const T dpr = dpc * ncand[j] * r * (T(1) - r);
+            dxcr[j] = dpc;
+            dxgr[j] = dpr;
+            dxgr[H + j] = dpu;
+            dncr[j] = dpc * r;
+            dhpr[j] = dht - dhn + dhn * u;
+          }
+          norm_backward(nn.hg, dxgr, ar, sr, dA_t + b * 3 * H, sum_at(block, 2, false), sum_at(block, 2, true));
+          norm_backward(nn.hc, dncr, ar + 2 * H, sr + 2, dA_t + b * 3 * H + 2 * H, sum_at(block, 3, false),
+                        sum_at(block, 3, true));
+          if (x_g) norm_backward(nn.xg, dxgr, xp + b * 3 * H, sr + 4, dpr_row, sum_at(block, 0, false),
+                                 sum_at(block, 0, true));
+          if (x_c) norm_backward(nn.xc, dxcr, xp + b * 3 * H + 2 * H, sr + 6, dpr_row + 2 * H,
+                                 sum_at(block, 1, false), sum_at(block, 1, true));
         }
-        norm_backward(ng, dxgr, ar, st + b * 4, dA_t + b * 3 * H);
-        norm_backward(nc, dncr, ar + 2 * H, st + b * 4 + 2, dA_t + b * 3 * H + 2 * H);
       }
     });
     at::addmm_out(dh, dhp, dA[t], s.w_hh);  // dh_prev = (direct part) + dA_t U
   }
-  if (want_gains) {
-    const T* a = s.a.data_ptr<T>();
-    const T* st = s.stats.data_ptr<T>();
-    gain_grads(ng, dxg.data_ptr<T>(), 2 * H, a, 3 * H, st, 4, steps * B, ptr_or_null<T>(dwg), ptr_or_null<T>(dbg));
-    gain_grads(nc, dNc.data_ptr<T>(), H, a + 2 * H, 3 * H, st + 2, 4, steps * B, ptr_or_null<T>(dwc),
-               ptr_or_null<T>(dbc));
+  // the blocks' sums in block order: the same bits whatever the thread count
+  for (int k = 0; k < 4; ++k) {
+    for (int which = 0; which < 2; ++which) {
+      const auto& g = grads[2 * k + which];
+      if (!g.defined()) continue;
+      T* outp = g.data_ptr<T>();
+      const int64_t offset = offsets[k] * H + (which ? norms[k]->d : 0);
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const T* part = sums.data() + blk * kGruSums * H + offset;
+#pragma omp simd
+        for (int64_t j = 0; j < norms[k]->d; ++j) outp[j] += part[j];
+      }
+    }
   }
   auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
   auto dbias = s.bias_h.defined() ? dA.sum({0, 1}) : torch::Tensor();
-  return {dxg, dxc, dh, dw, dbias, dwg, dbg, dwc, dbc};
+  return {dproj, dh, dw, dbias, grads[0], grads[1], grads[2], grads[3], grads[4], grads[5], grads[6], grads[7]};
 }
 
 // ---- LSTM -----------------------------------------------------------------------------------------------------
@@ -656,12 +714,9 @@ void lstm_forward(LstmTensors& s, const Norm<T>& nx, const Norm<T>& nh, const No
   }
 }
 
-// The gains' and biases' gradients are summed per row in the backward's row pass, while the row is in cache:
-// rows go to threads in fixed blocks of kSumRows, each block's sums (over its rows and every step) kept apart and
-// added in block order at the end, so the result is the same whatever the thread count. A block's sums: the
-// bias after the norms (4H), N_h's gain (4H), N_x's gain (4H), N_c's gain and bias (H each).
-constexpr int64_t kSumRows = 8;
-constexpr int64_t kLstmSums = 14;  // times H
+// a block's sums (times H): the bias after the norms (4H), N_h's gain (4H), N_x's gain (4H), N_c's gain and bias
+// (H each)
+constexpr int64_t kLstmSums = 14;
 
 template <typename T>
 std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx, const Norm<T>& nh, const Norm<T>& nc,
@@ -767,24 +822,20 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx
         dc_out[b * H + j] = dct - mb * dct + dcnew * fg;
         dhp_out[b * H + j] = dht - mb * dht;
       }
+      // the norms' backward take the row's sums in their reduction's pass: the bias's with the first norm there
       const T* sr = st + b * kLstmStats;
-      if (!bn_h && !h_identity) norm_backward(nh_t, dxr, a + b * 4 * H, sr, dA_t + b * 4 * H);
-      if (xp) norm_backward(nx, dxr, xp + b * 4 * H, sr + 4, dproj_t + b * 4 * H);
-      if (s_bias) {
-#pragma omp simd
-        for (int64_t j = 0; j < 4 * H; ++j) sum[j] += dxr[j];
+      T* sum_b = s_bias ? sum : nullptr;
+      if (!bn_h && !h_identity) {
+        norm_backward(nh_t, dxr, a + b * 4 * H, sr, dA_t + b * 4 * H, s_wh ? sum + 4 * H : nullptr, sum_b);
+        sum_b = nullptr;
       }
-      if (s_wh) {
-        const T* xr = a + b * 4 * H;
-        T* acc = sum + 4 * H;
-#pragma omp simd
-        for (int64_t j = 0; j < 4 * H; ++j) acc[j] += dxr[j] * (xr[j] - sr[0]) * sr[1];
+      if (xp) {
+        norm_backward(nx, dxr, xp + b * 4 * H, sr + 4, dproj_t + b * 4 * H, s_wx ? sum + 8 * H : nullptr, sum_b);
+        sum_b = nullptr;
       }
-      if (s_wx) {
-        const T* xr = xp + b * 4 * H;
-        T* acc = sum + 8 * H;
+      if (sum_b) {
 #pragma omp simd
-        for (int64_t j = 0; j < 4 * H; ++j) acc[j] += dxr[j] * (xr[j] - sr[4]) * sr[5];
+        for (int64_t j = 0; j < 4 * H; ++j) sum_b[j] += dxr[j];
       }
     };
     if (!bn_c) {  // one pass over the rows
@@ -794,16 +845,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx
         const T* sr = st + b * kLstmStats + 2;
         const T* dncr = dnc_all + b * H;
         const T* cnr = cnew + b * H;
-        norm_backward(nc_t, dncr, cnr, sr, dcn);
-        if (s_wc || s_bc) {
-          T* wc = sum + 12 * H;
-          T* bc = sum + 13 * H;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            wc[j] += dncr[j] * (cnr[j] - sr[0]) * sr[1];
-            bc[j] += dncr[j];
-          }
-        }
+        norm_backward(nc_t, dncr, cnr, sr, dcn, s_wc ? sum + 12 * H : nullptr, s_bc ? sum + 13 * H : nullptr);
         gates_row(b, dcn, sum);
       });
     } else {  // N_c's gradient needs sums over every row of the step first
@@ -859,7 +901,7 @@ torch::Tensor checked_mask(const c10::optional<torch::Tensor>& mask, const torch
   return mask->to(x.scalar_type()).contiguous();
 }
 
-// What both ops keep besides tensors: {reverse, kind, k, kind, k}, {inv_n, eps, inv_n, eps} and whether the
+// What both ops keep besides tensors: {reverse, kind, k per norm}, {inv_n, eps per norm} and whether the
 // norms' gains ask for gradients; and what their backward starts from.
 struct OpMeta {
   std::vector<int64_t> ints;
@@ -886,7 +928,7 @@ struct OpMeta {
     }
     return bs;
   }
-  // the norm over `width` columns: the op's first (0), second (1) or third (2)
+  // the op's norm number `which` (0: the first in its ints) over `width` columns
   template <typename T>
   Norm<T> norm(int which, int64_t width, const torch::Tensor& gain, const torch::Tensor& bias) const {
     return make_norm<T>(ints[1 + 2 * which], width, ints[2 + 2 * which], doubles[2 * which], doubles[1 + 2 * which],
@@ -894,39 +936,53 @@ struct OpMeta {
   }
 };
 
+// the GRU's four norms from the op's settings and its gains and biases in input order (xg, xc, hg, hc)
+template <typename T>
+GruNorms<T> gru_norms(const OpMeta& meta, int64_t H, const std::vector<torch::Tensor>& g) {
+  return {meta.norm<T>(0, 2 * H, g[0], g[1]), meta.norm<T>(1, H, g[2], g[3]), meta.norm<T>(2, 2 * H, g[4], g[5]),
+          meta.norm<T>(3, H, g[6], g[7])};
+}
+
 class GruFunction : public torch::autograd::Function<GruFunction> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xg, const torch::Tensor& xc,
-                               const torch::Tensor& h0, const torch::Tensor& w_hh,
-                               const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
-                               const c10::optional<torch::Tensor>& wg, const c10::optional<torch::Tensor>& bg,
-                               const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-                               const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
-    check_sequence(xg, "x_gates");
-    check_sequence(xc, "x_cand");
-    const int64_t steps = xg.size(0), B = xg.size(1), H = xc.size(2);
-    TORCH_CHECK(xg.size(2) == 2 * H && xc.size(0) == steps && xc.size(1) == B, "x_gates must be (T, B, 2H), x_cand (T, B, H)");
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 3 * H && w_hh.size(1) == H,
-                "h0 must be (B, H) and the hidden weights (3H, H)");
-    TORCH_CHECK(ints.size() == 5 && doubles.size() == 4, "gru_sequence: ints {reverse, kind_g, k_g, kind_c, k_c}, "
-                "doubles {inv_n_g, eps_g, inv_n_c, eps_c}");
-    TORCH_CHECK(ints[1] != kBatch && ints[3] != kBatch, "gru_sequence: no batch norm per step in the GRU");
-    const auto opts = xg.options();
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& xp, const torch::Tensor& h0,
+                               const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias_h,
+                               const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wxg,
+                               const c10::optional<torch::Tensor>& bxg, const c10::optional<torch::Tensor>& wxc,
+                               const c10::optional<torch::Tensor>& bxc, const c10::optional<torch::Tensor>& whg,
+                               const c10::optional<torch::Tensor>& bhg, const c10::optional<torch::Tensor>& whc,
+                               const c10::optional<torch::Tensor>& bhc, const std::vector<int64_t>& ints,
+                               const std::vector<double>& doubles) {
+    check_sequence(xp, "x_proj");
+    const int64_t steps = xp.size(0), B = xp.size(1), H = xp.size(2) / 3;
+    TORCH_CHECK(xp.size(2) == 3 * H && h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H && w_hh.size(0) == 3 * H &&
+                    w_hh.size(1) == H,
+                "x_proj must be (T, B, 3H), h0 (B, H) and the hidden weights (3H, H)");
+    TORCH_CHECK(ints.size() == 9 && doubles.size() == 8,
+                "gru_sequence: ints {reverse, kind_xg, k_xg, kind_xc, k_xc, kind_hg, k_hg, kind_hc, k_hc}, doubles "
+                "{inv_n, eps} per norm");
+    TORCH_CHECK(ints[1] != kBatch && ints[3] != kBatch && ints[5] != kBatch && ints[7] != kBatch,
+                "gru_sequence: no batch norm per step in the GRU");
+    const auto opts = xp.options();
     torch::Tensor out = torch::empty({steps, B, H}, opts), a = torch::empty({steps, B, 3 * H}, opts);
-    torch::Tensor stats = torch::empty({steps, B, 4}, opts), gates = torch::empty({steps, B, 2 * H}, opts);
+    torch::Tensor stats = torch::empty({steps, B, kGruStats}, opts), gates = torch::empty({steps, B, 2 * H}, opts);
     torch::Tensor cand = torch::empty({steps, B, H}, opts);
     auto h0c = h0.contiguous(), w = w_hh.contiguous();
     auto bias = bias_h.has_value() && bias_h->defined() ? bias_h->contiguous() : torch::Tensor();
-    auto m = checked_mask(mask, xg);
-    const OpMeta meta{ints, doubles, any_requires_grad({&wg, &bg, &wc, &bc})};
-    const auto gain_g = opt_or_undefined(wg), bias_g = opt_or_undefined(bg);
-    const auto gain_c = opt_or_undefined(wc), bias_c = opt_or_undefined(bc);
-    AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_sequence_forward", [&] {
-      GruTensors s{xg, xc, h0c, w, bias, m, out, a, stats, gates, cand};
-      gru_forward<scalar_t>(s, meta.norm<scalar_t>(0, 2 * H, gain_g, bias_g), meta.norm<scalar_t>(1, H, gain_c, bias_c),
-                            meta.reverse());
+    TORCH_CHECK(!bias.defined() || bias.numel() == 3 * H, "the hidden bias must have 3H values");
+    auto m = checked_mask(mask, xp);
+    const OpMeta meta{ints, doubles, any_requires_grad({&wxg, &bxg, &wxc, &bxc, &whg, &bhg, &whc, &bhc})};
+    std::vector<torch::Tensor> gains;
+    for (const auto* g : {&wxg, &bxg, &wxc, &bxc, &whg, &bhg, &whc, &bhc}) gains.push_back(opt_or_undefined(*g));
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "gru_sequence_forward", [&] {
+      GruTensors s{xp, h0c, w, bias, m, out, a, stats, gates, cand};
+      gru_forward<scalar_t>(s, gru_norms<scalar_t>(meta, H, gains), meta.reverse());
     });
-    ctx->save_for_backward({h0c, w, bias, m, gain_g, bias_g, gain_c, bias_c, out, a, stats, gates, cand});
+    // the raw projections only where an input norm's backward needs them
+    auto xp_saved = ints[1] != kNone || ints[3] != kNone ? xp : torch::Tensor();
+    std::vector<torch::Tensor> saved{h0c, w, bias, m, out, a, stats, gates, cand, xp_saved};
+    saved.insert(saved.end(), gains.begin(), gains.end());
+    ctx->save_for_backward(saved);
     meta.save(ctx);
     return out;
   }
@@ -935,17 +991,18 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
                                                  torch::autograd::variable_list grads) {
     auto v = ctx->get_saved_variables();
     const auto meta = OpMeta::load(ctx);
-    const auto& out = v[8];
+    const auto& out = v[4];
     const int64_t H = out.size(2);
     auto go = grad_or_zeros(grads[0], out);
+    const std::vector<torch::Tensor> gains(v.begin() + 10, v.end());
     std::vector<torch::Tensor> r;
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "gru_sequence_backward", [&] {
-      GruTensors s{torch::Tensor(), torch::Tensor(), v[0], v[1], v[2], v[3], v[8], v[9], v[10], v[11], v[12]};
-      r = gru_backward<scalar_t>(s, meta.norm<scalar_t>(0, 2 * H, v[4], v[5]), meta.norm<scalar_t>(1, H, v[6], v[7]),
-                                 meta.reverse(), go, meta.want_gains);
+      GruTensors s{v[9], v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+      r = gru_backward<scalar_t>(s, gru_norms<scalar_t>(meta, H, gains), meta.reverse(), go, meta.want_gains);
     });
-    // inputs: xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles
-    return {r[0], r[1], r[2], r[3], r[4], torch::Tensor(), r[5], r[6], r[7], r[8], torch::Tensor(), torch::Tensor()};
+    // inputs: xp, h0, w_hh, bias_h, mask, the eight gains and biases, ints, doubles
+    return {r[0], r[1], r[2], r[3], torch::Tensor(), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -1034,13 +1091,14 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
 }  // namespace
 
 // the entry points rms_norm_cpu.cpp binds for Python
-torch::Tensor gru_sequence(const torch::Tensor& xg, const torch::Tensor& xc, const torch::Tensor& h0,
-                           const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias_h,
-                           const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wg,
-                           const c10::optional<torch::Tensor>& bg, const c10::optional<torch::Tensor>& wc,
-                           const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints,
-                           const std::vector<double>& doubles) {
-  return GruFunction::apply(xg, xc, h0, w_hh, bias_h, mask, wg, bg, wc, bc, ints, doubles);
+torch::Tensor gru_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
+                           const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
+                           const c10::optional<torch::Tensor>& wxg, const c10::optional<torch::Tensor>& bxg,
+                           const c10::optional<torch::Tensor>& wxc, const c10::optional<torch::Tensor>& bxc,
+                           const c10::optional<torch::Tensor>& whg, const c10::optional<torch::Tensor>& bhg,
+                           const c10::optional<torch::Tensor>& whc, const c10::optional<torch::Tensor>& bhc,
+                           const std::vector<int64_t>& ints, const std::vector<double>& doubles) {
+  return GruFunction::apply(xp, h0, w_hh, bias_h, mask, wxg, bxg, wxc, bxc, whg, bhg, whc, bhc, ints, doubles);
 }
 
 torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,

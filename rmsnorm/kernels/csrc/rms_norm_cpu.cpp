@@ -369,12 +369,13 @@ torch::Tensor block_row_norm(const torch::Tensor& x, const std::vector<torch::Te
 
 int64_t rmsnorm_parallel_grain() { return min_elements_per_thread.load(std::memory_order_relaxed); }
 // recurrent_cpu.cpp
-torch::Tensor gru_sequence(const torch::Tensor& xg, const torch::Tensor& xc, const torch::Tensor& h0,
-                           const torch::Tensor& w_hh, const c10::optional<torch::Tensor>& bias_h,
-                           const c10::optional<torch::Tensor>& mask, const c10::optional<torch::Tensor>& wg,
-                           const c10::optional<torch::Tensor>& bg, const c10::optional<torch::Tensor>& wc,
-                           const c10::optional<torch::Tensor>& bc, const std::vector<int64_t>& ints,
-                           const std::vector<double>& doubles);
+torch::Tensor gru_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
+                           const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
+                           const c10::optional<torch::Tensor>& wxg, const c10::optional<torch::Tensor>& bxg,
+                           const c10::optional<torch::Tensor>& wxc, const c10::optional<torch::Tensor>& bxc,
+                           const c10::optional<torch::Tensor>& whg, const c10::optional<torch::Tensor>& bhg,
+                           const c10::optional<torch::Tensor>& whc, const c10::optional<torch::Tensor>& bhc,
+                           const std::vector<int64_t>& ints, const std::vector<double>& doubles);
 torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
                             const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
                             const c10::optional<torch::Tensor>& wx, const c10::optional<torch::Tensor>& bx,
@@ -390,7 +391,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("row_norm", &row_norm, "fused RMSNorm over the last dimension, with autograd (CPU)");
   m.def("block_row_norm", &block_row_norm, "fused RMS-family norms over consecutive column blocks of each row (CPU)");
   m.def("gru_sequence", &gru_sequence,
-        "a normalised GRU over a whole (T, B, .) sequence in one direction, with autograd (CPU)");
+        "a normalised GRU over a whole (T, B, 3H) projected sequence in one direction, its input norms included, "
+        "with autograd (CPU)");
   m.def("lstm_sequence", &lstm_sequence,
         "a normalised LSTM over a whole (T, B, 4H) projected sequence in one direction, its input norm included, "
         "with autograd (CPU)");
