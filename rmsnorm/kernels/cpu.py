@@ -15,7 +15,7 @@ import torch
 # the row norms and the recurrent layers (recurrent_cpu.cpp) in one module
 _SOURCES = [Path(__file__).with_name("csrc") / name for name in ("rms_norm_cpu.cpp", "recurrent_cpu.cpp")]
 # included by both: part of the build's identity as much as the sources
-_HEADERS = [Path(__file__).with_name("csrc") / "row_sums.h"]
+_HEADERS = [Path(__file__).with_name("csrc") / name for name in ("row_sums.h", "recurrent_cpu.h")]
 # -fopenmp, not just -fopenmp-simd: at::parallel_for is inlined from torch's headers as an OpenMP region,
 # so without it the kernel runs on one thread whatever torch.get_num_threads() says (same libgomp as torch)
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]

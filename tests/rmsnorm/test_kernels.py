@@ -103,6 +103,16 @@ def test_cpu_backward_gives_the_same_bits_whatever_the_grain_and_thread_count():
             assert torch.equal(got, want)
 
 
+def test_every_header_the_sources_include_is_part_of_the_build_identity():
+    """A header edited without changing the cache key would load a stale build (and one left out of the
+    package data would not compile on a user's machine)."""
+    import re
+
+    included = {name for src in cpu._SOURCES for name in re.findall(r'#include "([^"]+)"', src.read_text())}
+    assert included == {h.name for h in cpu._HEADERS}
+    assert all(h.exists() for h in cpu._HEADERS)
+
+
 def test_the_parallel_grain_is_measured_or_set(monkeypatch):
     assert cpu.parallel_grain() >= 1
     monkeypatch.setenv("RMSNORM_PARALLEL_GRAIN", "12345")

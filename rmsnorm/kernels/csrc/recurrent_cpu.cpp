@@ -38,6 +38,7 @@
 #endif
 #include <vector>
 
+#include "recurrent_cpu.h"
 #include "row_sums.h"
 
 using rmsnorm_kernels::row_sum;

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "recurrent_cpu.h"
 #include "row_sums.h"
 
 using rmsnorm_kernels::row_sum;
@@ -368,21 +369,6 @@ torch::Tensor block_row_norm(const torch::Tensor& x, const std::vector<torch::Te
 }  // namespace
 
 int64_t rmsnorm_parallel_grain() { return min_elements_per_thread.load(std::memory_order_relaxed); }
-// recurrent_cpu.cpp
-torch::Tensor gru_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
-                           const c10::optional<torch::Tensor>& bias_h, const c10::optional<torch::Tensor>& mask,
-                           const c10::optional<torch::Tensor>& wxg, const c10::optional<torch::Tensor>& bxg,
-                           const c10::optional<torch::Tensor>& wxc, const c10::optional<torch::Tensor>& bxc,
-                           const c10::optional<torch::Tensor>& whg, const c10::optional<torch::Tensor>& bhg,
-                           const c10::optional<torch::Tensor>& whc, const c10::optional<torch::Tensor>& bhc,
-                           const std::vector<int64_t>& ints, const std::vector<double>& doubles);
-torch::Tensor lstm_sequence(const torch::Tensor& xp, const torch::Tensor& h0, const torch::Tensor& w_hh,
-                            const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& mask,
-                            const c10::optional<torch::Tensor>& wx, const c10::optional<torch::Tensor>& bx,
-                            const c10::optional<torch::Tensor>& wh, const c10::optional<torch::Tensor>& bh,
-                            const c10::optional<torch::Tensor>& wc, const c10::optional<torch::Tensor>& bc,
-                            const std::vector<int64_t>& ints, const std::vector<double>& doubles,
-                            const std::vector<torch::Tensor>& running);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_parallel_grain", [](int64_t n) { min_elements_per_thread.store(std::max<int64_t>(1, n)); },
