@@ -421,6 +421,37 @@ torch::Tensor grad_or_zeros(const torch::Tensor& g, const torch::Tensor& like) {
 // added in block order at the end, so the result is the same whatever the thread count.
 constexpr int64_t kSumRows = 8;
 
+// f(b, k, scratch) for every row b, k its block, rows in blocks of kSumRows over threads; each thread gets a
+// scratch buffer of `scratch` values
+template <typename T, typename F>
+void over_row_blocks(int64_t rows, int64_t width, int64_t scratch, F&& f) {
+  const int64_t blocks = (rows + kSumRows - 1) / kSumRows;
+  at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(width) / kSumRows), [&](int64_t k0, int64_t k1) {
+    std::vector<T> buffer(scratch);
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t b = k * kSumRows; b < std::min(rows, (k + 1) * kSumRows); ++b) f(b, k, buffer.data());
+    }
+  });
+}
+
+// out[j] += the blocks' sums at `offset` (blocks of `stride` values), in block order: the same bits whatever
+// the thread count
+template <typename T>
+void add_block_sums(const std::vector<T>& sums, int64_t stride, int64_t offset, int64_t width, T* out) {
+  for (int64_t k = 0; k < static_cast<int64_t>(sums.size()) / stride; ++k) {
+    const T* part = sums.data() + k * stride + offset;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) out[j] += part[j];
+  }
+}
+
+// zeros for the gradient of a norm's gain (or bias) where it has one and gains' gradients are wanted
+template <typename T>
+torch::Tensor gain_grad_or_none(const Norm<T>& n, bool gain, bool want_gains, const at::TensorOptions& opts) {
+  const bool present = gain ? n.w != nullptr : n.b != nullptr;
+  return want_gains && present && n.kind != kNone ? torch::zeros({n.d}, opts) : torch::Tensor();
+}
+
 // ---- GRU ------------------------------------------------------------------------------------------------------
 //   a = h U^T (+ b_h);  r, u = sigmoid(N_xg(p[:2H]) + N_hg(a[:2H]));  c = tanh(r * N_hc(a[2H:]) + N_xc(p[2H:]));
 //   h' = u h + (1-u) c,  with p = W x (+ b) the input projections of all steps (the caller's one matmul) and a mask
@@ -508,27 +539,25 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const GruNorms<T>& 
   // the projections' gradient: the gate pass writes it where an input norm is none, else that norm's backward
   auto dproj = torch::empty({steps, B, 3 * H}, opts), dA = torch::empty({steps, B, 3 * H}, opts);
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
-  auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
-    const bool present = gain ? n.w != nullptr : n.b != nullptr;
-    return want_gains && present && n.kind != kNone ? torch::zeros({n.d}, opts) : torch::Tensor();
-  };
-  // gains and biases in the op's input order, with their offsets (times H) in a row block's sums
+  // gains and biases in the op's input order (xg, xc, hg, hc; gain then bias) and where each one's sums sit in a
+  // row block's sums (the gain at offsets[k] * H, the bias after it; -1: that gradient is not wanted)
   const std::array<const Norm<T>*, 4> norms{&nn.xg, &nn.xc, &nn.hg, &nn.hc};
-  const std::array<int64_t, 4> offsets{6, 10, 0, 4};  // gain at offset, bias after the gain's width
+  const std::array<int64_t, 4> offsets{6, 10, 0, 4};
   std::array<torch::Tensor, 8> grads;
-  for (int k = 0; k < 4; ++k) {
-    grads[2 * k] = zeros_or_none(*norms[k], true);
-    grads[2 * k + 1] = zeros_or_none(*norms[k], false);
+  std::array<int64_t, 8> at_sum;
+  for (int k = 0; k < 8; ++k) {
+    const Norm<T>& n = *norms[k / 2];
+    grads[k] = gain_grad_or_none(n, k % 2 == 0, want_gains, opts);
+    at_sum[k] = grads[k].defined() ? offsets[k / 2] * H + (k % 2) * n.d : -1;
   }
   const bool x_g = nn.xg.kind != kNone, x_c = nn.xc.kind != kNone;
   const T* mask = ptr_or_null<T>(s.mask);
   const T* go_all = grad_out.data_ptr<T>();
-  const int64_t blocks = (B + kSumRows - 1) / kSumRows;
-  std::vector<T> sums(blocks * kGruSums * H, T(0));
-  // where norm k's gain (bias) sums go in a block's sums, or null where that gradient is not wanted
+  std::vector<T> sums((B + kSumRows - 1) / kSumRows * kGruSums * H, T(0));
+  // norm k's gain (bias) sums in a block's, or null
   auto sum_at = [&](T* block, int k, bool bias) -> T* {
-    if (!grads[2 * k + (bias ? 1 : 0)].defined()) return nullptr;
-    return block + offsets[k] * H + (bias ? norms[k]->d : 0);
+    const int64_t offset = at_sum[2 * k + (bias ? 1 : 0)];
+    return offset < 0 ? nullptr : block + offset;
   };
   for (int64_t i = steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? steps - 1 - i : i;
@@ -544,64 +573,48 @@ std::vector<torch::Tensor> gru_backward(const GruTensors& s, const GruNorms<T>& 
     T* dA_t = dA.data_ptr<T>() + t * B * 3 * H;
     const T* dh_in = dh.data_ptr<T>();
     T* dhp_out = dhp.data_ptr<T>();
-    at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(3 * H) / kSumRows), [&](int64_t k0, int64_t k1) {
-      // N_hc's output again (cheaper than storing it), the gradients of N_hc's output and, where the input
-      // norms are not none, of their outputs
-      std::vector<T> ncand(H), dnc(H), dx(3 * H), stat(2);
-      for (int64_t k = k0; k < k1; ++k) {
-        T* block = sums.data() + k * kGruSums * H;
-        for (int64_t b = k * kSumRows; b < std::min(B, (k + 1) * kSumRows); ++b) {
-          const T* ar = a + b * 3 * H;
-          const T* sr = st + b * kGruStats;
-          norm_forward(nn.hc, ar + 2 * H, ncand.data(), stat.data());
-          const T* gr = gates + b * 2 * H;
-          const T* cr = cand + b * H;
-          const T* hpr = hp + b * H;
-          const T mb = m ? m[b] : T(1);
-          T* dpr_row = dproj_t + b * 3 * H;
-          T* dxgr = x_g ? dx.data() : dpr_row;
-          T* dxcr = x_c ? dx.data() + 2 * H : dpr_row + 2 * H;
-          T* dhpr = dhp_out + b * H;
-          T* dncr = dnc.data();
+    // scratch: N_hc's output again (cheaper than storing it, H), the gradients of N_hc's output (H) and, where
+    // the input norms are not none, of their outputs (3H), N_hc's statistics (2)
+    over_row_blocks<T>(B, 3 * H, 5 * H + 2, [&](int64_t b, int64_t k, T* scratch) {
+      T *ncand = scratch, *dncr = scratch + H, *dx = scratch + 2 * H, *stat = scratch + 5 * H;
+      T* block = sums.data() + k * kGruSums * H;
+      const T* ar = a + b * 3 * H;
+      const T* sr = st + b * kGruStats;
+      norm_forward(nn.hc, ar + 2 * H, ncand, stat);
+      const T* gr = gates + b * 2 * H;
+      const T* cr = cand + b * H;
+      const T* hpr = hp + b * H;
+      const T mb = m ? m[b] : T(1);
+      T* dpr_row = dproj_t + b * 3 * H;
+      T* dxgr = x_g ? dx : dpr_row;
+      T* dxcr = x_c ? dx + 2 * H : dpr_row + 2 * H;
+      T* dhpr = dhp_out + b * H;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            const T dht = go[b * H + j] + dh_in[b * H + j];
-            const T dhn = mb * dht;
-            const T r = gr[j], u = gr[H + j], c = cr[j];
-            const T dpc = dhn * (T(1) - u) * (T(1) - c * c);
-            const T dpu = dhn * (hpr[j] - c) * u * (T(1) - u);
-            const T dpr = dpc * ncand[j] * r * (T(1) - r);
-            dxcr[j] = dpc;
-            dxgr[j] = dpr;
-            dxgr[H + j] = dpu;
-            dncr[j] = dpc * r;
-            dhpr[j] = dht - dhn + dhn * u;
-          }
-          norm_backward(nn.hg, dxgr, ar, sr, dA_t + b * 3 * H, sum_at(block, 2, false), sum_at(block, 2, true));
-          norm_backward(nn.hc, dncr, ar + 2 * H, sr + 2, dA_t + b * 3 * H + 2 * H, sum_at(block, 3, false),
-                        sum_at(block, 3, true));
-          if (x_g) norm_backward(nn.xg, dxgr, xp + b * 3 * H, sr + 4, dpr_row, sum_at(block, 0, false),
-                                 sum_at(block, 0, true));
-          if (x_c) norm_backward(nn.xc, dxcr, xp + b * 3 * H + 2 * H, sr + 6, dpr_row + 2 * H,
-                                 sum_at(block, 1, false), sum_at(block, 1, true));
-        }
+      for (int64_t j = 0; j < H; ++j) {
+        const T dht = go[b * H + j] + dh_in[b * H + j];
+        const T dhn = mb * dht;
+        const T r = gr[j], u = gr[H + j], c = cr[j];
+        const T dpc = dhn * (T(1) - u) * (T(1) - c * c);
+        const T dpu = dhn * (hpr[j] - c) * u * (T(1) - u);
+        const T dpr = dpc * ncand[j] * r * (T(1) - r);
+        dxcr[j] = dpc;
+        dxgr[j] = dpr;
+        dxgr[H + j] = dpu;
+        dncr[j] = dpc * r;
+        dhpr[j] = dht - dhn + dhn * u;
       }
+      norm_backward(nn.hg, dxgr, ar, sr, dA_t + b * 3 * H, sum_at(block, 2, false), sum_at(block, 2, true));
+      norm_backward(nn.hc, dncr, ar + 2 * H, sr + 2, dA_t + b * 3 * H + 2 * H, sum_at(block, 3, false),
+                    sum_at(block, 3, true));
+      if (x_g) norm_backward(nn.xg, dxgr, xp + b * 3 * H, sr + 4, dpr_row, sum_at(block, 0, false),
+                             sum_at(block, 0, true));
+      if (x_c) norm_backward(nn.xc, dxcr, xp + b * 3 * H + 2 * H, sr + 6, dpr_row + 2 * H, sum_at(block, 1, false),
+                             sum_at(block, 1, true));
     });
     at::addmm_out(dh, dhp, dA[t], s.w_hh);  // dh_prev = (direct part) + dA_t U
   }
-  // the blocks' sums in block order: the same bits whatever the thread count
-  for (int k = 0; k < 4; ++k) {
-    for (int which = 0; which < 2; ++which) {
-      const auto& g = grads[2 * k + which];
-      if (!g.defined()) continue;
-      T* outp = g.data_ptr<T>();
-      const int64_t offset = offsets[k] * H + (which ? norms[k]->d : 0);
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const T* part = sums.data() + blk * kGruSums * H + offset;
-#pragma omp simd
-        for (int64_t j = 0; j < norms[k]->d; ++j) outp[j] += part[j];
-      }
-    }
+  for (int k = 0; k < 8; ++k) {
+    if (at_sum[k] >= 0) add_block_sums(sums, kGruSums * H, at_sum[k], norms[k / 2]->d, grads[k].data_ptr<T>());
   }
   auto dw = hidden_weight_grad(dA, s.out, s.h0, reverse);
   auto dbias = s.bias_h.defined() ? dA.sum({0, 1}) : torch::Tensor();
@@ -734,13 +747,9 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx
   std::vector<T> g_step(g_is_input_grad || h_identity ? 0 : B * 4 * H);
   auto dh = torch::zeros({B, H}, opts), dhp = torch::empty({B, H}, opts);
   auto dc = torch::zeros({B, H}, opts), dc_next = torch::empty({B, H}, opts);
-  auto zeros_or_none = [&](const Norm<T>& n, bool gain) {
-    const bool present = gain ? n.w != nullptr : n.b != nullptr;
-    return want_gains && present ? torch::zeros({n.d}, opts) : torch::Tensor();
-  };
-  auto dwx = zeros_or_none(nx, true), dbx = zeros_or_none(nx, false);
-  auto dwh = zeros_or_none(nh, true), dbh = zeros_or_none(nh, false);
-  auto dwc = zeros_or_none(nc, true), dbc = zeros_or_none(nc, false);
+  auto dwx = gain_grad_or_none(nx, true, want_gains, opts), dbx = gain_grad_or_none(nx, false, want_gains, opts);
+  auto dwh = gain_grad_or_none(nh, true, want_gains, opts), dbh = gain_grad_or_none(nh, false, want_gains, opts);
+  auto dwc = gain_grad_or_none(nc, true, want_gains, opts), dbc = gain_grad_or_none(nc, false, want_gains, opts);
   const T* mask = ptr_or_null<T>(s.mask);
   const T* go_all = grad_out.data_ptr<T>();
   const bool bn_h = nh.kind == kBatch, bn_c = nc.kind == kBatch;
@@ -753,18 +762,11 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx
   const bool s_bias = s.bias.defined() || (sum_h && dbh.defined()) || dbx.defined();
   const bool s_wh = sum_h && dwh.defined(), s_wx = nx.kind != kNone && dwx.defined();
   const bool s_wc = sum_c && dwc.defined(), s_bc = sum_c && dbc.defined();
-  const int64_t blocks = (B + kSumRows - 1) / kSumRows;
-  std::vector<T> sums(blocks * kLstmSums * H, T(0));
-  // rows in fixed blocks over threads: f(b, the block's sums, scratch of 2H + 2) for every row
+  std::vector<T> sums((B + kSumRows - 1) / kSumRows * kLstmSums * H, T(0));
+  // f(b, its block's sums, scratch of 2H + 2) for every row
   auto over_blocks = [&](int64_t width, auto&& f) {
-    at::parallel_for(0, blocks, std::max<int64_t>(1, row_grain(width) / kSumRows), [&](int64_t k0, int64_t k1) {
-      std::vector<T> scratch(2 * H + 2);
-      for (int64_t k = k0; k < k1; ++k) {
-        for (int64_t b = k * kSumRows; b < std::min(B, (k + 1) * kSumRows); ++b) {
-          f(b, sums.data() + k * kLstmSums * H, scratch.data());
-        }
-      }
-    });
+    over_row_blocks<T>(B, width, 2 * H + 2,
+                       [&](int64_t b, int64_t k, T* scratch) { f(b, sums.data() + k * kLstmSums * H, scratch); });
   };
   for (int64_t i = steps - 1; i >= 0; --i) {
     const int64_t t = reverse ? steps - 1 - i : i;
@@ -872,12 +874,7 @@ std::vector<torch::Tensor> lstm_backward(const LstmTensors& s, const Norm<T>& nx
                                         std::make_tuple(s_wx, ptr_or_null<T>(dwx), 8 * H, 4 * H),
                                         std::make_tuple(s_wc, ptr_or_null<T>(dwc), 12 * H, H),
                                         std::make_tuple(s_bc, ptr_or_null<T>(dbc), 13 * H, H)}) {
-    if (!on) continue;
-    for (int64_t k = 0; k < blocks; ++k) {
-      const T* part = sums.data() + k * kLstmSums * H + offset;
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) out[j] += part[j];
-    }
+    if (on) add_block_sums(sums, kLstmSums * H, offset, width, out);
   }
   if (sum_h && dbh.defined()) dbh.copy_(sum_dy);
   if (dbx.defined()) dbx.copy_(sum_dy);
