@@ -291,15 +291,8 @@ def _rnn_rounds(calls: dict, rounds: int, device: torch.device) -> int:
     """Rounds for one recurrent setting: at least `rounds` and RNN_MIN_ROUNDS, more where a round is cheap
     (RNN_SECONDS_PER_SETTING), from one timed round after a warm one (synchronised: on a GPU the calls only
     queue kernels)."""
-    for call in calls.values():
-        call()
-    synchronize(device)
-    start = time.perf_counter()
-    for call in calls.values():
-        call()
-    synchronize(device)
-    per_round = time.perf_counter() - start
-    return max(rounds, RNN_MIN_ROUNDS, min(RNN_MAX_ROUNDS, int(RNN_SECONDS_PER_SETTING / per_round)))
+    fit = _calls_per_round(lambda: [call() for call in calls.values()], device, RNN_SECONDS_PER_SETTING)
+    return max(rounds, RNN_MIN_ROUNDS, min(RNN_MAX_ROUNDS, fit))
 
 
 def run_rnn(device: torch.device, dtype: torch.dtype, rounds: int, quick: bool) -> list[dict]:
