@@ -7,6 +7,8 @@ Reads only summary.json, metrics.jsonl and error.json below the given folders. P
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import shlex
 import sys
@@ -27,6 +29,7 @@ from experiments.core.reporting.report import (
     read_paper_table,
     render_markdown,
     render_preactivation,
+    seed_records,
     timing_key,
     variant,
 )
@@ -102,13 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         save_text(text, args.out / "tables.md")
+        save_text(seeds_csv(seed_records(tables)), args.out / "seeds.csv")
         for table in tables:
             plot_task(table, summaries, args.out / f"{table.stem}-{table.preset}-loss.png")
         for path in args.timing:
             for result in _results(path):
                 plot_speed(timing_key(result), result, args.out / f"{timing_key(result)}-speed.png")
-        print(f"wrote {args.out / 'tables.md'} and plots")
+        print(f"wrote {args.out / 'tables.md'}, seeds.csv (every run's value) and plots")
     return 1 if errors else 0
+
+
+def seeds_csv(records: list[dict]) -> str:
+    """The per-seed values behind the tables' means, one run a line."""
+    out = io.StringIO()
+    fields = ["task", "variant", "preset", "norm", "seed", "metric", "value", "converged", "converged_at_step",
+              "last_loss_share"]
+    writer = csv.DictWriter(out, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue()
 
 
 def _results(path: Path) -> list[dict]:

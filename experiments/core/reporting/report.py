@@ -9,6 +9,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.core.convergence import RULE as CONVERGENCE_RULE
+from experiments.core.convergence import convergence
 from experiments.core.identity import RESULT_KEYS, config_hash, identity_config
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from experiments.core.reporting.plots import finish, single_axes
@@ -73,6 +75,19 @@ class Row:
     label: str = ""  # the norm, and where runs of it trained other settings, which of them (never averaged)
     values: list[float] = field(default_factory=list)  # the metric of each seed
     vs_reference: tuple[float, float, float] | None = None  # mean - LayerNorm's mean, 95% Welch interval
+    seed_ids: list[int] = field(default_factory=list)  # the seed of each value
+    convergence: list[dict] = field(default_factory=list)  # each seed's outcome of the convergence rule
+
+    @property
+    def judged(self) -> list[dict]:
+        """The outcomes of the seeds that logged a training loss (the rule can say nothing of the others)."""
+        return [c for c in self.convergence if c.get("first_loss") is not None]
+
+    @property
+    def unconverged(self) -> list[int]:
+        """The seeds whose logged training loss never met the convergence rule."""
+        return [seed for seed, c in zip(self.seed_ids, self.convergence, strict=True)
+                if c.get("first_loss") is not None and c.get("at_step") is None]
 
     def __post_init__(self) -> None:
         self.label = self.label or self.norm
@@ -101,6 +116,36 @@ class Table:
     @property
     def stem(self) -> str:
         return self.task + (f"-{self.variant}" if self.variant else "")
+
+
+def run_convergence(record: dict) -> dict:
+    """The run's convergence outcome (experiments/core/convergence.py): as its summary recorded it, or computed
+    from its metrics.jsonl for summaries written before the rule."""
+    if record.get("convergence") is not None:
+        return record["convergence"]
+    return convergence(read_metrics(Path(record["run_dir"]))) if record.get("run_dir") else convergence([])
+
+
+def _loss_share(outcome: dict) -> float | None:
+    first, last = outcome.get("first_loss"), outcome.get("last_loss")
+    return round(last / first, 4) if first and last is not None else None
+
+
+def seed_records(tables: list[Table]) -> list[dict]:
+    """One row per run of every table (the per-seed values behind each mean), for a CSV beside the tables."""
+    out = []
+    for table in tables:
+        scale = 100.0 if table.metric.endswith("_error") else 1.0
+        for row in table.rows:
+            for seed, value, outcome in zip(row.seed_ids, row.values, row.convergence, strict=True):
+                known = outcome.get("first_loss") is not None
+                step, share = outcome.get("at_step"), _loss_share(outcome)
+                out.append({"task": table.task, "variant": table.variant or "", "preset": table.preset,
+                            "norm": row.label, "seed": seed, "metric": table.metric,
+                            "value": round(value * scale, 4), "converged": step is not None if known else "",
+                            "converged_at_step": "" if step is None else step,
+                            "last_loss_share": "" if share is None else share})
+    return out
 
 
 def variant(record: dict) -> str | None:
@@ -184,6 +229,8 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             rows.append(Row(
                 norm=norm,
                 seeds=len(rs),
+                seed_ids=[r["seed"] for r in rs],
+                convergence=[run_convergence(r) for r in rs],
                 metric=mean_interval([r["metrics"][metric] for r in rs]),
                 values=[r["metrics"][metric] for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
@@ -295,6 +342,15 @@ def _fmt_difference(name: str, diff: tuple[float, float, float] | None) -> str:
     return f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" within noise" if within_noise((lo, hi)) else "")
 
 
+def _fmt_converged(row: Row) -> str:
+    """'3/3', or '2/3, not seed 1' naming the seeds that never met the convergence rule."""
+    missed, judged = row.unconverged, len(row.judged)
+    if not judged:
+        return "-"
+    text = f"{judged - len(missed)}/{judged}"
+    return text + (f", not seed {', '.join(map(str, missed))}" if missed else "")
+
+
 def _fmt_time(value: tuple[float, float], seeds: int) -> str:
     """Mean +- std over seeds; one seed's value alone (a single run has no spread to give)."""
     return f"{value[0]:.3g} +- {value[1]:.2g}" if seeds > 1 else f"{value[0]:.3g}"
@@ -333,7 +389,9 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     diff_head = [f"{table.metric} vs LN [95% CI]"] if several else []
     # the time beside the paper's: its unit in its clock, the clock named unless it is the training one
     paper_col = unit if table.clock == "train" else f"{unit or 'sec/1k steps'}, {CLOCKS[table.clock][1]}"
-    head = ([f"{table.metric}{pct}" + (" [95% CI]" if several else ""), *diff_head, *selected, "sec/1k steps"]
+    conv_head = ["converged"] if any(r.judged for r in table.rows) else []
+    head = ([f"{table.metric}{pct}" + (" [95% CI]" if several else ""), *diff_head, *conv_head, *selected,
+             "sec/1k steps"]
             + ([paper_col] if paper_col else []) + wall_head + [speed_head, *composite_head, "seeds"])
     # the paper's metric columns: the run's own when the paper has it, else every one the paper reports,
     # shown for reference with a note below the table (never matched by position)
@@ -356,6 +414,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
         if several:
             cells.append("reference" if r.norm == REFERENCE_NORM and r.vs_reference is None
                          else _fmt_difference(table.metric, r.vs_reference))
+        if conv_head:
+            cells.append(_fmt_converged(r))
         if table.selection:  # Nematus' model selection: the test score where validation peaked
             cells.append(_fmt_metric(table.metric, r.at_best) if r.at_best else "-")
         cells.append(_fmt_time(r.sec_per_1k, r.seeds))
@@ -384,6 +444,9 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
                      f"({runs}) |" + " |" * (len(head) - 1))
     for norm in table.missing:  # failed or never run: marked, not dropped
         lines.append(f"| {norm} | missing: no finished run |" + " |" * (len(head) - 1))
+    if conv_head:
+        lines += ["", f"converged: the seeds whose {CONVERGENCE_RULE} (docs/demo.md, \"Convergence\"); a seed that "
+                  "never did is named, and its score is when it left its plateau, not what the norm can reach."]
     if table.notes:
         lines += [""] + [f"Kept apart: {note}" for note in table.notes]
     if table.clock == "step":

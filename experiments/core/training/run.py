@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.core.atomic import save_json, write_or_explain
+from experiments.core.convergence import convergence
 from experiments.core.errors import UserError
 from experiments.core.identity import IDENTITY_FILE, read_folder_identity, refusal, run_identity
 from experiments.core.machine import machine_name
@@ -199,6 +200,7 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "warmup_steps": trainer.settings.timing_warmup,
         "train_seconds": trainer.timer.train_seconds,
     }
+    records = read_metrics(trainer.run_dir) if trainer.group.is_main else []
     unit = task.paper_time_unit()
     if unit is not None and timing["sec_per_1k_steps"] is not None:
         name, steps = unit
@@ -218,7 +220,9 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "norm_eps": task.norm.eps,  # the eps the norms were built with (task.norm_eps, norm.eps or the default)
         "norm_impl": task.norm.impl,  # fused kernels, or the composite ops the paper's frameworks ran
         "metrics": final,
-        **at_best(task, read_metrics(trainer.run_dir) if trainer.group.is_main else []),
+        **at_best(task, records),
+        # did the training loss leave its start (experiments/core/convergence.py; the report marks runs that did not)
+        "convergence": convergence(records),
         "timing": timing,
         "differs_from_paper": differences,
         "data": task.data_facts(),

@@ -261,3 +261,39 @@ def test_reading_and_retrievals_paper_time_column_is_the_steps_only_clock():
         == paper_clock({}) == "train"
     assert paper_clock({"config": {"task": {"builder": {"_target_": "experiments.reading.task.ReadingTask"}}}}) \
         == "step"
+
+
+def test_the_convergence_rule_finds_the_first_step_below_its_share_of_the_first_loss():
+    from experiments.core.convergence import SHARE, convergence
+
+    curve = [{"step": 10, "train_loss": 2.5}, {"step": 20, "train_loss": 2.4}, {"step": 25, "eval/x": 1.0},
+             {"step": 30, "train_loss": 2.5 * SHARE - 0.01}, {"step": 40, "train_loss": 1.0}]
+    outcome = convergence(curve)
+    assert outcome["at_step"] == 30 and outcome["first_loss"] == 2.5 and outcome["last_loss"] == 1.0
+    plateau = [{"step": s, "train_loss": 2.3 + 0.01 * (s % 3)} for s in range(10, 260, 10)]
+    assert convergence(plateau)["at_step"] is None  # sat on its plateau: never met the rule
+    assert convergence([])["first_loss"] is None
+
+
+def test_the_tables_name_the_seeds_that_never_converged_and_the_csv_lists_every_seed(runs, tmp_path):
+    falling = [{"step": s, "train_seconds": 0.1 * s, "train_loss": 2.0 / s} for s in (1, 2, 3)]
+    flat = [{"step": s, "train_seconds": 0.1 * s, "train_loss": 2.0} for s in (1, 2, 3)]
+    for i in range(5):  # run 3 is rmsnorm seed 1: it stays on its plateau
+        (runs / f"{i}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (flat if i == 3 else falling)))
+    out = tmp_path / "out"
+    run_script("scripts/report.py", str(runs), "--out", str(out))
+    text = (out / "tables.md").read_text()
+    assert "| converged |" in text
+    assert "| rmsnorm | 8.50 [2.15, 14.85] | -2.50 [-16.71, +11.71] within noise | 1/2, not seed 1 |" in text
+    assert "| layernorm | 11.00 [-1.71, 23.71] | reference | 2/2 |" in text
+    lines = (out / "seeds.csv").read_text().splitlines()
+    assert lines[0] == "task,variant,preset,norm,seed,metric,value,converged,converged_at_step,last_loss_share"
+    assert "cifar10,,paper,rmsnorm,1,test_error,8.0,False,,1.0" in lines
+    assert "cifar10,,paper,rmsnorm,0,test_error,9.0,True,2,0.3333" in lines
+    assert len(lines) == 6
+
+
+def test_runs_without_a_logged_loss_are_not_judged_by_the_convergence_rule(runs):
+    (table,) = build_tables(find_runs([runs])[0])
+    assert all(r.unconverged == [] and not r.judged for r in table.rows)
+    assert "converged" not in render_markdown(table, {})
