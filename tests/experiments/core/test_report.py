@@ -279,7 +279,8 @@ def test_the_tables_name_the_seeds_that_never_converged_and_the_csv_lists_every_
     falling = [{"step": s, "train_seconds": 0.1 * s, "train_loss": 2.0 / s} for s in (1, 2, 3)]
     flat = [{"step": s, "train_seconds": 0.1 * s, "train_loss": 2.0} for s in (1, 2, 3)]
     for i in range(5):  # run 3 is rmsnorm seed 1: it stays on its plateau
-        (runs / f"{i}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (flat if i == 3 else falling)))
+        curve = flat if i == 3 else falling
+        (runs / f"{i}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
     out = tmp_path / "out"
     run_script("scripts/report.py", str(runs), "--out", str(out))
     text = (out / "tables.md").read_text()
