@@ -154,6 +154,7 @@ class ChannelMapNorm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects (N, C, H, W), got shape {tuple(x.shape)}")
+        self.last_map = tuple(x.shape[-2:])  # the H x W pRMSNorm's lattice was taken on (partial_statistics)
         return affine(self._normalise(x, self.eps, self.p, self.impl), self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -227,3 +228,19 @@ class StepBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, max_steps={self.max_steps}, bias={self.bias is not None}"
+
+
+def partial_statistics(model: nn.Module) -> list[str]:
+    """What each pRMSNorm layer of a model takes its statistic from, one line per distinct layer size:
+    'd=64: k=4 (p=0.0625)' for features, 'map 16x16: k=128 of 256 positions (p=0.5)' for a channel map (its
+    lattice; known once the layer has run). At small widths k can fall to a handful of features, whose RMS is a
+    noisy estimate of the whole vector's: what a demo's shrinking does to pRMSNorm."""
+    seen = {}
+    for module in model.modules():
+        if isinstance(module, PartialRMSNorm):
+            seen.setdefault((0, module.num_features), f"d={module.num_features}: k={module.k} (p={module.p:g})")
+        elif isinstance(module, ChannelMapNorm) and module.kind == "prmsnorm" and hasattr(module, "last_map"):
+            h, w = module.last_map
+            k = len(spread_positions(h, w, module.p))
+            seen.setdefault((1, h * w), f"map {h}x{w}: k={k} of {h * w} positions (p={module.p:g})")
+    return [seen[key] for key in sorted(seen)]

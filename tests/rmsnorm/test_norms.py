@@ -262,3 +262,16 @@ def test_a_registered_norm_gets_its_own_row_of_table_1():
     finally:
         unregister_norm("doubled_rms")
     assert row["dataset re-scaling"] and not row["weight matrix re-centering"]
+
+
+def test_partial_statistics_names_each_prmsnorm_layers_k():
+    from rmsnorm.norms import ChannelMapNorm, PartialRMSNorm, partial_statistics
+
+    model = torch.nn.Sequential(PartialRMSNorm(64, p=0.0625), PartialRMSNorm(64, p=0.0625),
+                                PartialRMSNorm(1024, p=0.0625), torch.nn.Linear(4, 4))
+    assert partial_statistics(model) == ["d=64: k=4 (p=0.0625)", "d=1024: k=64 (p=0.0625)"]
+    maps = ChannelMapNorm("prmsnorm", 3, p=0.5)
+    assert partial_statistics(maps) == []  # the lattice is known once the layer has seen a map
+    maps(torch.randn(2, 3, 6, 6))
+    assert partial_statistics(maps) == ["map 6x6: k=18 of 36 positions (p=0.5)"]
+    assert partial_statistics(torch.nn.LayerNorm(8)) == []

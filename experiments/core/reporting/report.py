@@ -108,6 +108,7 @@ class Table:
     commits: list[str] = field(default_factory=list)  # the code the runs came from
     notes: list[str] = field(default_factory=list)  # e.g. which settings set two rows of one norm apart
     clock: str = "train"  # the clock of the paper's time (CLOCKS): the paper-unit column's and the speed-up's
+    partial: dict[str, list[str]] = field(default_factory=dict)  # norm -> its pRMSNorm layers' k (partial_statistics)
 
     @property
     def title(self) -> str:
@@ -254,9 +255,13 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         diverged = {n: sorted(v) for n, v in blown.get((task, preset, kind), {}).items()}
         missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows} and n not in diverged]
         selection = best_key.removeprefix("at_best_") if best_key and any(r.at_best for r in rows) else None
+        partial = {}
+        for r in runs:
+            if r.get("partial_statistics"):
+                partial.setdefault(r["norm"], r["partial_statistics"])
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
                             kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0]))),
-                            selection, _commits(runs), notes, clock))
+                            selection, _commits(runs), notes, clock, partial))
     return tables
 
 
@@ -447,6 +452,8 @@ def render_markdown(table: Table, paper: dict[str, dict], interleaved: dict[str,
     if conv_head:
         lines += ["", f"converged: the seeds whose {CONVERGENCE_RULE} (docs/demo.md, \"Convergence\"); a seed that "
                   "never did is named, and its score is when it left its plateau, not what the norm can reach."]
+    for norm, stats in table.partial.items():
+        lines += ["", f"{norm}'s statistic (k of each layer's d features or map positions): {'; '.join(stats)}."]
     if table.notes:
         lines += [""] + [f"Kept apart: {note}" for note in table.notes]
     if table.clock == "step":

@@ -30,6 +30,7 @@ from experiments.core.training.loggers import NullLogger
 from experiments.core.training.task import Task
 from experiments.core.training.trainer import Trainer, TrainSettings
 from rmsnorm.kernels import dispatch
+from rmsnorm.norms import partial_statistics
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ def make_summary(info: dict, task, trainer: Trainer, final: dict, device: torch.
         "timing": timing,
         "differs_from_paper": differences,
         "data": task.data_facts(),
+        # what each pRMSNorm layer's statistic was taken from (k = int(p * d)): small widths leave few features
+        "partial_statistics": partial_statistics(task.model),
         **task.summary_extras(),
         # which implementation each norm took (CPU kernel or reference; on CUDA the measured choice per bucket)
         "kernels": dispatch.describe(),
