@@ -22,13 +22,15 @@ DEMO_LOGGER = $(if $(WANDB),logger=wandb,logger=none)
 DEMO_SEEDS ?= 0 1 2
 DEMO_JOBS ?= 2
 DEMO_ROUNDS ?= 10
+# what the demo's recorded time says about how it ran (make demo DEMO_NOTE="fresh clone")
+DEMO_NOTE ?= after make install
 # what the demo's interleaved timing times: every task, and the Transformer again in its pre-norm placement
 comma := ,
 space := $(subst ,, )
 DEMO_TIMED = $(subst $(space),$(comma),$(strip $(TASKS))),transformer:task.model.norm_position=pre
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
+.PHONY: help install demo demo-data demo-probes time-test test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -42,21 +44,42 @@ $(STAMP): pyproject.toml
 	$(PY) -m rmsnorm.kernels.build  # compile the fused CPU kernel now rather than on first use (cached)
 	touch $@
 
-demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
-	printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
+DEMO_PREPARE = printf '%s\n' $(TASKS) | xargs -P $(DEMO_JOBS) -I{} $(PY) scripts/prepare.py task={} preset=demo
+NOW = $$(date +%s.%N)
 
-demo: demo-data ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; 13-16 min from a fresh clone on a 2-core AMD EPYC, docs/demo.md); tables + plots in results/demo/
+demo-data: install ## generate every task's demo data set into data/ (once; training only reads)
+	$(DEMO_PREPARE)
+
+demo: install ## every task x norm x 3 seeds on built-in data (the Transformer post- and pre-norm; CPU, offline; its measured time: README); tables + plots in results/demo/
 	rm -rf multirun/demo
-	status=0; \
+	status=0; start=$(NOW); \
+	$(DEMO_PREPARE) || status=1; data=$(NOW); \
 	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds "$(DEMO_SEEDS)" $(DEMO_LOGGER) || status=1; \
-	rm -f results/demo/timing-pre.*; \
+	sweeps=$(NOW); rm -f results/demo/timing-pre.*; \
 	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) \
 	  --tasks $(DEMO_TIMED) \
-	  --out results/demo --stem timing || status=1; \
+	  --out results/demo --stem timing || status=1; timing=$(NOW); \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \
-	  || status=1; \
+	  || status=1; report=$(NOW); \
+	if [ $$status = 0 ]; then $(PY) scripts/timings.py record "make demo" --note "$(DEMO_NOTE)" \
+	  --stamps start=$$start data=$$data sweeps=$$sweeps timing=$$timing report=$$report || status=1; fi; \
 	$(PY) scripts/readme.py || status=1; \
 	if [ -n "$(WANDB)" ]; then echo "W&B runs logged offline; upload with: .venv/bin/wandb sync multirun/demo/*/*/*/wandb/offline-run-*"; fi; \
+	exit $$status
+
+# the measurements behind the demo's settings (docs/demo.md, "Calibration"): pRMSNorm's k, the no-norm Transformer's depth
+PROBE_ARGS = preset=demo seed=0,1,2 logger=none train.progress=false
+demo-probes: demo-data ## the demo's calibration probes (pRMSNorm at larger k, the no-norm Transformer at 6+6 layers) -> results/demo-probes/
+	rm -rf multirun/probes
+	status=0; \
+	$(PY) scripts/train.py -m task=transformer norm=prmsnorm norm.p=0.0625,0.125,0.25 $(PROBE_ARGS) \
+	  hydra.sweep.dir=multirun/probes/transformer-k || status=1; \
+	$(PY) scripts/report.py multirun/probes/transformer-k --out results/demo-probes/transformer-k \
+	  --command "make demo-probes" || status=1; \
+	$(PY) scripts/train.py -m task=transformer norm=none,layernorm task.model.enc_layers=6 task.model.dec_layers=6 \
+	  $(PROBE_ARGS) hydra.sweep.dir=multirun/probes/transformer-depth || status=1; \
+	$(PY) scripts/report.py multirun/probes/transformer-depth --out results/demo-probes/transformer-depth \
+	  --command "make demo-probes" || status=1; \
 	exit $$status
 
 # two workers of one thread each on a 2-core machine (tests/conftest.py sets the threads)
@@ -65,6 +88,11 @@ PYTEST_WORKERS ?= 2
 test: install ## ruff, then the whole test suite (pytest, no GPU, no network; parallel workers)
 	.venv/bin/ruff check .
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+
+time-test: install ## time CI's command (install, ruff, pytest) on a fresh clone of HEAD; record it in results/timings.csv
+	dir=$$(mktemp -d) && git clone -q . $$dir/suite && start=$(NOW) && (cd $$dir/suite && CI=true bash .ci/run) \
+	  && end=$(NOW) && $(PY) scripts/timings.py record "make test" --note "fresh clone of HEAD: CI=true bash .ci/run" \
+	  --stamps start=$$start total=$$end && rm -rf $$dir
 
 test-fast: install ## the unit tests only (the library, the loop's parts, the docs): about 2 min on 2 cores
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not integration"

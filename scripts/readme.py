@@ -196,8 +196,32 @@ def paper_csv(source: Path) -> str:
     return "\n".join(out)
 
 
-KINDS = {"glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
-         "table": table, "protocol": protocol, "demo-task": demo_task}
+def timing(source: Path, command: str) -> str:
+    """The newest recorded time of one command (COMMAND with '_' for spaces: make_demo), from results/timings.csv."""
+    import timings  # scripts/timings.py, beside this script
+
+    row = timings.newest(command.replace("_", " "), timings.read(source))
+    if row is None:
+        raise SystemExit(f"{source} has no timing of '{command.replace('_', ' ')}'; run it (scripts/timings.py)")
+    return f"Measured: {timings.describe(row)} ([history](docs/timings.md))."
+
+
+def timing_history(source: Path) -> str:
+    """Every recorded time, newest first, from results/timings.csv."""
+    import timings
+
+    lines = ["| command | time | stages | host | date (UTC) | commit | note |", "|---|---|---|---|---|---|---|"]
+    for row in reversed(timings.read(source)):
+        stages = ", ".join(f"{k} {timings.duration(v)}" for k, v in (p.split("=") for p in row["stages"].split()))
+        lines.append(f"| `{row['command']}` | {timings.duration(row['seconds'])} | {stages or '-'} | "
+                     f"{row['cores']}-core {row['machine']} | {row['date']} {row['utc']} | {row['commit']}"
+                     f"{' (uncommitted changes)' if row.get('dirty') == 'yes' else ''} | {row['note'] or '-'} |")
+    return "\n".join(lines)
+
+
+KINDS = {"timing": timing, "timings": timing_history, "glance": glance, "paper-csv": paper_csv,
+         "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table, "protocol": protocol,
+         "demo-task": demo_task}
 
 
 def render(readme: str) -> str:

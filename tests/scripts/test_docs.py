@@ -50,3 +50,30 @@ def test_no_source_or_config_file_is_ignored_by_git():
              and "__pycache__" not in p.parts]
     r = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=REPO, capture_output=True, text=True)
     assert r.stdout.strip() == "", f"ignored by .gitignore, so missing from a clone:\n{r.stdout}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_no_measured_figure_is_typed_into_prose(doc):
+    """Measured figures live in generated blocks (scripts/readme.py), where they are rewritten from their results
+    files; typed into a paragraph they drift (scripts/prose_figures.py says what is allowed)."""
+    from scripts.prose_figures import prose_figures
+
+    found = prose_figures(doc.read_text())
+    assert not found, f"{doc.name}: measured figures typed into prose (line, kind, figure): {found[:8]}"
+
+
+def test_the_prose_figure_check_catches_typed_figures_and_allows_sources_settings_and_blocks():
+    from scripts.prose_figures import prose_figures
+
+    typed = ("Our RMSNorm steps were 7.4% faster.\nThe demo took 13 min 22 s here.\nLayerNorm reached BLEU 33.7.\n"
+             "The kernel ran at 20.1 GB/s, 12 ms a call, 46.8% error.\n")
+    kinds = [kind for _, kind, _ in prose_figures(typed)]
+    assert kinds.count("percent") == 2 and kinds.count("time") == 3 and kinds.count("score") == 2
+    assert "bandwidth" in kinds and [n for n, _, _ in prose_figures(typed)][0] == 1
+    allowed = ("RMSNorm is 24.7% faster than LayerNorm (Table 2).\n"
+               "the paper's 7-40% speed-ups\n"
+               "pRMSNorm at p = 6.25% of the features, `eps=1e-8`, a 95% interval.\n"
+               "Each stage has a limit of 60 s. <!-- setting -->\n"
+               "<!-- generated: demo results/demo/tables.md -->\nBLEU 33.7 in 13 min\n<!-- end generated -->\n")
+    assert prose_figures(allowed) == []
+    assert prose_figures(allowed + "and 5 s more\n")[0][0] == 8  # line numbers count the blocks' lines
