@@ -219,7 +219,52 @@ def timing_history(source: Path) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"timing": timing, "timings": timing_history, "glance": glance, "paper-csv": paper_csv,
+#: steps in one epoch of the real training set at preset=paper, where the paper's time is per epoch or its schedule
+#: is set in epochs (CIFAR-10: 50,000 images in batches of 100; the paper's runs, docs/paper.md)
+STEPS_PER_EPOCH = {"cifar10": 500}
+UNIT_STEPS = {"sec_per_1k_steps": 1000, "sec_per_100_steps": 100}
+
+
+def replicate(source: Path) -> str:
+    """Per task at preset=paper: the sweep `make replicate-<task>` runs and an estimate of its GPU time, made
+    from the paper's own reported time per step (or epoch) of LayerNorm on its GPU and the preset's step count;
+    SOURCE: results/paper (the paper's tables as CSV)."""
+    import csv
+
+    from tasks import task_names  # scripts/tasks.py, beside this script
+
+    from experiments.core.training.config import compose_config
+
+    seeds = 3  # the Makefile's SEEDS
+    lines = ["| task | `make replicate-<task>` runs | steps a run | the paper's LayerNorm time (its GPU) | "
+             "estimated GPU hours: one run / the whole sweep |", "|---|---|---|---|---|"]
+    for task in task_names():
+        cfg = compose_config([f"task={task}", "preset=paper"])
+        norms = list(cfg.task.norms)
+        steps = cfg.train.max_steps or (cfg.train.epochs * STEPS_PER_EPOCH[task] if task in STEPS_PER_EPOCH
+                                        else None)
+        path = source / f"{task}.csv"
+        rows = {}
+        if path.exists():
+            lines_csv = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+            rows = {r["norm"]: r for r in csv.DictReader(lines_csv)}
+        ln = rows.get(REFERENCE_NORM)
+        paper_time, estimate = "-", "not estimated (steps per epoch depend on the data)"
+        if ln is not None:
+            unit = ln["time_unit"]
+            paper_time = f"{ln['time']} s per {unit.removeprefix('sec_per_').replace('_', ' ')}"
+            per_step = (float(ln["time"]) / UNIT_STEPS[unit] if unit in UNIT_STEPS
+                        else float(ln["time"]) / STEPS_PER_EPOCH[task] if task in STEPS_PER_EPOCH else None)
+            if per_step is not None and steps:
+                one = per_step * steps / 3600
+                estimate = f"{one:.1f} / {one * len(norms) * seeds:.0f}"
+        epochs = f" ({cfg.train.epochs} epochs)" if cfg.train.epochs else ""
+        lines.append(f"| {task} | {len(norms)} norms ({', '.join(norms)}) x {seeds} seeds | "
+                     f"{steps or '-'}{epochs} | {paper_time} | {estimate} |")
+    return "\n".join(lines)
+
+
+KINDS = {"replicate": replicate, "timing": timing, "timings": timing_history, "glance": glance, "paper-csv": paper_csv,
          "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table, "protocol": protocol,
          "demo-task": demo_task}
 

@@ -65,14 +65,33 @@ def load(verbose: bool = False):
                 _tune_parallel_grain(_module)
             except Exception as exc:  # no compiler, no ninja, an unusual platform: stay correct, get slower
                 _failed = True
-                warnings.warn(
-                    f"rmsnorm: the fused CPU kernel could not be built ({type(exc).__name__}: {exc}); "
-                    "using the reference implementation (correct, slower). `python -m rmsnorm.kernels.build "
-                    "--verbose` shows the compiler output.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                warnings.warn(fallback_message(exc), RuntimeWarning, stacklevel=3)
     return _module
+
+
+def missing_tools() -> list[str]:
+    """What torch's extension build needs and this machine lacks, as what to install."""
+    import shutil
+
+    missing = []
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        missing.append("a C++ compiler (Debian/Ubuntu: apt-get install g++)")
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401  (the PyPI package puts the binary beside the interpreter)
+        except ImportError:
+            missing.append("ninja (pip install ninja)")
+    return missing
+
+
+def fallback_message(exc: BaseException) -> str:
+    """One line: that the fused kernel is off, why, and what to install to get it."""
+    missing = missing_tools()
+    reason = f"install {' and '.join(missing)}" if missing else (
+        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
+        "`python -m rmsnorm.kernels.build --verbose` shows the compiler output")
+    return (f"rmsnorm: the fused CPU kernel could not be built, so the norms run the reference path (correct, "
+            f"several times slower): {reason}")
 
 
 def _tune_parallel_grain(module) -> int:

@@ -328,3 +328,28 @@ def test_cuda_choice_is_measured_once_and_recorded():
     assert set(chosen) == {"rmsnorm/bfloat16/d513-1024/rows>1024", "prmsnorm/bfloat16/d513-1024/rows>1024",
                            "l2norm/bfloat16/d513-1024/rows>1024"}
     assert chosen["prmsnorm/bfloat16/d513-1024/rows>1024"] in ("ours", "reference")
+
+
+def test_without_a_compiler_or_ninja_the_kernels_fallback_names_what_to_install(monkeypatch):
+    import builtins
+    import shutil
+
+    from rmsnorm.kernels import cpu
+
+    real_import = builtins.__import__
+
+    def no_ninja(name, *args, **kwargs):
+        if name == "ninja":
+            raise ImportError("no ninja here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(builtins, "__import__", no_ninja)
+    message = cpu.fallback_message(RuntimeError("Ninja is required to load C++ extensions\nmore detail"))
+    assert "\n" not in message and "reference path" in message
+    assert "apt-get install g++" in message and "pip install ninja" in message
+    monkeypatch.undo()
+    other = cpu.fallback_message(RuntimeError("error: some compiler failure\nline two"))
+    assert "\n" not in other
+    if not cpu.missing_tools():  # both present here: the reason is the build's own first line
+        assert "some compiler failure" in other and "--verbose" in other
