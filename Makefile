@@ -40,7 +40,7 @@ install: $(STAMP) ## create .venv with the suite and its dev tools (idempotent)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --no-compile -e '.[dev,translation,reading,dashboards]'
+	$(PIP) install -q --no-compile -e '.[experiments,dev,translation,reading,dashboards]'
 	$(PY) -m rmsnorm.kernels.build  # compile the fused CPU kernel now rather than on first use (cached)
 	touch $@
 
