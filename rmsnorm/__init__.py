@@ -2,7 +2,7 @@
 
 Depends on torch only: `from rmsnorm import RMSNorm` drops into any model. Layers import downwards only:
 reference (the maths) <- kernels (fast paths, tensors in, tensors out) <- functional <- norms <- registry
-<- spec <- blocks <- rnn.
+<- spec <- blocks <- rnn; swap (a user's model's norms swapped) sits on spec.
 """
 
 from rmsnorm.blocks import BlockNorm
@@ -12,6 +12,7 @@ from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, partial_s
 from rmsnorm.registry import REFERENCE_NORM, NormInfo, norm_info, norm_names, register_norm, unregister_norm
 from rmsnorm.rnn import NormGRU, NormGRUCell, NormLSTM, NormLSTMCell
 from rmsnorm.spec import NormSpec, build_norm, build_norm2d
+from rmsnorm.swap import SwapReport, register_norm_type, swap_norms
 
 __all__ = [
     "DEFAULT_EPS",
@@ -32,6 +33,7 @@ __all__ = [
     "PartialRMSNorm",
     "RMSNorm",
     "StepBatchNorm",
+    "SwapReport",
     "build_norm",
     "build_norm2d",
     "l2_norm",
@@ -40,6 +42,8 @@ __all__ = [
     "norm_names",
     "partial_size",
     "register_norm",
+    "register_norm_type",
     "rms_norm",
+    "swap_norms",
     "unregister_norm",
 ]
