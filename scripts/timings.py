@@ -30,7 +30,8 @@ FILE = REPO / "results" / "timings.csv"
 FIELDS = ["date", "utc", "command", "seconds", "stages", "machine", "cores", "commit", "dirty", "torch", "note"]
 
 
-def read(path: Path = FILE) -> list[dict]:
+def read(path: Path | None = None) -> list[dict]:
+    path = path or FILE
     if not path.exists():
         return []
     return list(csv.DictReader(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("#")))
@@ -42,7 +43,7 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
-def record(command: str, seconds: float, stages: dict[str, float], note: str = "", path: Path = FILE) -> dict:
+def record(command: str, seconds: float, stages: dict[str, float], note: str = "", path: Path | None = None) -> dict:
     import os
     import time
 
@@ -54,6 +55,7 @@ def record(command: str, seconds: float, stages: dict[str, float], note: str = "
            "seconds": f"{seconds:.1f}", "stages": " ".join(f"{k}={v:.1f}" for k, v in stages.items()),
            "machine": machine, "cores": str(os.cpu_count()), "commit": s["commit"][:10],
            "dirty": "yes" if s.get("dirty") else "no", "torch": s.get("torch", ""), "note": note}
+    path = path or FILE
     rows = read(path) + [row]
     out = io.StringIO()
     out.write("# python scripts/timings.py show: how long each command took, where (scripts/timings.py)\n")

@@ -77,6 +77,7 @@ class Row:
     vs_reference: tuple[float, float, float] | None = None  # mean - LayerNorm's mean, 95% Welch interval
     seed_ids: list[int] = field(default_factory=list)  # the seed of each value
     convergence: list[dict] = field(default_factory=list)  # each seed's outcome of the convergence rule
+    partial: list[str] = field(default_factory=list)  # its pRMSNorm layers' k (the runs' partial_statistics)
 
     @property
     def judged(self) -> list[dict]:
@@ -108,7 +109,7 @@ class Table:
     commits: list[str] = field(default_factory=list)  # the code the runs came from
     notes: list[str] = field(default_factory=list)  # e.g. which settings set two rows of one norm apart
     clock: str = "train"  # the clock of the paper's time (CLOCKS): the paper-unit column's and the speed-up's
-    partial: dict[str, list[str]] = field(default_factory=dict)  # norm -> its pRMSNorm layers' k (partial_statistics)
+    partial: dict[str, list[str]] = field(default_factory=dict)  # row label -> its pRMSNorm layers' k
 
     @property
     def title(self) -> str:
@@ -182,6 +183,17 @@ def _settings_note(norm: str, groups: dict[str, list[dict]]) -> str:
             f"{shown or 'no difference in the configs they record'}).")
 
 
+def _settings_labels(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """A row label for each set of runs of one norm: the settings that tell the sets apart (`norm.p=0.125`),
+    or the settings hash where their configs differ in more than a few keys."""
+    configs = {key: identity_config(g[0].get("config", {}), RESULT_KEYS) for key, g in groups.items()}
+    keys = sorted({k for c in configs.values() for k in c})
+    differ = [k for k in keys if k != "seed" and len({repr(c.get(k)) for c in configs.values()}) > 1]
+    if not differ or len(differ) > 3:
+        return {key: key for key in groups}
+    return {key: ", ".join(f"{k}={configs[key].get(k)}" for k in differ) for key in groups}
+
+
 def _commits(runs: list[dict]) -> list[str]:
     found = {(r.get("commit") or (r.get("identity") or {}).get("commit") or "unknown")[:10] for r in runs}
     return sorted(found)
@@ -218,7 +230,8 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
             groups = dict(sorted(by_norm[norm].items(), key=lambda kv: -len(kv[1])))
             if len(groups) > 1:
                 notes.append(_settings_note(norm, groups))
-            groups_in_order += [(norm, key, rs, len(groups) > 1) for key, rs in groups.items()]
+            labels = _settings_labels(groups)
+            groups_in_order += [(norm, labels[key], rs, len(groups) > 1) for key, rs in groups.items()]
         for norm, key, group_runs, several in groups_in_order:
             rs = [r for r in group_runs if r["timing"]["sec_per_1k_steps"] is not None]
             if not rs:
@@ -232,6 +245,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
                 seeds=len(rs),
                 seed_ids=[r["seed"] for r in rs],
                 convergence=[run_convergence(r) for r in rs],
+                partial=next((r["partial_statistics"] for r in rs if r.get("partial_statistics")), []),
                 metric=mean_interval([r["metrics"][metric] for r in rs]),
                 values=[r["metrics"][metric] for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
@@ -255,10 +269,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
         diverged = {n: sorted(v) for n, v in blown.get((task, preset, kind), {}).items()}
         missing = [n for n in dict.fromkeys(declared) if n not in {row.norm for row in rows} and n not in diverged]
         selection = best_key.removeprefix("at_best_") if best_key and any(r.at_best for r in rows) else None
-        partial = {}
-        for r in runs:
-            if r.get("partial_statistics"):
-                partial.setdefault(r["norm"], r["partial_statistics"])
+        partial = {row.label: row.partial for row in rows if row.partial}
         tables.append(Table(task, preset, ", ".join(devices), metric, unit, rows, sorted(missing, key=norm_rank),
                             kind or None, dict(sorted(diverged.items(), key=lambda kv: norm_rank(kv[0]))),
                             selection, _commits(runs), notes, clock, partial))

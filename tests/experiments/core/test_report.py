@@ -298,3 +298,15 @@ def test_runs_without_a_logged_loss_are_not_judged_by_the_convergence_rule(runs)
     (table,) = build_tables(find_runs([runs])[0])
     assert all(r.unconverged == [] and not r.judged for r in table.rows)
     assert "converged" not in render_markdown(table, {})
+
+
+def test_runs_of_one_norm_at_different_settings_get_rows_labelled_by_those_settings():
+    runs = []
+    for p, err in ((0.0625, 0.3), (0.25, 0.1)):
+        for seed in (0, 1):
+            s = _summary("prmsnorm", seed, err + 0.01 * seed, 30.0)
+            s["config"] = {"norm": {"name": "prmsnorm", "p": p}, "task": {"name": "cifar10"}, "seed": seed}
+            runs.append(s)
+    (table,) = build_tables(runs)
+    assert sorted(r.label for r in table.rows) == ["prmsnorm [norm.p=0.0625]", "prmsnorm [norm.p=0.25]"]
+    assert "| prmsnorm [norm.p=0.25] | 10.50 [4.15, 16.85] |" in render_markdown(table, {})
