@@ -41,9 +41,8 @@ import rmsnorm
 from experiments.core.machine import machine_name
 from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
-from experiments.core.training.interleaved import RATIO_RULE, speedup, speedup_interval, time_interleaved
-from experiments.core.training.timing import synchronize
 from rmsnorm import composite
+from rmsnorm.interleaved import RATIO_RULE, speedup, speedup_interval, synchronize, time_interleaved
 from rmsnorm.kernels import dispatch
 from rmsnorm.reference import rms_norm_reference
 from rmsnorm.registry import REFERENCE_NORM

@@ -39,7 +39,7 @@ from experiments.core.provenance import describe as describe_stamp
 from experiments.core.provenance import stamp
 from experiments.core.reporting.report import read_paper_table, variant
 from experiments.core.training.config import compose_config, norm_spec, typed_task_config
-from experiments.core.training.interleaved import describe, speedup, speedup_interval, time_interleaved
+from rmsnorm.interleaved import describe, speedup, speedup_interval, time_interleaved
 from rmsnorm.kernels import dispatch
 from rmsnorm.registry import REFERENCE_NORM
 

@@ -77,7 +77,7 @@ def demo_task(source: Path, title: str) -> str:
 
 def bench_tasks(source: Path) -> str:
     """Seconds per step, speed-up vs LayerNorm and the norm's share of the step, with intervals, per task."""
-    from experiments.core.training.interleaved import describe
+    from rmsnorm.interleaved import describe
 
     data = json.loads(source.read_text())
     stamp = data.get("produced_by")
@@ -146,7 +146,7 @@ def glance(source: Path) -> str:
     run at paper scale (SOURCE: the results folder)."""
     import csv
 
-    from experiments.core.training.interleaved import describe
+    from rmsnorm.interleaved import describe
 
     with (source / "paper" / "tables.csv").open() as f:
         paper = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))

@@ -33,7 +33,7 @@ from experiments.core.reporting.report import (
     timing_key,
     variant,
 )
-from experiments.core.training.interleaved import RATIO_RULE
+from rmsnorm.interleaved import RATIO_RULE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -58,7 +58,7 @@ def test_bench_tasks_interleaves_every_norm_and_writes_intervals(tmp_path):
     rows = {row["norm"]: row for row in json.loads(next(tmp_path.glob("*.json")).read_text())["results"][0]["rows"]}
     assert {"layernorm/composite", "rmsnorm/composite", "prmsnorm/composite"} <= set(rows)
     assert "batchnorm/composite" not in rows and rows["rmsnorm/composite"]["impl"] == "composite"
-    from experiments.core.training.interleaved import speedup
+    from rmsnorm.interleaved import speedup
 
     ln_c, rms_c = rows["layernorm/composite"]["rounds"], rows["rmsnorm/composite"]["rounds"]
     assert rows["rmsnorm/composite"]["speedup_vs_layernorm"] == pytest.approx(speedup(ln_c, rms_c))
@@ -106,7 +106,7 @@ def test_bench_tasks_in_lanes_times_a_task_again_with_its_own_overrides(smoke_da
 def test_speedup_interval_separates_a_real_difference_from_noise():
     import random
 
-    from experiments.core.training.interleaved import describe, speedup, speedup_interval
+    from rmsnorm.interleaved import describe, speedup, speedup_interval
 
     rng = random.Random(0)
     ref = [1.0 + rng.gauss(0, 0.02) for _ in range(10)]
@@ -121,7 +121,7 @@ def test_speedup_interval_separates_a_real_difference_from_noise():
 def test_time_interleaved_runs_every_variant_each_round():
     import torch
 
-    from experiments.core.training.interleaved import time_interleaved
+    from rmsnorm.interleaved import time_interleaved
 
     calls = []
     times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},

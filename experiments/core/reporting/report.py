@@ -14,8 +14,8 @@ from experiments.core.convergence import convergence
 from experiments.core.identity import RESULT_KEYS, config_hash, identity_config
 from experiments.core.records import ERROR_FILE, SUMMARY_FILE, read_metrics
 from experiments.core.reporting.plots import finish, single_axes
-from experiments.core.stats import difference_interval, mean_interval, within_noise
 from rmsnorm import REFERENCE_NORM, norm_names
+from rmsnorm.stats import difference_interval, mean_interval, within_noise
 
 
 def norm_rank(name: str) -> int:
@@ -291,7 +291,7 @@ def timing_key(result: dict) -> str:
 
 def read_interleaved_timing(paths: list[Path]) -> dict[str, dict[str, str]]:
     """From `scripts/bench_tasks.py` JSONs: table stem -> norm -> 'speed-up vs LayerNorm [95% interval]'."""
-    from experiments.core.training.interleaved import describe
+    from rmsnorm.interleaved import describe
 
     out: dict[str, dict[str, str]] = {}
     for path in paths:

@@ -14,10 +14,7 @@ import time
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from rmsnorm.interleaved import synchronize
 
 
 class StepTimer:

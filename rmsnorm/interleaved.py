@@ -1,4 +1,5 @@
-"""Timing several variants of one workload so that a 10-25% difference stands out from a shared machine's
+"""Timing several variants of one workload (in the library, so that it installed alone can measure a user's
+model: `rmsnorm.measure`) so that a 10-25% difference stands out from a shared machine's
 drift: the variants run round-robin (a fresh random order each round), each round times a few steps of
 every variant after warm-up, and the speed-up comes with a t interval over the rounds' paired ratios."""
 
@@ -12,8 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from experiments.core.stats import mean_interval, within_noise
-from experiments.core.training.timing import synchronize
+from rmsnorm.stats import mean_interval, within_noise
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it counts that work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 #: how a speed-up and its interval are computed, for the tables that quote them
 RATIO_RULE = "the geometric mean over rounds of each round's paired time ratio, with a 95% t interval"
@@ -84,7 +91,7 @@ def speedup_interval(reference: list[float], other: list[float]) -> tuple[float,
 
 def describe(estimate: float, interval: tuple[float, float]) -> str:
     """'+24.7% [+20.1, +29.0]', or the same followed by 'within noise' when the interval spans 0 (the one
-    rule of experiments/core/stats.py)."""
+    rule of rmsnorm/stats.py)."""
     lo, hi = interval
     text = f"{100 * estimate:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
     return text + (" within noise" if within_noise((lo, hi)) else "")

@@ -1,11 +1,11 @@
-"""The one interval rule every table uses (experiments/core/stats.py), against hand-computed values."""
+"""The one interval rule every table uses (rmsnorm/stats.py), against hand-computed values."""
 
 import math
 
 import pytest
 
-from experiments.core.stats import difference_interval, mean_interval, t975, within_noise
-from experiments.core.training.interleaved import speedup, speedup_interval
+from rmsnorm.interleaved import speedup, speedup_interval
+from rmsnorm.stats import difference_interval, mean_interval, t975, within_noise
 
 
 def test_mean_interval_of_three_seeds_is_students_t():
