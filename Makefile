@@ -30,7 +30,7 @@ space := $(subst ,, )
 DEMO_TIMED = $(subst $(space),$(comma),$(strip $(TASKS))),transformer:task.model.norm_position=pre
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-data demo-probes time-test test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
+.PHONY: help install demo demo-data demo-probes time-test bench-model test test-fast test-slow lint bench bench-tasks gpu-checks report replicate-all clean sweep-p init-0.2 wandb-dashboards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -118,6 +118,10 @@ bench-tasks: install ## whole training steps of each task's paper model, norms i
 
 gpu-checks: install ## on a GPU machine: CUDA tests, benches and short runs in 8 min (MODE=quick: 4) -> results/gpu/
 	PYTHON=$(PY) bash scripts/gpu_checks.sh results/gpu $(or $(MODE),full)
+
+MODEL ?= vit-tiny
+bench-model: install ## your model's norms swapped and timed (MODEL=torchvision:vit_b_16|vit-tiny|module:callable BATCH= DEVICE= ROUNDS=) -> results/bench-model/
+	$(PY) scripts/bench_model.py $(MODEL) --batch $(or $(BATCH),8) --device $(or $(DEVICE),cpu) --rounds $(or $(ROUNDS),20) $(ARGS)
 
 wandb-dashboards: install ## save each task's W&B comparison workspace (needs a network and `wandb login`; PRESET=, SWEEP=)
 	$(PY) scripts/wandb_dashboards.py --preset $(or $(PRESET),paper) $(if $(SWEEP),--sweep $(SWEEP))

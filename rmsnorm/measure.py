@@ -110,9 +110,10 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
                  norms: Sequence[str] = ("layernorm", "rmsnorm"), impls: Sequence[str] = ("fused",),
                  loss: Callable[[object], torch.Tensor] = _mean_square, rounds: int = 20, steps_per_round: int = 1,
                  warmup: int = 2, device: str | torch.device | None = None, lr: float = 1e-4,
-                 memory: bool = True, seed: int = 0) -> MeasureResult:
+                 memory: bool = True, seed: int = 0, self_check: bool = False) -> MeasureResult:
     """Time whole training steps of `build()`'s model under each norm of `norms` x `impls` and with its norms
-    made identity; see the module's docstring. LayerNorm (fused) is the reference and is always timed."""
+    made identity; see the module's docstring. LayerNorm (fused) is the reference and is always timed;
+    `self_check` times a second copy of it too (`layernorm#again`), whose interval should contain 0."""
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                             else "cpu")
     if rounds < 2:
@@ -120,9 +121,11 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
     names = [REFERENCE_NORM] + [n if impl == "fused" else f"{n}/{impl}" for n in norms for impl in impls
                                 if not (n == REFERENCE_NORM and impl == "fused")]
     names.append(IDENTITY)
+    if self_check:  # LayerNorm again, a second copy: its interval against the first should contain 0
+        names.append(f"{REFERENCE_NORM}#again")
     steps, swaps = {}, []
     for name in dict.fromkeys(names):
-        norm, _, impl = name.partition("/")
+        norm, _, impl = name.split("#")[0].partition("/")
         torch.manual_seed(seed)
         model, report = swap_norms(build(), norm, impl=impl or None, inplace=True)
         model = model.to(device).train()

@@ -30,9 +30,10 @@ def test_every_variant_is_timed_against_layernorm_with_an_interval_a_share_and_p
     assert result.swaps[1] == "layernorm/composite: 2 norm modules swapped, 0 state keys dropped"
 
 
-def test_without_memory_no_profiler_pass_and_no_peak():
-    result = measure_swap(_build, lambda: (torch.randn(16, 32),), norms=("layernorm",), impls=("fused", "composite"),
-                          rounds=5, warmup=1, device="cpu", memory=False)
+def test_without_memory_no_profiler_pass_and_a_self_check_times_layernorm_twice():
+    result = measure_swap(_build, lambda: (torch.randn(16, 32),), norms=("layernorm",), rounds=3, warmup=1,
+                          device="cpu", memory=False, self_check=True)
+    assert [v.name for v in result.variants] == ["layernorm", "none", "layernorm#again"]
     assert all(v.peak_bytes is None for v in result.variants)
 
 
