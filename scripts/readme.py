@@ -264,9 +264,14 @@ def replicate(source: Path) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"replicate": replicate, "timing": timing, "timings": timing_history, "glance": glance, "paper-csv": paper_csv,
-         "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks, "table": table, "protocol": protocol,
-         "demo-task": demo_task}
+def bench_model(source: Path) -> str:
+    """A `make bench-model` result as the script wrote it, without its title line."""
+    return source.read_text().split("\n", 1)[1].strip()
+
+
+KINDS = {"bench-model": bench_model, "replicate": replicate, "timing": timing, "timings": timing_history,
+         "glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
+         "table": table, "protocol": protocol, "demo-task": demo_task}
 
 
 def render(readme: str) -> str:
