@@ -63,7 +63,7 @@ def test_what_differs_from_the_paper_is_computed_from_the_config():
     cfg = compose_cfg(["task=translation", "preset=demo", "norm=rmsnorm", "task.model.hidden=128"])
     lines = differences_from_paper(cfg)
     assert "task.model.hidden: 1024 -> 128" in lines  # an override shows, not the preset's 64
-    assert "train.max_steps: 300000 -> 200" in lines
+    assert "train.max_steps: 300000 -> 400" in lines
     assert not any(line.startswith("train.log_every") for line in lines)  # bookkeeping left out
     assert differences_from_paper(compose_cfg(["task=cifar10", "preset=paper", "norm=layernorm"])) == []
 
