@@ -162,6 +162,10 @@ def glance(source: Path) -> str:
             found = {r["norm"]: r for r in res["rows"] if "speedup_interval95" in r}
             texts = [f"{label}{describe(found[key]['speedup_vs_layernorm'], tuple(found[key]['speedup_interval95']))}"
                      for key, label in (("rmsnorm", ""), ("rmsnorm/composite", "composite ops: ")) if key in found]
+            ln = next((r for r in res["rows"] if r["norm"] == REFERENCE_NORM and "norm_share" in r), None)
+            if ln is not None:  # the most any norm could buy there: LayerNorm's whole share of the step (Amdahl)
+                texts.append("LayerNorm's share of the step, the bound on any norm's speed-up: "
+                             + describe(ln["norm_share"], tuple(ln["norm_share_interval95"])))
             if texts:
                 cells[res["task"]] = "; ".join(texts)
         machines.append((label, cells, f"[{path.name}](results/bench-tasks/{path.name}) (scale {data['scale']:g})"))
