@@ -12,6 +12,14 @@ draws from a generator of its own, so a seeded run's random numbers do not move.
 chosen, for a run's summary. `RMSNORM_CUDA_PATH=torch|ours|reference` (or `forced(path)` in code) skips the
 measurement; where the forced path is not a candidate for a norm, the first candidate in the order above is
 taken. While torch.compile traces or a CUDA graph captures, nothing is measured: the first candidate is taken.
+
+What can go wrong at first use is contained: the probe runs outside inference mode and autocast (a first call
+under `torch.inference_mode()` measures as any other); a candidate that raises, or that does not support the
+dtype on this device (Triton's bf16 before compute capability 8.0), is skipped and the reason kept
+(`skipped()`); under torch.distributed with more than one process nothing is measured either, and every rank
+takes the first usable candidate: a rule each rank computes alike, where measured choices could differ between
+ranks and agreeing on them would need a collective that ranks meeting different shapes (ragged batches) could
+deadlock on.
 """
 
 from __future__ import annotations
@@ -25,6 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from rmsnorm.reference import NormConfigError, l2_norm_reference, rms_norm_reference
+
+if torch.cuda.is_available():  # the Triton ops registered at import, never inside a torch.compile trace
+    from rmsnorm.kernels import triton_kernels as _triton_kernels
+
+    _triton_kernels.register_ops()
 
 PATHS = ("torch", "ours", "reference")
 CANDIDATES = {"rmsnorm": ("torch", "ours", "reference"), "l2norm": ("torch", "ours", "reference"),
@@ -70,6 +83,7 @@ def choices() -> dict[str, str]:
 
 def clear() -> None:
     """Forget every choice (tests, and benchmarks that measure the choice itself)."""
+    _skipped.clear()
     _choices.clear()
     _by_call.clear()
 
@@ -126,10 +140,27 @@ IMPLEMENTATIONS: dict[str, dict[str, Callable]] = {
 }
 
 
-def _usable(norm: str) -> tuple[str, ...]:
+def _usable(norm: str, dtype: torch.dtype | None = None, device: torch.device | None = None) -> tuple[str, ...]:
     from rmsnorm.kernels import triton_kernels
 
-    return tuple(p for p in CANDIDATES[norm] if p != "ours" or triton_kernels.available())
+    ours = triton_kernels.available() and not (
+        dtype == torch.bfloat16 and device is not None and device.type == "cuda"
+        and torch.cuda.get_device_capability(device) < (8, 0))  # Triton's bf16 needs sm80 or newer
+    return tuple(p for p in CANDIDATES[norm] if p != "ours" or ours)
+
+
+_skipped: dict[str, dict[str, str]] = {}
+
+
+def skipped() -> dict[str, dict[str, str]]:
+    """Candidates that failed their first call, per choice key: path -> the error's first line."""
+    return {k: dict(v) for k, v in _skipped.items()}
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def cuda_events_timer(fns: dict[str, Callable[[], object]], rounds: int = 3, calls: int = 5) -> dict[str, float]:
@@ -155,27 +186,41 @@ def cuda_events_timer(fns: dict[str, Callable[[], object]], rounds: int = 3, cal
 timer: Callable[[dict[str, Callable[[], object]]], dict[str, float]] = cuda_events_timer
 
 
-def _probe(norm: str, paths: tuple[str, ...], x: torch.Tensor, weight, bias, eps: float, k: int) -> str:
-    """The fastest of `paths` at forward+backward on a random tensor of x's shape, dtype and device."""
+def _probe(norm: str, paths: tuple[str, ...], x: torch.Tensor, weight, bias, eps: float, k: int,
+           name: str = "") -> str:
+    """The fastest of `paths` at forward+backward on a random tensor of x's shape, dtype and device; a path
+    that raises is skipped (`skipped()`), and with none left the reference is taken."""
     d = x.shape[-1]
     rows = max(1, min(x.numel() // d, PROBE_ELEMENTS // d))
-    g = torch.Generator(device=x.device).manual_seed(0)
-    xp = torch.randn(rows, d, device=x.device, dtype=x.dtype, generator=g).requires_grad_()
-    dy = torch.randn(rows, d, device=x.device, dtype=x.dtype, generator=g)
-    wp = None if weight is None else torch.ones_like(weight, requires_grad=True)
-    bp = None if bias is None else torch.zeros_like(bias, requires_grad=True)
-    inputs = [t for t in (xp, wp, bp) if t is not None]
+    # outside inference mode (a tensor made in it cannot require grad) and autocast, whatever the caller is in
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        g = torch.Generator(device=x.device).manual_seed(0)
+        xp = torch.randn(rows, d, device=x.device, dtype=x.dtype, generator=g).requires_grad_()
+        dy = torch.randn(rows, d, device=x.device, dtype=x.dtype, generator=g)
+        wp = None if weight is None else torch.ones(weight.shape, device=weight.device, dtype=weight.dtype,
+                                                    requires_grad=True)
+        bp = None if bias is None else torch.zeros(bias.shape, device=bias.device, dtype=bias.dtype,
+                                                   requires_grad=True)
+        inputs = [t for t in (xp, wp, bp) if t is not None]
 
-    def step(impl):
-        y = impl(xp, wp, bp, eps, k)
-        torch.autograd.grad(y, inputs, dy)
+        def step(impl):
+            y = impl(xp, wp, bp, eps, k)
+            torch.autograd.grad(y, inputs, dy)
 
-    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         fns = {}
         for path in paths:
             impl = IMPLEMENTATIONS[norm][path]
-            if impl(xp[:1], wp, bp, eps, k) is not None:  # a path that declines this shape is no candidate
-                fns[path] = lambda impl=impl: step(impl)
+            try:
+                if impl(xp[:1], wp, bp, eps, k) is None:  # a path that declines this shape is no candidate
+                    continue
+                step(impl)  # one whole forward and backward: a path that fails, fails here, not in training
+            except Exception as exc:  # noqa: BLE001  (any failure of a candidate only removes it)
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                _skipped.setdefault(name, {})[path] = f"{type(exc).__name__}: {reason}"
+                continue
+            fns[path] = lambda impl=impl: step(impl)
+        if not fns:
+            return "reference"
         if len(fns) == 1:
             return next(iter(fns))
         times = timer(fns)
@@ -193,7 +238,7 @@ def choose(norm: str, x: torch.Tensor, weight, bias, eps: float, k: int) -> str:
     path = _by_call.get(call) if _forced is None else None
     if path is not None:  # the common case: one dict lookup per call
         return path
-    paths = _usable(norm)
+    paths = _usable(norm, x.dtype, x.device)
     if _forced is not None:
         return _forced if _forced in paths else paths[0]
     name = key(norm, x.dtype, d, x.numel() // d)
@@ -201,7 +246,8 @@ def choose(norm: str, x: torch.Tensor, weight, bias, eps: float, k: int) -> str:
     if path is None:
         if _busy(x):
             return paths[0]
-        path = _choices[name] = _probe(norm, paths, x, weight, bias, eps, k)
+        # several processes: the same rule on every rank, no measurement (the module's docstring says why)
+        path = _choices[name] = paths[0] if _distributed() else _probe(norm, paths, x, weight, bias, eps, k, name)
     _by_call[call] = path
     return path
 

@@ -114,4 +114,6 @@ def describe() -> dict:
     out = {"cpu": cpu_path, "cuda": cuda_paths.choices()}
     if cuda_paths.forced_path() is not None:
         out["cuda_forced"] = cuda_paths.forced_path()
+    if cuda_paths.skipped():
+        out["cuda_skipped"] = cuda_paths.skipped()  # candidates that failed their first call, and why
     return out

@@ -245,3 +245,15 @@ def row_norm(x: torch.Tensor, weight, bias, eps: float, k: int, inv_n: float,
     else:
         y = TritonRowNorm.apply(x2, w, b, k, inv_n, eps)
     return y.view(shape)
+
+
+def register_ops() -> None:
+    """Register the torch.library ops now, outside any torch.compile trace (registering inside Dynamo's tracing
+    is what torch warns against); `rmsnorm.kernels.cuda_paths` calls this at import on a machine with CUDA. A
+    failure here only leaves the ops to be registered on first use, as before."""
+    if not available():
+        return
+    import contextlib
+
+    with contextlib.suppress(Exception):  # the eager path does not need the ops
+        compiled_ops()

@@ -80,7 +80,7 @@ def test_the_fastest_candidate_is_chosen_once_per_bucket_and_recorded(fake_timer
     assert len(fake_timer) == 3
     # pRMSNorm: no torch kernel among its candidates; without Triton (this machine) only the reference, which
     # needs no measurement
-    monkeypatch.setattr(cuda_paths, "_usable", lambda norm: ("reference",))
+    monkeypatch.setattr(cuda_paths, "_usable", lambda norm, dtype=None, device=None: ("reference",))
     assert cuda_paths.choose("prmsnorm", x, w, None, 1e-6, 6) == "reference"
     assert len(fake_timer) == 3
     assert cuda_paths.choices() == {"rmsnorm/float32/d65-128/rows<=1024": "reference",
@@ -126,3 +126,34 @@ def test_the_forced_path_comes_from_the_environment():
 def test_width_buckets():
     assert [cuda_paths.width_bucket(d) for d in (1, 2, 3, 64, 65, 1024, 1025, 4096)] == [
         "d1-1", "d2-2", "d3-4", "d33-64", "d65-128", "d513-1024", "d1025-2048", "d2049-4096"]
+
+
+def test_a_candidate_that_raises_is_skipped_with_its_reason_and_the_others_still_compete(fake_timer, monkeypatch):
+    def broken(x, w, b, eps, k):
+        raise RuntimeError("donated buffer reused\nsecond line")
+
+    impls = dict(cuda_paths.IMPLEMENTATIONS["rmsnorm"], torch=broken)
+    monkeypatch.setitem(cuda_paths.IMPLEMENTATIONS, "rmsnorm", impls)
+    monkeypatch.setattr(cuda_paths, "_usable", lambda norm, dtype=None, device=None: ("torch", "reference"))
+    x, w, _ = _inputs(8, 100, "weight", torch.float32)
+    assert cuda_paths.choose("rmsnorm", x, w, None, 1e-6, 100) == "reference"
+    reason = {"torch": "RuntimeError: donated buffer reused"}
+    assert cuda_paths.skipped() == {"rmsnorm/float32/d65-128/rows<=1024": reason}
+    assert dispatch.describe()["cuda_skipped"] == cuda_paths.skipped()
+    assert fake_timer == []  # one candidate left: nothing to time
+
+
+def test_a_first_call_under_inference_mode_measures_as_any_other(fake_timer):
+    x, w, _ = _inputs(8, 100, "weight", torch.float32)
+    with torch.inference_mode():
+        assert cuda_paths.choose("rmsnorm", x.detach(), w.detach(), None, 1e-6, 100) == "reference"
+    assert len(fake_timer) == 1 and cuda_paths.skipped() == {}
+
+
+def test_under_several_processes_every_rank_takes_the_first_candidate_without_measuring(fake_timer, monkeypatch):
+    monkeypatch.setattr(cuda_paths, "_distributed", lambda: True)
+    x, w, _ = _inputs(8, 100, "weight", torch.float32)
+    first = cuda_paths._usable("rmsnorm")[0]
+    assert cuda_paths.choose("rmsnorm", x, w, None, 1e-6, 100) == first
+    assert cuda_paths.choose("rmsnorm", torch.randn(3000, 100), w, None, 1e-6, 100) == first  # any shape alike
+    assert fake_timer == []
