@@ -99,7 +99,8 @@ test: install ## ruff, then the whole test suite (pytest, no GPU, no network; pa
 
 time-test: install ## time CI's command (install, ruff, pytest) on a fresh clone of HEAD; record it in results/timings.csv
 	dir=$$(mktemp -d) && git clone -q . $$dir/suite && start=$(NOW) && (cd $$dir/suite && CI=true bash .ci/run) \
-	  && end=$(NOW) && $(PY) scripts/timings.py record "make test" --note "fresh clone of HEAD: CI=true bash .ci/run" \
+	  && end=$(NOW) && RMSNORM_COMMIT=$$(git -C $$dir/suite rev-parse HEAD) RMSNORM_DIRTY=0 \
+	  $(PY) scripts/timings.py record "make test" --note "fresh clone of HEAD: CI=true bash .ci/run" \
 	  --stamps start=$$start total=$$end && rm -rf $$dir
 
 test-fast: install ## the unit tests only (the library, the loop's parts, the docs): about 2 min on 2 cores

@@ -82,7 +82,7 @@ class MeasureResult:
         return "\n".join(lines)
 
 
-def _peak_bytes(step: Callable[[], object], device: torch.device) -> int | None:
+def peak_bytes(step: Callable[[], object], device: torch.device) -> int | None:
     """The peak memory of one step: CUDA's allocator peak, or the profiler's largest sum of live CPU
     allocations over the step (its memory events, in the order they happened)."""
     if device.type == "cuda":
@@ -140,7 +140,7 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
             opt.step()
 
         steps[name] = step
-    peaks = {name: _peak_bytes(step, device) for name, step in steps.items()} if memory else {}
+    peaks = {name: peak_bytes(step, device) for name, step in steps.items()} if memory else {}
     times = time_interleaved(steps, device, rounds, steps_per_round, warmup, seed=seed)
     ref = times.per_round[REFERENCE_NORM]
     variants = []

@@ -230,10 +230,14 @@ UNIT_STEPS = {"sec_per_1k_steps": 1000, "sec_per_100_steps": 100}
 
 
 def replicate(source: Path) -> str:
-    """Per task at preset=paper: the sweep `make replicate-<task>` runs and an estimate of its GPU time, made
-    from the paper's own reported time per step (or epoch) of LayerNorm on its GPU and the preset's step count;
-    SOURCE: results/paper (the paper's tables as CSV)."""
+    """Per task at preset=paper: the sweep `make replicate-<task>` runs, an estimate of its GPU time made from the
+    paper's own reported time per step (or epoch) of LayerNorm on its GPU and the preset's step count, and of its
+    memory from `scripts/step_memory.py` (SOURCE: the results folder: paper/ and replicate/step-memory.json)."""
     import csv
+
+    memory_file = source / "replicate" / "step-memory.json"
+    memory = {r["task"]: r for r in json.loads(memory_file.read_text())["results"]} if memory_file.exists() else {}
+    source = source / "paper"
 
     from tasks import task_names  # scripts/tasks.py, beside this script
 
@@ -241,7 +245,8 @@ def replicate(source: Path) -> str:
 
     seeds = 3  # the Makefile's SEEDS
     lines = ["| task | `make replicate-<task>` runs | steps a run | the paper's LayerNorm time (its GPU) | "
-             "estimated GPU hours: one run / the whole sweep |", "|---|---|---|---|---|"]
+             "estimated GPU hours: one run / the whole sweep | memory of one run, GB: weights + Adam + a step's "
+             "peak (float32) |", "|---|---|---|---|---|---|"]
     for task in task_names():
         cfg = compose_config([f"task={task}", "preset=paper"])
         norms = list(cfg.task.norms)
@@ -263,8 +268,11 @@ def replicate(source: Path) -> str:
                 one = per_step * steps / 3600
                 estimate = f"{one:.1f} / {one * len(norms) * seeds:.0f}"
         epochs = f" ({cfg.train.epochs} epochs)" if cfg.train.epochs else ""
+        m = memory.get(task)
+        mem = (f"{(m['parameters_bytes'] + m['optimizer_state_bytes'] + m['step_peak_bytes']) / 1e9:.1f} "
+               f"({m['batch']})") if m and m.get("step_peak_bytes") else "not measured"
         lines.append(f"| {task} | {len(norms)} norms ({', '.join(norms)}) x {seeds} seeds | "
-                     f"{steps or '-'}{epochs} | {paper_time} | {estimate} |")
+                     f"{steps or '-'}{epochs} | {paper_time} | {estimate} | {mem} |")
     return "\n".join(lines)
 
 

@@ -68,8 +68,10 @@ def record(command: str, seconds: float, stages: dict[str, float], note: str = "
 
 def describe(row: dict) -> str:
     """One sentence: the time, its stages, the host, the date and the code."""
-    stages = ", ".join(f"{name} {duration(value)}" for name, value in
-                       (part.split("=") for part in row["stages"].split()) if row["stages"]) if row["stages"] else ""
+    parts = row["stages"].split() if row["stages"] else []
+    # a lone stage is the total again: not repeated
+    stages = ", ".join(f"{name} {duration(value)}" for name, value in (p.split("=") for p in parts)) if len(
+        parts) > 1 else ""
     where = f"the {row['cores']}-core {row['machine']}, {row['date']} {row['utc']} UTC, commit {row['commit']}"
     dirty = " with uncommitted changes" if row.get("dirty") == "yes" else ""
     note = f"; {row['note']}" if row.get("note") else ""

@@ -1,0 +1,65 @@
+"""The memory one training step of each task's paper model takes: python scripts/step_memory.py [--tasks ...]
+
+For `docs/replicate.md`'s estimate of what a GPU needs: each task's model at `preset=paper` widths with
+LayerNorm, on a synthetic batch of the paper's size (`Task.synthetic_batch(1.0)`, as `make bench-tasks --scale 1`
+builds it), one training step (forward, backward, update) on the CPU in float32, its peak measured by the
+profiler's memory events above what was allocated before the step (`rmsnorm.measure.peak_bytes`), plus the
+model's parameters and optimiser state, which live through the whole run. On a GPU add the CUDA context and the
+caching allocator's slack; mixed precision needs less. Writes results/replicate/step-memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.core.atomic import save_json  # noqa: E402
+from experiments.core.machine import machine_name  # noqa: E402
+from experiments.core.provenance import stamp  # noqa: E402
+from experiments.core.training.config import compose_config, norm_spec, typed_task_config  # noqa: E402
+from rmsnorm.measure import peak_bytes  # noqa: E402
+
+
+def step_memory(task_name: str) -> dict:
+    cfg = compose_config([f"task={task_name}", "norm=layernorm", "preset=paper"])
+    torch.manual_seed(0)
+    task_class = hydra.utils.instantiate(cfg.task.builder).func
+    task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm_spec(cfg), torch.device("cpu"),
+                                 seed=0)
+    batch = task.synthetic_batch(1.0, torch.Generator().manual_seed(0))
+    task.train_step(batch)  # the optimiser's state exists from the first step on
+    params = sum(p.numel() * p.element_size() for p in task.model.parameters())
+    state = sum(t.numel() * t.element_size() for s in task.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    start = time.perf_counter()
+    peak = peak_bytes(lambda: task.train_step(batch), torch.device("cpu"))
+    return {"task": task_name, "batch": task.describe_batch(1.0), "parameters_bytes": params,
+            "optimizer_state_bytes": state, "step_peak_bytes": peak, "step_seconds_cpu": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="cifar10,reading,retrieval,transformer,translation")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "replicate" / "step-memory.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.tasks.split(","):
+        row = step_memory(name)
+        rows.append(row)
+        print(row, flush=True)
+    save_json({"command": "python scripts/step_memory.py " + " ".join(argv or sys.argv[1:]), "produced_by": stamp(),
+               "machine": machine_name(torch.device("cpu")), "dtype": "float32", "results": rows}, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
