@@ -117,8 +117,8 @@ bench-tasks: install ## whole training steps of each task's paper model, norms i
 	$(PY) scripts/bench_tasks.py $(ARGS)
 	$(PY) scripts/readme.py
 
-gpu-checks: install ## on a GPU machine: CUDA tests, benches and short runs in 8 min (MODE=quick: 4) -> results/gpu/
-	PYTHON=$(PY) bash scripts/gpu_checks.sh results/gpu $(or $(MODE),full)
+gpu-checks: install ## on a GPU machine: five stages under 8 min, rows written as they finish -> results/gpu/ (DRY=1: CPU dry run)
+	PYTHON=$(PY) bash scripts/gpu_checks.sh results/gpu $(if $(DRY),--dry-run) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 MODEL ?= vit-tiny
 bench-model: install ## your model's norms swapped and timed (MODEL=torchvision:vit_b_16|vit-tiny|module:callable BATCH= DEVICE= ROUNDS=) -> results/bench-model/

@@ -1,65 +1,70 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA device, as one prepared run for a lent GPU machine:
-#   bash scripts/gpu_checks.sh [OUT_DIR] [full|quick]
-# full (at most 8 minutes, BUDGET=480 s): the CUDA tests, `make bench --device cuda` in bf16 and fp32, whole
-#   training steps of every task at the paper's widths and batches (bench_tasks.py --scale 1), and a short
-#   training run of each task on CUDA;
-# quick (at most 4 minutes, BUDGET=240 s): the CUDA tests, the bf16 bench, bench-tasks with fewer rounds.
-# Every step runs under what is left of the budget (`timeout`), so the script ends in time whatever hangs; a
-# step cut short or failed is marked '!!!' in the log and the exit status is 1.
-# Writes into OUT_DIR (default results/gpu): the logs, the bench .md/.json files, each stamped with the commit
-# and the torch/triton versions that produced them (also in gpu-checks.log's head). Copy them into
-# results/bench and results/bench-tasks to replace the stale files there.
+# The checks that need a CUDA device, as one prepared run for a lent GPU machine, in stages:
+#   bash scripts/gpu_checks.sh [OUT_DIR] [--dry-run] [--rounds N]        (OUT_DIR default: $OUT, else results/gpu)
+# Each stage runs in a process of its own under its own time limit (seconds; their sum is the budget):
+#   preflight 20    versions, the installs the stages import, the commit, free memory     -> preflight.jsonl
+#   smoke 60        one training step of every task's model on the GPU                     -> smoke.jsonl
+#   tests 150       the CUDA tests, a per-test timeout where pytest-timeout is installed    -> cuda-tests.xml
+#   bench 120       the norms at the tasks' shapes and a recurrent step, bf16, interleaved  -> bench.jsonl
+#   bench-tasks 120 whole training steps of every task, fused norms, interleaved            -> bench-tasks.jsonl
+# 470 s in all, under 8 minutes. Every stage writes its rows as it goes (scripts/gpu_checks.py: JSON lines,
+# flushed per row), so a timeout, a crash, SIGTERM or SIGKILL keeps every finished row; a failing row is
+# recorded and its stage goes on; a failing stage is recorded in stages.jsonl and the next one runs. At most 7
+# files: those five, stages.jsonl and gpu-checks.log. --rounds reaches every timed stage.
+# --dry-run: the same stages on the CPU with tiny sizes (CUDA-only rows say "skipped: no GPU"), one injected
+# failing row in the bench stage; tests/scripts/test_gpu_checks.py runs it on every commit.
 #
-# On this workplace's lent machine: python3 there has torch and triton but not Hydra; `bash scripts/gpu_wheels.sh`
-# (here, once) puts the wheels into .whl/, which the device call carries (`carry: [".whl"]`); this script installs
-# them into /tmp/site when .whl/ is present. A copy of the tree without .git cannot name its commit: pass it,
-# `RMSNORM_COMMIT=$(git rev-parse HEAD) RMSNORM_DIRTY=0 bash scripts/gpu_checks.sh ...`, and every file says it.
+# On this workplace's lent machine python3 has torch and triton but not Hydra: `bash scripts/gpu_wheels.sh`
+# (here, once) puts the wheels into .whl/, which the device call carries (`carry: [".whl"]`); they are installed
+# into /tmp/site here, and a failed install is a failed stage, not a silent one. A copy of the tree without
+# .git cannot name its commit: pass RMSNORM_COMMIT=$(git rev-parse HEAD) RMSNORM_DIRTY=0.
 set -uo pipefail
-OUT=${1:-results/gpu}
-MODE=${2:-full}
-case "$MODE" in
-  full) BUDGET=${BUDGET:-480} ;;
-  quick) BUDGET=${BUDGET:-240} ;;
-  *) echo "mode must be full or quick, got '$MODE'" >&2; exit 2 ;;
-esac
+OUT=${OUT:-results/gpu}
+DRY=""
+ROUNDS=5
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY="--dry-run" ;;
+    --rounds) ROUNDS=$2; shift ;;
+    -*) echo "gpu_checks.sh: unknown option $1 (use [OUT_DIR] [--dry-run] [--rounds N])" >&2; exit 2 ;;
+    *) OUT=$1 ;;
+  esac
+  shift
+done
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 START=$(date +%s)
 status=0
-step() {
-  local left=$((BUDGET - ($(date +%s) - START)))
-  if [ "$left" -le 5 ]; then echo "!!! skipped, budget spent: $*"; status=1; return; fi
-  echo "=== [$(($(date +%s) - START)) s] $*"
-  timeout "$left" "$@"
-  local rc=$?
-  if [ $rc -ne 0 ]; then echo "!!! failed (exit $rc$([ $rc -eq 124 ] && echo ', out of budget')): $*"; status=1; fi
+record() {  # stage, exit code, seconds
+  echo "{\"stage\": \"$1\", \"exit\": $2, \"seconds\": $3, \"timed_out\": $([ "$2" -eq 124 ] || [ "$2" -eq 137 ] && echo true || echo false)}" >> "$OUT/stages.jsonl"
+}
+stage() {  # name, limit in seconds, command...
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  t0=$(date +%s)
+  echo "=== [$((t0 - START)) s] $name (limit ${limit} s): $*"
+  timeout -k 5 "$limit" "$@"
+  rc=$?
+  record "$name" "$rc" "$(($(date +%s) - t0))"
+  if [ $rc -ne 0 ]; then echo "!!! $name: exit $rc$([ $rc -eq 124 ] && echo ', out of time')"; status=1; fi
 }
 {
-  echo "gpu_checks.sh $MODE, budget ${BUDGET} s, commit $($PY -c 'from experiments.core.provenance import describe, stamp; print(describe(stamp()))')"
-  step nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
-  step $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  step $PY -m pytest -q -x -p no:cacheprovider -m cuda tests/rmsnorm/test_kernels.py tests/rmsnorm/test_cuda_dispatch.py
-  if [ "$MODE" = quick ]; then
-    step $PY scripts/bench.py --device cuda --dtype bfloat16 --rounds 5 --seconds-per-round 0.01 --out "$OUT"
-    step $PY scripts/bench_tasks.py --device cuda --scale 1 --rounds 6 --steps 3 --no-pipeline --out "$OUT"
-  else
-    step $PY scripts/bench.py --device cuda --dtype bfloat16 --rounds 9 --seconds-per-round 0.01 --out "$OUT"
-    step $PY scripts/bench_tasks.py --device cuda --scale 1 --rounds 10 --steps 5 --no-pipeline --out "$OUT"
-    step $PY scripts/bench.py --device cuda --dtype float32 --rounds 7 --seconds-per-round 0.01 --out "$OUT"
-    for task in $($PY scripts/tasks.py list); do
-      step $PY scripts/prepare.py task=$task preset=demo data_dir=/tmp/gpu-data
-      step $PY scripts/train.py task=$task norm=rmsnorm preset=demo logger=none device=cuda train.progress=false \
-        train.max_steps=60 train.eval_every=60 data_dir=/tmp/gpu-data hydra.run.dir=/tmp/gpu-run-$task
-      step $PY -c "import json; s=json.load(open('/tmp/gpu-run-$task/summary.json')); print(s['device'], s['metrics'], s['timing'], s['kernels'])"
-    done
+  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    stage wheels 30 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
   fi
+  stage preflight 20 $PY scripts/gpu_checks.py preflight --out "$OUT" $DRY
+  stage smoke 60 $PY scripts/gpu_checks.py smoke --out "$OUT" $DRY
+  TIMEOUT_ARGS=""
+  if $PY -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS="-p pytest_timeout --timeout 60"; fi
+  stage tests 150 $PY -m pytest -q -p no:cacheprovider -m cuda $TIMEOUT_ARGS --junitxml "$OUT/cuda-tests.xml" \
+    -o addopts="" tests/rmsnorm tests/experiments/core/test_training_core.py
+  stage bench 120 $PY scripts/gpu_checks.py bench --out "$OUT" --rounds "$ROUNDS" $DRY \
+    $([ -n "$DRY" ] && echo --inject-failure)
+  stage bench-tasks 120 $PY scripts/gpu_checks.py bench-tasks --out "$OUT" --rounds "$ROUNDS" $DRY
   echo "gpu_checks.sh done in $(($(date +%s) - START)) s, status $status"
   exit $status
-} 2>&1 | tee "$OUT/gpu-checks.log"
+} 2>&1 | tee -a "$OUT/gpu-checks.log"
 exit "${PIPESTATUS[0]}"
