@@ -279,8 +279,10 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
     const auto& x2 = saved[0];
     const bool has_weight = ctx->saved_data["has_weight"].toBool();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const bool want_dw = has_weight && ctx->needs_input_grad(1);
-    const bool want_db = has_bias && ctx->needs_input_grad(2);
+    // which gradients to compute: from what forward took, not ctx->needs_input_grad(i), whose index counts only
+    // the optional tensors that were given (without a weight, the bias is input 1 there: index 2 was out of range)
+    const bool want_dw = has_weight;
+    const bool want_db = has_bias;
     c10::optional<torch::Tensor> weight;
     if (has_weight) weight = saved[1];
     auto dy = grads[0].reshape({x2.size(0), x2.size(1)}).contiguous();
