@@ -58,7 +58,7 @@ stage() {  # name, limit in seconds, command...
   stage preflight 20 $PY scripts/gpu_checks.py preflight --out "$OUT" $DRY
   stage smoke 60 $PY scripts/gpu_checks.py smoke --out "$OUT" $DRY
   TIMEOUT_ARGS=""
-  if $PY -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS="-p pytest_timeout --timeout 60"; fi
+  if $PY -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS="--timeout 60"; fi  # its plugin loads itself
   stage tests 150 $PY -m pytest -q -p no:cacheprovider -m cuda $TIMEOUT_ARGS --junitxml "$OUT/cuda-tests.xml" \
     -o addopts="" tests/rmsnorm tests/experiments/core/test_training_core.py
   stage bench 120 $PY scripts/gpu_checks.py bench --out "$OUT" --rounds "$ROUNDS" $DRY \

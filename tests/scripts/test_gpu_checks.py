@@ -17,7 +17,8 @@ def _rows(path):
 
 def test_the_dry_run_passes_every_stage_in_at_most_eight_files_and_records_a_failing_row(tmp_path):
     out = tmp_path / "gpu"
-    env = {**os.environ, "PYTHON": sys.executable}
+    # a lent machine's copy of the tree has no .git: its commit comes in through the environment
+    env = {**os.environ, "PYTHON": sys.executable, "RMSNORM_COMMIT": "0123456789abcdef", "RMSNORM_DIRTY": "0"}
     r = subprocess.run(["bash", "scripts/gpu_checks.sh", str(out), "--dry-run", "--rounds", "2"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
@@ -33,6 +34,9 @@ def test_the_dry_run_passes_every_stage_in_at_most_eight_files_and_records_a_fai
     assert bench[failed[0] + 1]["status"] == "ok" and bench[-1]["row"] == "stage end"  # the stage went on
     assert any(row["status"] == "skipped: no GPU" for row in bench)
     assert all(row["status"] == "ok" for row in _rows(out / "smoke.jsonl"))
+    stamp = next(row for row in _rows(out / "preflight.jsonl") if row["row"] == "stamp")["stamp"]
+    assert stamp["commit"] == "0123456789abcdef" and stamp["dirty"] is False
+    assert "<testsuite" in (out / "cuda-tests.xml").read_text()
     tasks = [row for row in _rows(out / "bench-tasks.jsonl") if row["row"].startswith("steps:")]
     assert len(tasks) == 5 and all(len(row["rows"][0]["rounds"]) == 2 for row in tasks)  # --rounds reached it
 
