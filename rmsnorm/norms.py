@@ -154,7 +154,8 @@ class ChannelMapNorm(AffineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects (N, C, H, W), got shape {tuple(x.shape)}")
-        self.last_map = tuple(x.shape[-2:])  # the H x W pRMSNorm's lattice was taken on (partial_statistics)
+        if self.kind == "prmsnorm":  # the H x W its lattice was taken on (partial_statistics); straight into the
+            self.__dict__["last_map"] = x.shape[-2:]  # instance dict: nn.Module's __setattr__ on every call costs
         return affine(self._normalise(x, self.eps, self.p, self.impl), self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -240,7 +241,7 @@ def partial_statistics(model: nn.Module) -> list[str]:
         if isinstance(module, PartialRMSNorm):
             seen.setdefault((0, module.num_features), f"d={module.num_features}: k={module.k} (p={module.p:g})")
         elif isinstance(module, ChannelMapNorm) and module.kind == "prmsnorm" and hasattr(module, "last_map"):
-            h, w = module.last_map
+            h, w = (int(v) for v in module.last_map)
             k = len(spread_positions(h, w, module.p))
             seen.setdefault((1, h * w), f"map {h}x{w}: k={k} of {h * w} positions (p={module.p:g})")
     return [seen[key] for key in sorted(seen)]
