@@ -57,6 +57,14 @@ def task_config(task: str, norm: str, overrides: list[str], preset: str = "paper
     return compose_config([f"task={task}", f"norm={norm}", f"preset={preset}", *overrides])
 
 
+def timing_task(task_name: str, norm: str, device: torch.device, overrides: list[str] = (), preset: str = "paper"):
+    """The task's model and optimiser for timing on synthetic batches (no data), seeded."""
+    cfg = task_config(task_name, norm, list(overrides), preset)
+    torch.manual_seed(0)
+    task_class = hydra.utils.instantiate(cfg.task.builder).func
+    return task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm_spec(cfg), device, seed=0)
+
+
 def paper_times(task: str) -> dict[str, str]:
     """norm -> the paper's time for this task, as the report reads it (results/paper/<task>.csv)."""
     return {norm: f"{r['time']} +- {r['time_std']}" for norm, r in read_paper_table(REPO / "results" / "paper",
@@ -110,11 +118,7 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
     names = [variant_key(n, i) for n, i in variants]
     tasks, batch_text, unit = {}, "", None
     for (name, impl), key in zip(variants, names, strict=True):
-        cfg = task_config(task_name, name, [*overrides, f"norm.impl={impl}"], preset)
-        torch.manual_seed(0)
-        norm = norm_spec(cfg)
-        task_class = hydra.utils.instantiate(cfg.task.builder).func
-        task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm, device, seed=0)
+        task = timing_task(task_name, name, device, [*overrides, f"norm.impl={impl}"], preset)
         batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
         tasks[key] = (task, batch)
         batch_text = task.describe_batch(scale)

@@ -90,14 +90,9 @@ def preflight(rows: Rows, device: torch.device, dry: bool) -> None:
 
 
 def _task(name: str, device: torch.device):
-    import hydra
+    from bench_tasks import timing_task
 
-    from experiments.core.training.config import compose_config, norm_spec, typed_task_config
-
-    cfg = compose_config([f"task={name}", "norm=rmsnorm", "preset=paper"])
-    torch.manual_seed(0)
-    cls = hydra.utils.instantiate(cfg.task.builder).func
-    return cls.for_timing(typed_task_config(cls.Config, cfg.task), norm_spec(cfg), device, seed=0)
+    return timing_task(name, "rmsnorm", device)
 
 
 def smoke(rows: Rows, device: torch.device, dry: bool) -> None:

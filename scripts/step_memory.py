@@ -19,14 +19,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
-import hydra  # noqa: E402
 import torch  # noqa: E402
+from bench_tasks import timing_task  # noqa: E402
 
 from experiments.core.atomic import save_json  # noqa: E402
 from experiments.core.machine import machine_name  # noqa: E402
 from experiments.core.provenance import stamp  # noqa: E402
-from experiments.core.training.config import compose_config, norm_spec, typed_task_config  # noqa: E402
 from rmsnorm.measure import peak_bytes  # noqa: E402
 
 # the Transformer's paper batch (25k tokens a side) does not fit a 24 GB CPU run with the profiler: measured on a
@@ -35,11 +35,7 @@ SCALE = {"transformer": 0.1}
 
 
 def step_memory(task_name: str) -> dict:
-    cfg = compose_config([f"task={task_name}", "norm=layernorm", "preset=paper"])
-    torch.manual_seed(0)
-    task_class = hydra.utils.instantiate(cfg.task.builder).func
-    task = task_class.for_timing(typed_task_config(task_class.Config, cfg.task), norm_spec(cfg), torch.device("cpu"),
-                                 seed=0)
+    task = timing_task(task_name, "layernorm", torch.device("cpu"))
     scale = SCALE.get(task_name, 1.0)
     batch = task.synthetic_batch(scale, torch.Generator().manual_seed(0))
     task.train_step(batch)  # the optimiser's state exists from the first step on
