@@ -226,6 +226,9 @@ def timing_history(source: Path) -> str:
 #: steps in one epoch of the real training set at preset=paper, where the paper's time is per epoch or its schedule
 #: is set in epochs (CIFAR-10: 50,000 images in batches of 100; the paper's runs, docs/paper.md)
 STEPS_PER_EPOCH = {"cifar10": 500}
+# retrieval: one step per 128 training images; the archive's train split is COCO's train2014 (82,783 images) or,
+# with Karpathy's "restval", 113,287: the upstream README does not say which, so the estimate spans both
+STEPS_PER_EPOCH_RANGE = {"retrieval": (82783 // 128, 113287 // 128)}
 UNIT_STEPS = {"sec_per_1k_steps": 1000, "sec_per_100_steps": 100}
 
 
@@ -259,7 +262,15 @@ def replicate(source: Path) -> str:
             rows = {r["norm"]: r for r in csv.DictReader(lines_csv)}
         ln = rows.get(REFERENCE_NORM)
         paper_time, estimate = "-", "not estimated (steps per epoch depend on the data)"
-        if ln is not None:
+        if ln is not None and task in STEPS_PER_EPOCH_RANGE and cfg.train.epochs:
+            unit = ln["time_unit"]
+            paper_time = f"{ln['time']} s per {unit.removeprefix('sec_per_').replace('_', ' ')}"
+            low, high = (float(ln["time"]) / UNIT_STEPS[unit] * n * cfg.train.epochs / 3600
+                         for n in STEPS_PER_EPOCH_RANGE[task])
+            steps = "-"
+            estimate = (f"{low:.1f}-{high:.1f} / {low * len(norms) * seeds:.0f}-{high * len(norms) * seeds:.0f} "
+                        f"({' or '.join(str(n) for n in STEPS_PER_EPOCH_RANGE[task])} steps an epoch)")
+        elif ln is not None:
             unit = ln["time_unit"]
             paper_time = f"{ln['time']} s per {unit.removeprefix('sec_per_').replace('_', ' ')}"
             per_step = (float(ln["time"]) / UNIT_STEPS[unit] if unit in UNIT_STEPS
