@@ -2,10 +2,12 @@
 
 Depends on torch only: `from rmsnorm import RMSNorm` drops into any model. Layers import downwards only:
 reference (the maths) <- kernels (fast paths, tensors in, tensors out) <- functional <- norms <- registry
-<- spec <- blocks <- rnn; swap (a user's model's norms swapped) sits on spec.
+<- spec <- blocks <- rnn; swap (a user's model's norms swapped) sits on spec, and convert (the exact
+LayerNorm -> RMSNorm conversion of a pre-LN model) on swap.
 """
 
 from rmsnorm.blocks import BlockNorm
+from rmsnorm.convert import ConvertReport, NotConvertible, convert_exact
 from rmsnorm.functional import l2_norm, layer_norm, rms_norm
 from rmsnorm.norms import ChannelMapNorm, L2Norm, LayerNorm, NoNorm, PartialRMSNorm, RMSNorm, StepBatchNorm
 from rmsnorm.reference import DEFAULT_EPS, DEFAULT_P, NormConfigError, partial_size
@@ -19,9 +21,11 @@ __all__ = [
     "DEFAULT_P",
     "BlockNorm",
     "ChannelMapNorm",
+    "ConvertReport",
     "L2Norm",
     "LayerNorm",
     "NoNorm",
+    "NotConvertible",
     "NormConfigError",
     "NormGRU",
     "NormGRUCell",
@@ -36,6 +40,7 @@ __all__ = [
     "SwapReport",
     "build_norm",
     "build_norm2d",
+    "convert_exact",
     "l2_norm",
     "layer_norm",
     "norm_info",

@@ -166,13 +166,17 @@ def swap_norms(model: nn.Module, to: str = "rmsnorm", *, impl: str | None = None
         new.train(module.training)
         _replace(model, path, new)
         swapped.append(entry)
+    return model, SwapReport(info.name, swapped, fast_paths_off(model))
+
+
+def fast_paths_off(model: nn.Module) -> list[str]:
+    """torch's fused encoder layer computes LayerNorm from norm1/norm2's tensors in inference: turned off (in
+    place) in every layer whose norms are no longer LayerNorms, so the new norm is what runs. Returns their paths."""
     fast_off = []
     for path, module in model.named_modules():
-        # torch's fused encoder layer computes LayerNorm from norm1/norm2's tensors in inference: off when they
-        # are no longer LayerNorms, so the new norm is what runs
         swapped_here = isinstance(module, nn.TransformerEncoderLayer) and not all(
             type(getattr(module, n, None)) is nn.LayerNorm for n in ("norm1", "norm2"))
         if swapped_here and getattr(module, "activation_relu_or_gelu", 0):
             module.activation_relu_or_gelu = 0
             fast_off.append(path or "(model)")
-    return model, SwapReport(info.name, swapped, fast_off)
+    return fast_off
