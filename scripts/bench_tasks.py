@@ -41,6 +41,7 @@ from experiments.core.reporting.report import read_paper_table, variant
 from experiments.core.training.config import compose_config, norm_spec, typed_task_config
 from rmsnorm.interleaved import describe, speedup, speedup_interval, time_interleaved
 from rmsnorm.kernels import dispatch
+from rmsnorm.profile_share import profiled_norm_share
 from rmsnorm.registry import REFERENCE_NORM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +112,8 @@ def has_impls(norm: str) -> bool:
 
 def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, steps: int, warmup: int,
                norms: list[str] | None, overrides: list[str], preset: str = "paper",
-               data_dir: Path | None = None, data_preset: str = "demo", impls: tuple[str, ...] = ("fused",)) -> dict:
+               data_dir: Path | None = None, data_preset: str = "demo", impls: tuple[str, ...] = ("fused",),
+               profile_steps: int = 3) -> dict:
     first = task_config(task_name, REFERENCE_NORM, overrides, preset)
     base = norms or list(first.task.norms)
     variants = [(n, "fused") for n in base] + [(n, i) for i in impls if i != "fused" for n in base if has_impls(n)]
@@ -131,6 +133,12 @@ def bench_task(task_name: str, device: torch.device, scale: float, rounds: int, 
         per_step = times.median(name)
         row = {"norm": name, "impl": impl, "sec_per_step": per_step, unit[0]: per_step * unit[1],
                "rounds": times.per_round[name]}
+        if profile_steps and name != "none":  # the share again, attributed by the profiler (after the timing)
+            task, batch = tasks[name]
+            prof = profiled_norm_share(task.model, lambda t=task, b=batch: t.train_step(b), steps=profile_steps,
+                                       warmup=1)
+            row["norm_share_profiled"] = prof.share
+            row["norm_modules_seen"] = [prof.modules_seen, prof.modules_total]
         # the speed-up against LayerNorm computed the same way (composite against composite: the paper's setting)
         reference = variant_key(REFERENCE_NORM, impl)
         if reference in names and name != reference:
@@ -180,6 +188,15 @@ def in_lanes(calls: list[tuple], jobs: int, threads: int | None) -> tuple[list[d
     return [r for r, _ in done], kernels
 
 
+def profiled_text(row: dict) -> str:
+    """The profiler-attributed share as a cell, saying when some norm modules ran inside another op."""
+    share = row.get("norm_share_profiled")
+    seen, total = row.get("norm_modules_seen", (0, 0))
+    if share is None:
+        return f"not attributed: its {total} norm modules run inside another op" if total else "-"
+    return f"{100 * share:.1f}%" + ("" if seen == total else f" ({seen} of {total} norm modules seen)")
+
+
 def render(results: list[dict], machine: str, command: str, scale: float, preset: str = "paper",
            other_scales: dict[str, float] | None = None, produced_by: dict | None = None,
            kernels: dict | None = None, lanes: int = 1) -> str:
@@ -196,7 +213,10 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "synchronised. Time: median over rounds, in the paper's unit at this batch. Speed-up vs LayerNorm: "
              "(T_LN - T) / T_LN, T / T_LN the geometric mean of each round's ratio [95% t interval over rounds]; "
              "'within noise' where the "
-             "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way. The paper's column "
+             "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way; beside it the share "
+             "the profiler attributes to the norm modules' forward and backward ops over three profiled steps "
+             "(`rmsnorm.profile_share`: the no-norm model can differ in more than its norms; the profiler's per-op "
+             "overhead inflates norms made of many small ops). The paper's column "
              "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti). `<norm>/composite` is the norm as the chain "
              "of tensor ops the paper's frameworks ran (`norm.impl=composite`), its speed-up against LayerNorm "
              "computed the same way; the plain name is the fused kernels." + side_by_side, ""]
@@ -205,14 +225,14 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
         title = res["task"] + (f" ({res['variant']})" if res.get("variant") else "")
         lines += [f"## {title}: {res['batch']}, {res['rounds']} rounds x {res['steps_per_round']} steps", "",
                   f"| norm | ms / step | {res['unit']} | speed-up vs LayerNorm [95% CI] | norm's share of the step "
-                  f"[95% CI] | paper {res['unit']} |",
-                  "|---|---|---|---|---|---|"]
+                  f"[95% CI] | norm's share, profiler-attributed | paper {res['unit']} |",
+                  "|---|---|---|---|---|---|---|"]
         for row in res["rows"]:
             sp = describe(row["speedup_vs_layernorm"], row["speedup_interval95"]) if "speedup_interval95" in row \
                 else ("reference" if row["norm"].split("/")[0] == REFERENCE_NORM else "")
             share = describe(row["norm_share"], row["norm_share_interval95"]) if "norm_share" in row else "-"
             lines.append(f"| {row['norm']} | {1e3 * row['sec_per_step']:.2f} | {row[res['unit']]:.3g} | {sp} | "
-                         f"{share} | {paper.get(row['norm'].split('/')[0], '-')} |")
+                         f"{share} | {profiled_text(row)} | {paper.get(row['norm'].split('/')[0], '-')} |")
         lines.append("")
         pipe = res.get("pipeline")
         if pipe:

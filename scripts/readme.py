@@ -164,8 +164,10 @@ def glance(source: Path) -> str:
                      for key, label in (("rmsnorm", ""), ("rmsnorm/composite", "composite ops: ")) if key in found]
             ln = next((r for r in res["rows"] if r["norm"] == REFERENCE_NORM and "norm_share" in r), None)
             if ln is not None:  # the most any norm could buy there: LayerNorm's whole share of the step (Amdahl)
+                profiled = ln.get("norm_share_profiled")
                 texts.append("LayerNorm's share of the step, the bound on any norm's speed-up: "
-                             + describe(ln["norm_share"], tuple(ln["norm_share_interval95"])))
+                             + describe(ln["norm_share"], tuple(ln["norm_share_interval95"]))
+                             + (f" (profiler-attributed: {100 * profiled:.1f}%)" if profiled is not None else ""))
             if texts:
                 cells[res["task"]] = "; ".join(texts)
         machines.append((label, cells, f"[{path.name}](results/bench-tasks/{path.name}) (scale {data['scale']:g})"))
