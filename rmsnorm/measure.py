@@ -13,9 +13,13 @@ against LayerNorm comes with a 95% interval over the rounds' paired ratios.
 
 The norms' share of the step is `(T_LayerNorm - T_none) / T_LayerNorm`, with its interval; it bounds what any
 norm can buy (Amdahl): a norm that cost nothing would make the step faster by that share and no more. Where the
-share is small, no norm's speed-up can be large, whatever the kernels. Peak memory per variant: CUDA's allocator
-statistics over one step, or on the CPU the profiler's memory events over one step (the largest sum of live
-allocations it saw, op by op), both above what was allocated before the step.
+share is small, no norm's speed-up can be large, whatever the kernels. Each variant's share is also attributed
+by the profiler (`rmsnorm.profile_share`: a scope around every norm module, its backward nodes matched by
+sequence number), which does not rely on the identity model differing only in its norms.
+
+Peak memory per variant: CUDA's allocator statistics over one step, or on the CPU the profiler's memory events
+over one step (the largest sum of live allocations it saw, op by op), both above what was allocated before the
+step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import nn
 
 from rmsnorm.interleaved import describe, speedup, speedup_interval, synchronize, time_interleaved
+from rmsnorm.profile_share import profiled_norm_share
 from rmsnorm.registry import REFERENCE_NORM
 from rmsnorm.stats import mean_interval
 from rmsnorm.swap import swap_norms
@@ -50,6 +55,8 @@ class Variant:
     speedup: float | None = None  # vs LayerNorm (fused), the paper's (T_LN - T) / T_LN
     interval: tuple[float, float] | None = None
     peak_bytes: int | None = None
+    profiled_share: float | None = None  # the norms' share of its step, attributed by the profiler
+    profiled_note: str = ""
 
 
 @dataclass
@@ -68,12 +75,14 @@ class MeasureResult:
 
     def __str__(self) -> str:
         lines = [f"whole training steps on {self.device}, variants interleaved over {self.rounds} rounds",
-                 "| variant | ms / step | speed-up vs LayerNorm [95% CI] | peak memory (MB) |", "|---|---|---|---|"]
+                 "| variant | ms / step | speed-up vs LayerNorm [95% CI] | norms' share, profiler-attributed "
+                 "| peak memory (MB) |", "|---|---|---|---|---|"]
         for v in self.variants:
             sp = describe(v.speedup, v.interval) if v.interval is not None else (
                 "reference" if v.name == REFERENCE_NORM else "-")
             mem = f"{v.peak_bytes / 2**20:.1f}" if v.peak_bytes is not None else "-"
-            lines.append(f"| {v.name} | {1e3 * v.sec_per_step:.2f} | {sp} | {mem} |")
+            prof = f"{100 * v.profiled_share:.1f}%" if v.profiled_share is not None else "-"
+            lines.append(f"| {v.name} | {1e3 * v.sec_per_step:.2f} | {sp} | {prof}{v.profiled_note} | {mem} |")
         if self.share is not None:
             lo, hi = self.share_interval
             lines.append(f"LayerNorm's share of the step: {100 * self.share:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
@@ -110,7 +119,8 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
                  norms: Sequence[str] = ("layernorm", "rmsnorm"), impls: Sequence[str] = ("fused",),
                  loss: Callable[[object], torch.Tensor] = _mean_square, rounds: int = 20, steps_per_round: int = 1,
                  warmup: int = 2, device: str | torch.device | None = None, lr: float = 1e-4,
-                 memory: bool = True, seed: int = 0, self_check: bool = False) -> MeasureResult:
+                 memory: bool = True, seed: int = 0, self_check: bool = False,
+                 profile: bool = True) -> MeasureResult:
     """Time whole training steps of `build()`'s model under each norm of `norms` x `impls` and with its norms
     made identity; see the module's docstring. LayerNorm (fused) is the reference and is always timed;
     `self_check` times a second copy of it too (`layernorm#again`), whose interval should contain 0."""
@@ -123,7 +133,7 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
     names.append(IDENTITY)
     if self_check:  # LayerNorm again, a second copy: its interval against the first should contain 0
         names.append(f"{REFERENCE_NORM}#again")
-    steps, swaps = {}, []
+    steps, swaps, models = {}, [], {}
     for name in dict.fromkeys(names):
         norm, _, impl = name.split("#")[0].partition("/")
         torch.manual_seed(seed)
@@ -140,6 +150,7 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
             opt.step()
 
         steps[name] = step
+        models[name] = model
     peaks = {name: peak_bytes(step, device) for name, step in steps.items()} if memory else {}
     times = time_interleaved(steps, device, rounds, steps_per_round, warmup, seed=seed)
     ref = times.per_round[REFERENCE_NORM]
@@ -149,6 +160,11 @@ def measure_swap(build: Callable[[], nn.Module], make_batch: Callable[[], Sequen
         if name != REFERENCE_NORM:
             v.speedup = speedup(ref, times.per_round[name])
             v.interval = speedup_interval(ref, times.per_round[name])
+        if profile and name != IDENTITY:
+            prof = profiled_norm_share(models[name], steps[name], steps=3)
+            v.profiled_share = prof.share
+            if prof.modules_seen != prof.modules_total:
+                v.profiled_note = f" ({prof.modules_seen} of {prof.modules_total} norm modules seen)"
         variants.append(v)
     # the norms' share per round, paired: 1 - T_none / T_LN, its mean over rounds with a t interval
     shares = [1 - n / r for r, n in zip(ref, times.per_round[IDENTITY], strict=True)]

@@ -23,6 +23,9 @@ def test_every_variant_is_timed_against_layernorm_with_an_interval_a_share_and_p
         lo, hi = v.interval
         assert lo <= v.speedup <= hi  # the estimate inside its interval
     assert all(v.peak_bytes and v.peak_bytes > 0 for v in result.variants)
+    # every norm variant's share attributed by the profiler too; the identity model has no norm to attribute
+    assert all(0 < v.profiled_share < 1 for v in result.variants if v.name != "none")
+    assert result.variants[-1].profiled_share is None
     lo, hi = result.share_interval
     assert lo <= result.share <= hi and result.bound == result.share
     text = str(result)
@@ -32,9 +35,9 @@ def test_every_variant_is_timed_against_layernorm_with_an_interval_a_share_and_p
 
 def test_without_memory_no_profiler_pass_and_a_self_check_times_layernorm_twice():
     result = measure_swap(_build, lambda: (torch.randn(16, 32),), norms=("layernorm",), rounds=3, warmup=1,
-                          device="cpu", memory=False, self_check=True)
+                          device="cpu", memory=False, self_check=True, profile=False)
     assert [v.name for v in result.variants] == ["layernorm", "none", "layernorm#again"]
-    assert all(v.peak_bytes is None for v in result.variants)
+    assert all(v.peak_bytes is None and v.profiled_share is None for v in result.variants)
 
 
 def test_fewer_than_two_rounds_is_refused():
