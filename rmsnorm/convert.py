@@ -361,12 +361,16 @@ class _Stream:
                 parts.append((operand, j))
             return parts
         if op in ("mul", "div") or op == "neg":
+            # a scale that is the same for every feature (a scalar, a per-token mask) keeps a zero mean
+            def varies(a):
+                j = fd - (len(out_shape) - len(_shape(a)))
+                return j >= 0 and _shape(a)[j] > 1
             tensors = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-            stream = [a for a in tensors if math.prod(_shape(a)) > 1]
+            stream = [a for a in tensors if varies(a)]
             if op == "div" and node.args[0] not in stream:
-                self.refuse(node, "divides by the residual stream")
+                self.refuse(node, "divides by a value that differs across the features of the residual stream")
             if len(stream) != 1:
-                self.refuse(node, f"{op} by a tensor of more than one element in the residual stream")
+                self.refuse(node, f"{op} by a value that differs across the features of the residual stream")
             j = fd - (len(out_shape) - len(_shape(stream[0])))
             return [(stream[0], j)]
         if op == "cat":
@@ -586,7 +590,16 @@ def _eval_outputs(model: nn.Module, batch: tuple) -> list:
 
 
 def _max_diff(want: list, got: list) -> float:
-    return max((a.double() - b.double()).abs().max().item() for a, b in zip(want, got, strict=True))
+    """Over the elements where `want` is finite (an inf or nan there must be one in `got` too)."""
+    worst = 0.0
+    for a, b in zip(want, got, strict=True):
+        a, b = a.double(), b.double()
+        finite = a.isfinite()
+        if not torch.equal(a[~finite].nan_to_num(), b[~finite].nan_to_num()):
+            return math.inf
+        if finite.any():
+            worst = max(worst, (a[finite] - b[finite]).abs().max().item())
+    return worst
 
 
 def _compare(original: nn.Module, converted: nn.Module, inputs: tuple, atol: float | None, report) -> bool:
@@ -600,7 +613,7 @@ def _compare(original: nn.Module, converted: nn.Module, inputs: tuple, atol: flo
     if not want:
         return True
     report.max_abs_diff = _max_diff(want, got)
-    scale = max(1.0, *(a.double().abs().max().item() for a in want))
+    scale = max(1.0, *(a.double()[a.isfinite()].abs().max().item() if a.isfinite().any() else 0.0 for a in want))
     report.tolerance = atol if atol is not None else scale * max(_TOLERANCE.get(a.dtype, 1e-5) for a in want)
     if report.max_abs_diff <= report.tolerance or all(a.dtype == torch.float64 for a in want):
         return report.max_abs_diff <= report.tolerance
@@ -658,11 +671,11 @@ def convert_exact(model: nn.Module, example_inputs, *, to: str = "rmsnorm", chec
     for path, (folds, why) in plans.items():
         old = model.get_submodule(path)
         gain, shift = old.weight, old.bias
+        if folds is not None and shift is not None:  # the bias goes with the gain, or both stay on the norm
+            homeless = [f for f in folds if f.bias is None and _bias_home(model, f) is None]
+            if homeless:
+                folds, why = None, f"{homeless[0].weight.fqn} is read with no bias to take the norm's bias"
         fold_bias = folds is not None and shift is not None
-        if fold_bias:
-            for f in folds:
-                if f.bias is None and _bias_home(model, f) is None:
-                    fold_bias, why = False, f"{_where(f.node)} has no bias to take the norm's bias"
         entry = Converted(path, type(old).__name__, "", float(old.eps))
         if folds is not None and (gain is not None or shift is not None):
             done = set()

@@ -255,3 +255,39 @@ def test_a_stream_read_by_anything_but_a_layernorm_is_refused(read_directly):
     match = r"^fc: reads the residual stream \(linear\)" if read_directly else "leaves the model without a LayerNorm"
     with pytest.raises(NotConvertible, match=match):
         convert_exact(_randomise(Unnormalised(read_directly=read_directly)), (_ids(10),))
+
+
+def test_torchs_encoder_decoder_folds_each_norm_into_its_rows_of_the_packed_cross_attention():
+    model = _randomise(nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True, norm_first=True))
+    converted, report = convert_exact(model, (torch.randn(2, 5, 16), torch.randn(2, 4, 16)))
+    folded = {c.path: c.folded_into for c in report.converted}
+    cross = "decoder.layers.0.multihead_attn.in_proj_weight"
+    assert folded["encoder.norm"] == [f"{cross}[16:48]"] and folded["decoder.layers.0.norm2"] == [f"{cross}[0:16]"]
+    assert {c.what for c in report.centred} >= {"input src", "input tgt"}
+    src, tgt = torch.randn(3, 6, 16), torch.randn(3, 2, 16)
+    assert _close(_outputs(model, (src, tgt)), _outputs(converted, (src, tgt)), torch.float32)[0]
+
+
+class MatmulReader(nn.Module):
+    """A stream scaled per token by a mask, a norm read by a bare matmul with a parameter (no bias to take the
+    norm's bias), which is also the branch's write into the stream."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.emb, self.ln, self.w = nn.Embedding(10, d), nn.LayerNorm(d), nn.Parameter(torch.randn(d, d))
+        self.final, self.out = nn.LayerNorm(d), nn.Linear(d, 3)
+
+    def forward(self, ids, keep):
+        x = self.emb(ids) * keep[..., None]
+        x = x + self.ln(x) @ self.w
+        return self.out(self.final(x))
+
+
+def test_a_norm_whose_reader_cannot_take_its_bias_keeps_gain_and_bias_and_stays_exact():
+    model = _randomise(MatmulReader())
+    inputs = (_ids(10), torch.rand(3, 8))
+    converted, report = convert_exact(model, inputs)
+    ln = report.converted[0]
+    assert ln.kept == ["weight", "bias"] and ln.why_kept == "w is read with no bias to take the norm's bias"
+    assert report.converted[1].folded_into == ["out.weight"] and report.dropped_keys == ["final.weight", "final.bias"]
+    assert _close(_outputs(model, inputs), _outputs(converted, inputs), torch.float32)[0]
