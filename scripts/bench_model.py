@@ -4,9 +4,10 @@ MODEL is `torchvision:<name>` (any of torchvision.models, random weights), `vit-
 VisionTransformer at 6 layers, width 192, 64x64 images: a step well under a second on 2 CPU cores), or
 `module:callable` for a builder of yours that returns the model (its module importable from here). Each norm
 of the model is swapped for each of --norms x --impls (`rmsnorm.swap.swap_norms`) and whole training steps are
-timed round-robin (`rmsnorm.measure.measure_swap`); writes results/bench-model/<model>-<device>.md and .json,
-stamped with the commit, versions and machine. `make bench-model MODEL=... BATCH=... DEVICE=... ROUNDS=...`
-runs it.
+timed round-robin (`rmsnorm.measure.measure_swap`); with --convert-exact the model's exact conversion to RMSNorm
+(`rmsnorm.convert.convert_exact`) is reported beside it, with the difference it measured. Writes
+results/bench-model/<model>-<device>.md and .json, stamped with the commit, versions and machine.
+`make bench-model MODEL=... BATCH=... DEVICE=... ROUNDS=...` runs it (`ARGS=--convert-exact` for the conversion).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from experiments.core.atomic import save_json, save_text  # noqa: E402
 from experiments.core.machine import machine_name  # noqa: E402
 from experiments.core.provenance import describe as describe_stamp  # noqa: E402
 from experiments.core.provenance import stamp  # noqa: E402
+from rmsnorm.convert import NotConvertible, convert_exact  # noqa: E402
 from rmsnorm.measure import measure_swap  # noqa: E402
 from rmsnorm.swap import swap_norms  # noqa: E402
 
@@ -58,6 +60,22 @@ def builder(spec: str):
     raise SystemExit(f"MODEL={spec}: use torchvision:<name>, vit-tiny or module:callable")
 
 
+def exact_conversion(build, example: torch.Tensor) -> tuple[str, dict]:
+    """`convert_exact` on a freshly built model, one example as the traced input: (the report's text, its record
+    for the .json); a model it refuses gives the refusal's line instead."""
+    try:
+        _, report = convert_exact(build(), (example,))
+    except NotConvertible as exc:
+        return f"Exact conversion (`rmsnorm.convert.convert_exact`): refused: {exc}", {"refused": str(exc)}
+    record = {"converted": [vars(c) for c in report.converted], "centred": [vars(c) for c in report.centred],
+              "dropped_keys": report.dropped_keys, "added_keys": report.added_keys,
+              "fast_paths_off": report.fast_paths_off, "max_abs_diff": report.max_abs_diff,
+              "tolerance": report.tolerance, "original_error": report.original_error,
+              "converted_error": report.converted_error}
+    return ("Exact conversion (`rmsnorm.convert.convert_exact`; the same function with RMSNorms):\n\n"
+            + str(report)), record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
@@ -69,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", default="fused,composite")
     parser.add_argument("--self-check", action="store_true",
                         help="also time a second copy of the LayerNorm model (its interval should contain 0)")
+    parser.add_argument("--convert-exact", action="store_true",
+                        help="also convert the model exactly to RMSNorm (rmsnorm.convert.convert_exact) and report it")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-model")
     args = parser.parse_args(argv)
     build, shape = builder(args.model)
@@ -79,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     batch = torch.randn(args.batch, *shape)
     _, report = swap_norms(build(), "rmsnorm")
+    if args.convert_exact:
+        exact_text, exact_record = exact_conversion(build, batch[:1])
+    else:
+        exact_text, exact_record = ("Exact conversion (LayerNorm -> RMSNorm with no change of output): "
+                                    "`--convert-exact` reports `rmsnorm.convert.convert_exact` on this model."), None
     result = measure_swap(build, lambda: (batch,), norms=args.norms.split(","), impls=args.impls.split(","),
                           rounds=args.rounds, device=args.device, self_check=args.self_check)
     made = stamp()
@@ -93,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         str(result), "",
         "What the swap to RMSNorm does to the model (`rmsnorm.swap.swap_norms`; it changes the function):", "",
         str(report), "",
-        "Exact conversion (LayerNorm -> RMSNorm with no change of output): not available yet in this suite.", ""])
+        exact_text, ""])
     args.out.mkdir(parents=True, exist_ok=True)
     save_text(text, args.out / f"{stem}.md")
     save_json({"command": command, "produced_by": made, "machine": machine, "model": args.model,
                "batch": args.batch, "input_shape": list(shape), "rounds": result.rounds,
                "share": result.share, "share_interval": result.share_interval, "bound": result.bound,
                "variants": [vars(v) for v in result.variants], "swaps": result.swaps,
-               "swap_report": [vars(s) for s in report.swapped]}, args.out / f"{stem}.json")
+               "swap_report": [vars(s) for s in report.swapped], "convert_exact": exact_record},
+              args.out / f"{stem}.json")
     print(text)
     print(f"wrote {args.out / stem}.md and .json")
     return 0
