@@ -443,7 +443,7 @@ class _Fold:
     bias: ParamView | None
 
 
-def _norm_modules(g: _Graph, model: nn.Module, stream: _Stream):
+def _norm_modules(g: _Graph, model: nn.Module):
     """layer_norm nodes grouped by their module, each checked to read the zero-mean stream."""
     groups: dict[str, list] = {}
     for node in g.graph.nodes:
@@ -659,7 +659,7 @@ def convert_exact(model: nn.Module, example_inputs, *, to: str = "rmsnorm", chec
             m.training = training
     g = _Graph(ep)
     stream = _Stream(g)
-    groups = _norm_modules(g, model, stream)
+    groups = _norm_modules(g, model)
     for path, nodes in groups.items():
         for node in nodes:
             stream.centre(node.args[0], len(_shape(node)) - 1, path)
