@@ -128,13 +128,13 @@ class TransformerTask(TranslationTask):
         sentences = (self.cfg.batch_tokens // self.TIMING_LENGTH) if self.cfg.batch_tokens else self.batch_size
         return max(1, round(sentences * scale)), self.TIMING_LENGTH
 
-    def load_train(self, path) -> D.Encoded:
+    def load_train(self, name: str) -> D.Encoded:
         """long_pairs=drop: the translation task's; truncate: every pair (zero skips only empty lines), each
         side cut to its first max_len - 1 tokens."""
         cfg = self.cfg
         if cfg.long_pairs == LongPairs.drop:
-            return super().load_train(path)
-        full = D.load_encoded(path, self.sp, cfg.src_lang, cfg.tgt_lang, None, cfg.make_target)
+            return super().load_train(name)
+        full = D.load_encoded(self.root, name, self.sp, cfg.src_lang, cfg.tgt_lang, None, cfg.make_target)
         keep = (full.src.lengths() > 0).nonzero().flatten()
         full = full.subset(keep) if len(keep) < len(full) else full
         return D.Encoded(truncated(full.src, cfg.max_len - 1), truncated(full.tgt, cfg.max_len - 1))

@@ -1,17 +1,17 @@
-"""Everything translation training reads, written before training: the WMT files (downloaded through
-`datasets`, or the demo's generated task), the joint BPE model, and each file's BPE ids."""
+"""Everything translation training reads, written before training: the WMT parquet files (fetched file by file
+from the hub, each checked against its published sha256) or the demo's generated task in the same format, read
+through `datasets`; the joint BPE model; and each split's BPE ids, which `Dataset.map` writes and caches."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
 import logging
-import random
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from experiments.core.atomic import save_lines
+from experiments.core.atomic import save_json
 from experiments.core.data.download import Offline, check_digest, is_network_error, offline_message
 from experiments.core.data.generated import ensure_generated
 from experiments.translation import data as D
@@ -19,17 +19,14 @@ from experiments.translation.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
 
-# split name in the paper preset -> (hub data set, files in it). The `wmt/wmt14` and `wmt/wmt17` repositories
-# serve their data as parquet files since the `datasets` library stopped running loading scripts (the old
-# `load_dataset("wmt14", "de-en")` fails with current releases); their de-en validation split is newstest2013,
-# test newstest2014 (wmt14) and newstest2017 (wmt17). Each file is fetched on its own, so newstest2017 does not
-# pull wmt17's 1 GB of training data.
-HUB_SOURCES = {
-    "train": ("wmt/wmt14", "de-en/train-*.parquet"),
-    "dev": ("wmt/wmt14", "de-en/validation-*.parquet"),
-    "test14": ("wmt/wmt14", "de-en/test-*.parquet"),
-    "test17": ("wmt/wmt17", "de-en/test-*.parquet"),
-}
+# a split's file pattern in the paper preset (configs/data/wmt14_paper.yaml) starts with the folder the hub
+# repository's files go into: `wmt14/de-en/train-*.parquet` is `de-en/train-*.parquet` of `wmt/wmt14`, kept in
+# data_dir/translation/wmt14/de-en/. The two repositories serve WMT as parquet, which `datasets` reads directly
+# (the old `load_dataset("wmt14", "de-en")` loading script no longer runs); their de-en validation split is
+# newstest2013, test newstest2014 (wmt14) and newstest2017 (wmt17). Each file is fetched on its own, so
+# newstest2017 does not pull wmt17's 1 GB of training data.
+HUB_REPOS = {"wmt14": "wmt/wmt14", "wmt17": "wmt/wmt17"}
+VERIFIED = ".verified.json"  # in each repository's folder: the files checked against their sha256, by pattern
 BPE_SAMPLE = 2_000_000  # sentence pairs the BPE is learned from
 
 
@@ -48,54 +45,74 @@ def hub_files(repo: str, pattern: str, make_target: str) -> list:
     files = sorted((e for e in entries if fnmatch.fnmatch(e.path, pattern)), key=lambda e: e.path)
     if not files:
         raise D.MissingData(f"{repo} has no files matching {pattern} any more; rerun `{make_target}` after "
-                            f"updating HUB_SOURCES in experiments/translation/prepare.py")
+                            f"updating HUB_REPOS in experiments/translation/prepare.py")
     return files
 
 
-def download_split(out: Path, repo: str, pattern: str, make_target: str) -> None:
-    """The split's parquet files through the hub client (it resumes an interrupted file and caches finished
-    ones), each checked against its published sha256, converted to one .jsonl written atomically."""
-    import pyarrow.parquet as pq
+def _intact(path: Path, known: dict | None) -> bool:
+    return known is not None and path.is_file() and path.stat().st_size == known["size"]
+
+
+def fetch_split(root: Path, name: str, make_target: str) -> list[Path]:
+    """The hub files of one split (`name`: `<folder>/<pattern in the repository>`) in root/<folder>: downloaded
+    by the hub client (it resumes an interrupted file) unless a previous run verified them, each checked against
+    its published sha256 before anything reads it. A split verified before asks nothing of the network, so
+    preparing again works offline."""
     from huggingface_hub import hf_hub_download
 
-    local_files = []
-    for entry in hub_files(repo, pattern, make_target):
+    folder, pattern = name.split("/", 1)
+    repo, local = HUB_REPOS[folder], Path(root) / folder
+    record_path = local / VERIFIED
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"patterns": {}, "files": {}}
+    listed = record["patterns"].get(pattern)
+    if listed is not None:
+        changed = [p for p in listed if not _intact(local / p, record["files"].get(p))]
+        if not changed:
+            return [local / p for p in listed]
+        log.warning("%s: not the verified download any more (absent or another size); fetching it again",
+                    ", ".join(str(local / p) for p in changed))
+    entries = hub_files(repo, pattern, make_target)
+    for entry in entries:
+        path, lfs = local / entry.path, getattr(entry, "lfs", None)
+        sha = lfs.sha256 if lfs is not None else None
+        known = record["files"].get(entry.path)
+        if _intact(path, known) and known["sha256"] == sha:
+            continue
         try:
-            local = Path(hf_hub_download(repo, entry.path, repo_type="dataset"))
+            hf_hub_download(repo, entry.path, repo_type="dataset", local_dir=local)
         except Exception as exc:
             if is_network_error(exc):
                 raise Offline(offline_message(f"{repo}/{entry.path}", "huggingface.co", make_target, exc)) from exc
             raise
-        lfs = getattr(entry, "lfs", None)
-        if lfs is not None:
-            # the cache's blob behind its link: a bad one removed, so the rerun downloads it again
-            check_digest(local.resolve(), {"sha256": lfs.sha256}, f"{repo}/{entry.path}", make_target)
-        local_files.append(local)
-    count = [0]
-
-    def lines():  # streamed batch by batch: WMT14's 4.5M pairs never sit in memory as Python objects
-        for local in local_files:
-            for batch in pq.ParquetFile(local).iter_batches(columns=["translation"]):
-                for pair in batch.column(0).to_pylist():
-                    count[0] += 1
-                    yield json.dumps({"translation": pair}, ensure_ascii=False) + "\n"
-
-    save_lines(lines(), out)
-    log.info("%s: %d pairs from %s", out, count[0], repo)
+        if sha is not None:  # a bad file is removed, so the rerun downloads it again
+            check_digest(path, {"sha256": sha}, f"{repo}/{entry.path}", make_target)
+        record["files"][entry.path] = {"sha256": sha, "size": path.stat().st_size}
+        save_json(record, record_path)
+    keep = {e.path for e in entries}
+    for stale in local.glob(pattern):  # shards the repository no longer lists: not read with the new ones
+        if str(stale.relative_to(local)) not in keep:
+            stale.unlink()
+    record["patterns"][pattern] = [e.path for e in entries]
+    save_json(record, record_path)
+    log.info("%s: %d files from %s, sha256 checked", name, len(entries), repo)
+    return [local / e.path for e in entries]
 
 
 def prepare(cfg, root: Path, download: bool) -> None:
     files = dict(cfg.files)
+    src, tgt = cfg.src_lang, cfg.tgt_lang
     if cfg.synthetic:
-        wanted = {"generator": 2, "files": files, **OmegaConf.to_container(cfg.synthetic, resolve=True)}
+        # generator 3: parquet in the hub's schema (2 wrote JSON lines)
+        wanted = {"generator": 3, "files": files, **OmegaConf.to_container(cfg.synthetic, resolve=True)}
         ensure_generated(root, wanted, lambda: write_synthetic(root, cfg.synthetic, files),
                          complete=all((root / f).exists() for f in files.values()))
     elif download:
-        for split, file in files.items():
-            if not (root / file).exists():
-                if split not in HUB_SOURCES:
-                    raise D.MissingData(f"no download is known for split '{split}'; put {root / file} there yourself")
-                download_split(root / file, *HUB_SOURCES[split], cfg.make_target)
+        for split, name in files.items():
+            if name.split("/", 1)[0] in HUB_REPOS and "/" in name:
+                fetch_split(root, name, cfg.make_target)
+            elif not list(root.glob(name)):
+                raise D.MissingData(f"no download is known for split '{split}'; put {root / name} there yourself")
+    texts = {split: D.read_text(root, name, src, tgt, cfg.make_target) for split, name in files.items()}
     bpe_path = root / cfg.bpe_model
     sp = D.load_bpe(bpe_path, cfg.make_target) if bpe_path.exists() else None
     if sp is not None and sp.get_piece_size() != cfg.bpe_vocab_size:
@@ -105,10 +122,9 @@ def prepare(cfg, root: Path, download: bool) -> None:
                  sp.get_piece_size(), cfg.bpe_vocab_size)
         sp = None
     if sp is None:
-        pairs = D.read_pairs(root / files["train"], cfg.src_lang, cfg.tgt_lang, cfg.make_target)
-        sample = random.Random(0).sample(pairs, min(BPE_SAMPLE, len(pairs)))
-        D.train_bpe([s for pair in sample for s in pair], bpe_path, cfg.bpe_vocab_size)
+        D.train_bpe(D.bpe_sample(texts["train"], src, tgt, BPE_SAMPLE, files["train"]), bpe_path,
+                    cfg.bpe_vocab_size)
         log.info("%s: joint BPE, %d pieces", bpe_path, cfg.bpe_vocab_size)
         sp = D.load_bpe(bpe_path, cfg.make_target)
-    for split, file in files.items():
-        D.encode_file(root / file, sp, cfg.src_lang, cfg.tgt_lang, with_refs=split != "train")
+    for split, name in files.items():
+        D.encode_split(root, name, texts[split], sp, src, tgt, with_refs=split != "train")

@@ -1,4 +1,5 @@
-"""A generated translation task for the demo, written in the WMT schema so the real loader reads it.
+"""A generated translation task for the demo, written as the hub's WMT parquet files are, so that it goes through
+the code a paper-scale run uses (`datasets`, `Dataset.map`).
 
 A made-up lexicon (pseudo-words built from syllables, sizes set by the preset) maps English to German words,
 drawn with Zipfian frequencies so that, as in real text, many words are rare. The target is the word-by-word
@@ -9,11 +10,8 @@ and up to `clauses` clauses are joined by "because" (German "weil"), each verb-f
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
-
-from experiments.core.atomic import save_text
 
 _EN_SYLLABLES = ["ba", "de", "ki", "lo", "mu", "ne", "po", "ra", "si", "tu", "va", "ze", "gor", "lin", "tam", "wer"]
 _DE_SYLLABLES = ["ach", "bel", "dor", "ein", "fes", "gun", "hal", "ist", "kor", "lau", "mer", "nis", "ob", "pf",
@@ -71,10 +69,11 @@ def make_pair(rng: random.Random, lex: Lexicon, compound: float, clauses: int) -
 
 
 def write_synthetic(root: Path, gen, files: dict[str, str], seed: int = 1) -> None:
-    """One JSON-lines file per split of `gen.sizes`, as `files` names them; `gen` holds the difficulty knobs
-    (lexicon sizes, zipf, compound, clauses)."""
+    """One parquet file per split of `gen.sizes` in the hub's WMT schema, as `files` names them; `gen` holds the
+    difficulty knobs (lexicon sizes, zipf, compound, clauses)."""
+    from experiments.translation.data import write_parquet
+
     lex = Lexicon(dict(gen.lexicon), gen.zipf, seed)
     rng = random.Random(seed)
     for split, n in gen.sizes.items():
-        lines = "".join(json.dumps(make_pair(rng, lex, gen.compound, gen.clauses)) + "\n" for _ in range(n))
-        save_text(lines, Path(root) / files[split])
+        write_parquet([make_pair(rng, lex, gen.compound, gen.clauses) for _ in range(n)], Path(root) / files[split])

@@ -84,7 +84,7 @@ class GeneratedPairs:
 class TranslationConfig(TaskConfig):
     src_lang: str = MISSING
     tgt_lang: str = MISSING
-    files: dict[str, str] = MISSING  # split -> JSON-lines file in the WMT schema; `train` and the eval sets
+    files: dict[str, str] = MISSING  # split -> parquet file or glob in the hub's WMT schema; `train`, eval sets
     bpe_model: str = MISSING
     bpe_vocab_size: int = MISSING
     synthetic: GeneratedPairs | None = MISSING  # generate a toy task of these sizes instead
@@ -118,23 +118,23 @@ class TranslationTask(Task):
             raise UserError(f"{root / cfg.bpe_model} has {self.sp.get_piece_size()} pieces but "
                             f"task.bpe_vocab_size={cfg.bpe_vocab_size}; run `{cfg.make_target}` to learn it again")
         src, tgt = cfg.src_lang, cfg.tgt_lang
-        self.train = self.load_train(root / cfg.files.train)
+        self.train = self.load_train(cfg.files.train)
         if len(self.train) == 0:
             raise UserError(f"no training pair of {root / cfg.files.train} fits max_len={cfg.max_len}")
         self.eval_sets = {}
         for name, file in cfg.files.items():
             if name != "train":
-                enc = D.load_encoded(root / file, self.sp, src, tgt, None, cfg.make_target)
+                enc = D.load_encoded(root, file, self.sp, src, tgt, None, cfg.make_target)
                 limit = min(cfg.eval_limit or len(enc), len(enc))
                 self.eval_sets[name] = enc.subset(torch.arange(limit)) if limit < len(enc) else enc
         self._lengths = torch.maximum(self.train.src.lengths(), self.train.tgt.lengths()).tolist()
         self._steps = count_batches(len(self._lengths), self.batch_size, cfg.bucket_pool)
         self.vocab = self.sp.get_piece_size()
 
-    def load_train(self, path) -> D.Encoded:
+    def load_train(self, name: str) -> D.Encoded:
         """The training pairs, those over max_len BPE tokens a side left out (Nematus' maxlen)."""
         cfg = self.cfg
-        return D.load_encoded(path, self.sp, cfg.src_lang, cfg.tgt_lang, cfg.max_len, cfg.make_target)
+        return D.load_encoded(self.root, name, self.sp, cfg.src_lang, cfg.tgt_lang, cfg.max_len, cfg.make_target)
 
     def assume_paper_data(self) -> None:
         self.vocab = int(self.cfg.bpe_vocab_size)

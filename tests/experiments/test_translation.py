@@ -26,32 +26,40 @@ NORMS = ["none", "layernorm", "l2norm", "rmsnorm", "prmsnorm"]
 # ---- data --------------------------------------------------------------------------------------------------
 
 
-def _write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+def _records(pairs):
+    return [{"translation": {"de": de, "en": en}} for en, de in pairs]
 
 
-def test_reader_accepts_the_hub_schema_in_jsonl_json_and_parquet(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    records = [{"translation": {"de": "ein haus.", "en": "a house."}}, {"translation": {"de": "ja.", "en": "yes."}}]
-    _write_jsonl(tmp_path / "a.jsonl", records)
-    (tmp_path / "b.json").write_text(json.dumps({"data": records}))
-    pq.write_table(pa.Table.from_pylist(records), tmp_path / "c.parquet")
-    for name in ("a.jsonl", "b.json", "c.parquet"):
-        assert D.read_pairs(tmp_path / name, "en", "de") == [("a house.", "ein haus."), ("yes.", "ja.")]
+def test_reader_reads_the_hubs_parquet_schema_and_json_lines_through_datasets(tmp_path):
+    pairs = [("a house.", "ein haus."), (" yes. ", "ja.")]
+    D.write_parquet(_records(pairs), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(pairs)))
+    for name in ("a.parquet", "b.jsonl"):
+        text = D.read_text(tmp_path, name, "en", "de")
+        assert D.sentences(text, "en", "de", name) == (["a house.", "yes."], ["ein haus.", "ja."])
+    assert D.read_text(tmp_path, "a.parquet", "en", "de").data.schema == D.hub_schema()  # the hub's layout
+    # `datasets`' cache inside the task's folder: the text as Arrow, nothing under ~/.cache
+    assert list((tmp_path / D.CACHE).rglob("*.arrow"))
 
 
 def test_reader_errors_are_clear(tmp_path):
-    with pytest.raises(MissingData, match="make data-translation"):
-        D.read_pairs(tmp_path / "absent.jsonl", "en", "de")
+    with pytest.raises(MissingData, match="no translation data at .*absent.parquet; run `make data-translation`"):
+        D.read_text(tmp_path, "absent.parquet", "en", "de")
+    with pytest.raises(MissingData, match="no translation data at .*; run `make data-translation`"):
+        D.read_text(tmp_path, "wmt14/de-en/train-*.parquet", "en", "de")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(MissingData, match="holds no sentence pairs"):
-        D.read_pairs(tmp_path / "empty.jsonl", "en", "de")
-    _write_jsonl(tmp_path / "half.jsonl", [{"translation": {"en": "a house.", "de": ""}}])
-    with pytest.raises(MissingData, match="record 1.*both sides non-empty"):
-        D.read_pairs(tmp_path / "half.jsonl", "en", "de")
+        D.read_text(tmp_path, "empty.jsonl", "en", "de")
+    D.write_parquet(_records([("a house.", "")]), tmp_path / "half.parquet")
+    text = D.read_text(tmp_path, "half.parquet", "en", "de")
+    with pytest.raises(MissingData, match="half.parquet, record 1: .*both sides non-empty"):
+        D.sentences(text, "en", "de", "half.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a house."]}), tmp_path / "other.parquet")
+    with pytest.raises(MissingData, match="other.parquet: expected records .*the hub's WMT schema"):
+        D.read_text(tmp_path, "other.parquet", "en", "de")
     with pytest.raises(MissingData, match="no BPE model"):
         D.load_bpe(tmp_path / "bpe.model")
     (tmp_path / "bad.model").write_bytes(b"garbage")
@@ -84,19 +92,24 @@ def smoke_generator(sizes: dict):
 @pytest.fixture(scope="module")
 def toy_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("translation")
-    files = {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"}
+    files = {"train": "train.parquet", "dev": "dev.parquet", "test": "test.parquet"}
     write_synthetic(root, smoke_generator({"train": 400, "dev": 20, "test": 20}), files)
-    pairs = D.read_pairs(root / "train.jsonl", "en", "de")
-    D.train_bpe([s for p in pairs for s in p], root / "bpe.model", 120)
+    sources, targets = D.sentences(D.read_text(root, "train.parquet", "en", "de"), "en", "de", "train")
+    D.train_bpe([s for pair in zip(sources, targets, strict=True) for s in pair], root / "bpe.model", 120)
     return root
+
+
+def _encode(root, name, with_refs=True):
+    sp = D.load_bpe(root / "bpe.model")
+    D.encode_split(root, name, D.read_text(root, name, "en", "de"), sp, "en", "de", with_refs=with_refs)
+    return sp
 
 
 def test_long_pairs_are_filtered_with_a_count(toy_corpus, caplog):
     caplog.set_level(logging.INFO)
-    sp = D.load_bpe(toy_corpus / "bpe.model")
-    D.encode_file(toy_corpus / "train.jsonl", sp, "en", "de", with_refs=True)
-    full = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", None, "make data-translation")
-    cut = D.load_encoded(toy_corpus / "train.jsonl", sp, "en", "de", 16, "make data-translation")
+    sp = _encode(toy_corpus, "train.parquet")
+    full = D.load_encoded(toy_corpus, "train.parquet", sp, "en", "de", None, "make data-translation")
+    cut = D.load_encoded(toy_corpus, "train.parquet", sp, "en", "de", 16, "make data-translation")
     dropped = int(((full.src.lengths() > 16) | (full.tgt.lengths() > 16)).sum())
     assert 0 < dropped < len(full) and len(cut) == len(full) - dropped
     assert f"dropped {dropped} of {len(full)} pairs longer than 16" in caplog.text
@@ -107,12 +120,29 @@ def test_long_pairs_are_filtered_with_a_count(toy_corpus, caplog):
         assert sp.decode(cut.pair(j)[1]) == cut.refs[j]
 
 
+def test_ids_through_several_map_processes_are_those_of_one(toy_corpus, tmp_path, monkeypatch):
+    """`Dataset.map(num_proc=...)` on a big set: shards in order, the same ids as in one process."""
+    sp = _encode(toy_corpus, "train.parquet", with_refs=False)
+    one = D.load_encoded(toy_corpus, "train.parquet", sp, "en", "de", None, "-")
+    for name in ("train.parquet", "bpe.model"):
+        (tmp_path / name).write_bytes((toy_corpus / name).read_bytes())
+    monkeypatch.setattr(D, "ROWS_PER_WORKER", 150)
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    index = D.index_path(tmp_path, "train.parquet", sp, "en", "de")
+    _encode(tmp_path, "train.parquet", with_refs=False)
+    assert len(json.loads(index.read_text())["files"]) == 2  # one Arrow file a process
+    two = D.load_encoded(tmp_path, "train.parquet", sp, "en", "de", None, "-")
+    for side in ("src", "tgt"):
+        assert torch.equal(getattr(one, side).flat, getattr(two, side).flat)
+        assert torch.equal(getattr(one, side).offsets, getattr(two, side).offsets)
+
+
 def test_loading_reads_only_and_names_the_command(toy_corpus, tmp_path):
     sp = D.load_bpe(toy_corpus / "bpe.model")
-    (tmp_path / "new.jsonl").write_text((toy_corpus / "dev.jsonl").read_text())
+    (tmp_path / "new.parquet").write_bytes((toy_corpus / "dev.parquet").read_bytes())
     with pytest.raises(MissingData, match="not encoded with this BPE model yet.*run `python scripts/prepare.py"):
-        D.load_encoded(tmp_path / "new.jsonl", sp, "en", "de", None, "python scripts/prepare.py task=translation")
-    assert [p.name for p in tmp_path.iterdir()] == ["new.jsonl"]
+        D.load_encoded(tmp_path, "new.parquet", sp, "en", "de", None, "python scripts/prepare.py task=translation")
+    assert [p.name for p in tmp_path.iterdir()] == ["new.parquet"]
 
 
 def test_bucketed_batches_cover_every_pair_once():
@@ -130,9 +160,8 @@ def test_bucketed_batches_cover_every_pair_once():
 
 def test_overfit_a_handful_of_pairs_and_decode_them_with_beam_search(toy_corpus):
     torch.manual_seed(0)
-    sp = D.load_bpe(toy_corpus / "bpe.model")
-    D.encode_file(toy_corpus / "dev.jsonl", sp, "en", "de", with_refs=True)
-    enc = D.load_encoded(toy_corpus / "dev.jsonl", sp, "en", "de", None, "-").subset(torch.arange(8))
+    sp = _encode(toy_corpus, "dev.parquet")
+    enc = D.load_encoded(toy_corpus, "dev.parquet", sp, "en", "de", None, "-").subset(torch.arange(8))
     pairs = [enc.pair(i) for i in range(len(enc))]
     src = D.pad_batch([s for s, _ in pairs], bos=False, eos=True)
     tgt = D.pad_batch([t for _, t in pairs], bos=True, eos=True)
@@ -298,17 +327,18 @@ def test_missing_real_data_names_the_make_target(tmp_path):
 
 
 def test_prepare_script_learns_bpe_from_local_files_and_encodes_them(tmp_path):
+    """Files of one's own (not the hub's) in the WMT schema, named by task.files: read as they are, no download."""
     root = tmp_path / "translation"
-    files = {"train": "train.jsonl", "dev": "newstest2013.jsonl", "test14": "newstest2014.jsonl",
-             "test17": "newstest2017.jsonl"}
+    files = {"train": "train.parquet", "dev": "newstest2013.parquet", "test14": "newstest2014.parquet",
+             "test17": "newstest2017.parquet"}
     write_synthetic(root, smoke_generator({"train": 300, "dev": 10, "test14": 10, "test17": 10}), files)
     r = run_script("scripts/prepare.py", "task=translation", "preset=paper", f"data_dir={tmp_path}",
-                   "task.bpe_vocab_size=100")
+                   "task.bpe_vocab_size=100", *(f"task.files.{k}={v}" for k, v in files.items()))
     assert r.returncode == 0, r.stderr[-2000:]
     sp = D.load_bpe(root / "bpe.model")
     assert sp.decode(sp.encode("the dog sees the house.")) == "the dog sees the house."
     for split, file in files.items():
-        enc = D.load_encoded(root / file, sp, "en", "de", None, "-")
+        enc = D.load_encoded(root, file, sp, "en", "de", None, "-")
         assert len(enc) == (300 if split == "train" else 10) and (enc.refs is None) == (split == "train")
 
 

@@ -97,19 +97,16 @@ def test_a_metrics_line_cut_short_is_dropped_on_read_and_resume(tmp_path):
     assert metrics.path.read_text().endswith("}\n")
 
 
-def test_a_malformed_jsonl_line_names_the_file_and_line(tmp_path):
+def test_a_malformed_translation_file_names_the_file(tmp_path):
     from experiments.translation import data as D
 
-    path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps({"translation": {"en": "a house.", "de": "ein haus."}}) + "\n\n{not json\n")
-    with pytest.raises(MissingData, match=r"train.jsonl, line 3: not a JSON record"):
-        D.read_pairs(path, "en", "de")
-    (tmp_path / "whole.json").write_text('{"data": [1, 2,')
-    with pytest.raises(MissingData, match=r"whole.json: not valid JSON at line 1"):
-        D.read_pairs(tmp_path / "whole.json", "en", "de")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"translation": {"en": "a house.", "de": "ein haus."}}) +
+                                          "\n\n{not json\n")
+    with pytest.raises(MissingData, match=r"train.jsonl could not be read \(ArrowInvalid: JSON parse error"):
+        D.read_text(tmp_path, "train.jsonl", "en", "de")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(MissingData, match=r"broken.parquet is not a readable parquet file"):
-        D.read_pairs(tmp_path / "broken.parquet", "en", "de")
+        D.read_text(tmp_path, "broken.parquet", "en", "de")
 
 
 def test_truncated_image_features_are_a_clear_error(tmp_path):

@@ -3,8 +3,8 @@ translation data from the hub's parquet files (no network here: a local HTTP ser
 
 import hashlib
 import http.server
-import json
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -72,17 +72,19 @@ def test_offline_is_one_line_naming_the_target(tmp_path):
 
 
 def _hub(monkeypatch, tmp_path, files: dict, sha=None, fail=None):
-    """A stand-in for the Hugging Face hub: {path in repo: rows} served as parquet files."""
-    import huggingface_hub
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """A stand-in for the Hugging Face hub: {path in repo: rows} served as parquet files in the hub's schema;
+    hf_hub_download copies one into its local_dir as the client does. Returns the calls made of it."""
+    import shutil
 
-    local, entries = {}, []
+    import huggingface_hub
+
+    from experiments.translation.data import write_parquet
+
+    served, entries = {}, []
     for path, rows in files.items():
         out = tmp_path / "hub" / path.replace("/", "_")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([{"translation": r} for r in rows]), out)
-        local[path] = out
+        write_parquet([{"translation": r} for r in rows], out)
+        served[path] = out
         digest = sha or hashlib.sha256(out.read_bytes()).hexdigest()
         entries.append(SimpleNamespace(path=path, lfs=SimpleNamespace(sha256=digest)))
     asked = []
@@ -90,44 +92,59 @@ def _hub(monkeypatch, tmp_path, files: dict, sha=None, fail=None):
     def list_repo_tree(self, repo, folder, repo_type=None):
         if fail:
             raise fail
-        asked.append((repo, folder, repo_type))
+        asked.append(("list", repo, folder, repo_type))
         return [e for e in entries if e.path.startswith(folder)]
 
+    def hf_hub_download(repo, path, repo_type=None, local_dir=None):
+        asked.append(("download", repo, path, repo_type))
+        dest = Path(local_dir) / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(served[path], dest)
+        return str(dest)
+
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", list_repo_tree)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, path, repo_type=None: str(local[path]))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     return asked
 
 
 def test_translation_splits_come_from_the_hubs_parquet_files(monkeypatch, tmp_path):
-    from experiments.translation.prepare import HUB_SOURCES, download_split
+    from experiments.translation.data import read_text, sentences
+    from experiments.translation.prepare import HUB_REPOS, fetch_split
 
-    assert {repo for repo, _ in HUB_SOURCES.values()} == {"wmt/wmt14", "wmt/wmt17"}  # no script-era names
+    assert set(HUB_REPOS.values()) == {"wmt/wmt14", "wmt/wmt17"}  # no script-era names
     rows = [{"de": "ein haus.", "en": "a house."}, {"de": "ja.", "en": "yes."}]
     asked = _hub(monkeypatch, tmp_path, {"de-en/test-00000-of-00001.parquet": rows[:1],
                                          "de-en/train-00000-of-00002.parquet": rows,
                                          "de-en/train-00001-of-00002.parquet": rows[1:]})
-    download_split(tmp_path / "train.jsonl", "wmt/wmt14", "de-en/train-*.parquet", "make data-translation")
-    got = [json.loads(line)["translation"] for line in (tmp_path / "train.jsonl").read_text().splitlines()]
-    assert got == rows + rows[1:]  # every shard, in order; the test file left alone
-    assert asked == [("wmt/wmt14", "de-en", "dataset")]
+    files = fetch_split(tmp_path, "wmt14/de-en/train-*.parquet", "make data-translation")
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "wmt14/de-en/train-00000-of-00002.parquet", "wmt14/de-en/train-00001-of-00002.parquet"]  # the test file left
+    text = read_text(tmp_path, "wmt14/de-en/train-*.parquet", "en", "de")
+    assert sentences(text, "en", "de", "train") == (["a house.", "yes.", "yes."], ["ein haus.", "ja.", "ja."])
+    assert asked == [("list", "wmt/wmt14", "de-en", "dataset"),
+                     *(("download", "wmt/wmt14", f"de-en/train-0000{i}-of-00002.parquet", "dataset") for i in (0, 1))]
+    # verified once: fetching again asks nothing of the hub (so preparing again works offline)
+    assert fetch_split(tmp_path, "wmt14/de-en/train-*.parquet", "make data-translation") == files
+    assert len(asked) == 3
 
 
 def test_translation_download_checks_the_published_sha256(monkeypatch, tmp_path):
-    from experiments.translation.prepare import download_split
+    from experiments.translation.prepare import fetch_split
 
     _hub(monkeypatch, tmp_path, {"de-en/test-00000-of-00001.parquet": [{"de": "a", "en": "b"}]}, sha="f" * 64)
     with pytest.raises(MissingData, match="sha256 of the download is .*rerun `make data-translation`"):
-        download_split(tmp_path / "test17.jsonl", "wmt/wmt17", "de-en/test-*.parquet", "make data-translation")
-    assert not (tmp_path / "test17.jsonl").exists()
+        fetch_split(tmp_path, "wmt17/de-en/test-*.parquet", "make data-translation")
+    assert not list((tmp_path / "wmt17").rglob("*.parquet"))  # removed: the rerun downloads it again
+    assert not (tmp_path / "wmt17" / ".verified.json").exists()
 
 
 def test_translation_download_offline_is_one_line(monkeypatch, tmp_path):
-    from experiments.translation.prepare import download_split
+    from experiments.translation.prepare import fetch_split
 
     _hub(monkeypatch, tmp_path, {}, fail=ConnectionError("[Errno -2] Name or service not known"))
     with pytest.raises(Offline, match=r"cannot download wmt/wmt14 de-en/train-\*.parquet: huggingface.co is not "
                                       r"reachable .*rerun `make data-translation`"):
-        download_split(tmp_path / "train.jsonl", "wmt/wmt14", "de-en/train-*.parquet", "make data-translation")
+        fetch_split(tmp_path, "wmt14/de-en/train-*.parquet", "make data-translation")
 
 
 def test_network_errors_are_told_apart_from_other_errors():
