@@ -294,7 +294,34 @@ def bench_model(source: Path) -> str:
     return source.read_text().split("\n", 1)[1].strip()
 
 
-KINDS = {"bench-model": bench_model, "replicate": replicate, "timing": timing, "timings": timing_history,
+def bench_prepare(source: Path) -> str:
+    """`scripts/bench_prepare.py`'s before/after of translation data preparation: medians over its rounds, and the
+    data loader against the training steps (SOURCE: results/prepare/bench.json)."""
+    data = json.loads(source.read_text())
+    lines = []
+    if data.get("dry_run"):
+        lines += [f"**DRY RUN at {data['pairs']} pairs, not a measurement**: it shows the script runs end to end; "
+                  f"the comparison is `python scripts/bench_prepare.py --before {data['before'][:7]}` at its "
+                  "default 200,000 pairs, run on a quiet machine.", ""]
+    made = data["produced_by"]
+    lines += [f"Produced by: {describe_stamp(made)}  ", f"Command: `{data['command']}`  ",
+              f"{data['pairs']} WMT-shaped training pairs in {data['shards']} parquet files, BPE of "
+              f"{data['bpe_vocab']} pieces, {data['cores']} cores; medians over {data['rounds']} rounds, each code "
+              "in its own process from an empty folder, alternating which goes first.", "",
+              "| code | prepare, s | prepare again, s | peak RSS of the largest process, MB | peak RSS of all its "
+              "processes, MB | data loader, batches/s | training, steps/s |", "|---|---|---|---|---|---|---|"]
+    labels = {"before": f"before: {data['before'][:10]} (JSON lines)", "after": f"after: {made['commit'][:10]} "
+              f"(`datasets` {data['versions'].get('datasets')})"}
+    for code in ("before", "after"):
+        row, loader = data["summary"][code], data["loader"].get(code, {})
+        lines.append(f"| {labels[code]} | {row['prepare_s']:.1f} | {row['again_s']:.1f} | {row['max_rss_mb']:.0f} | "
+                     f"{row['tree_peak_rss_mb']:.0f} | {loader.get('batches_per_s', float('nan')):.1f} | "
+                     f"{loader.get('steps_per_s', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+KINDS = {"bench-model": bench_model, "bench-prepare": bench_prepare,
+         "replicate": replicate, "timing": timing, "timings": timing_history,
          "glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
          "table": table, "protocol": protocol, "demo-task": demo_task}
 
