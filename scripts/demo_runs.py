@@ -49,15 +49,21 @@ class Sweep:
         return f"{self.name}-s{self.seed}.log"
 
 
-def plan(table: dict[str, list[str]], seeds: list[int], out: Path, preset: str, extra: list[str]) -> list[Sweep]:
-    """The sweeps, longest first: task -> norms as configs/ declare them (scripts/tasks.py table)."""
+def plan(table: dict[str, list[str]], seeds: list[int], out: Path, preset: str, extra: list[str],
+         pair_seeds: list[int] = (), pair: tuple[str, ...] = ()) -> list[Sweep]:
+    """The sweeps, longest first: task -> norms as configs/ declare them (scripts/tasks.py table); with
+    `pair_seeds`, those seeds again for the norms of `pair` only (the two norms the tables compare)."""
     names = list(table) + ([PRE] if "transformer" in table else [])
     names = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
     sweeps = []
     for name in names:
         task = "transformer" if name == PRE else name
-        for seed in seeds:
-            argv = ("-m", f"task={task}", f"norm={','.join(table[task])}", f"preset={preset}", f"seed={seed}",
+        runs = [(seed, table[task]) for seed in seeds]
+        runs += [(seed, [n for n in table[task] if n in pair]) for seed in pair_seeds if seed not in seeds]
+        for seed, norms in runs:
+            if not norms:
+                continue
+            argv = ("-m", f"task={task}", f"norm={','.join(norms)}", f"preset={preset}", f"seed={seed}",
                     *(["task.model.norm_position=pre"] if name == PRE else []), *extra, "train.progress=false",
                     f"hydra.sweep.dir={out}/{name}/s{seed}")
             sweeps.append(Sweep(name, seed, argv))
@@ -193,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the sweeps' folder (multirun/demo)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel lanes, one thread each")
     parser.add_argument("--seeds", default="0 1 2", help='the seeds, "0 1 2" or 0,1,2')
+    parser.add_argument("--pair-seeds", default="",
+                        help='more seeds for the compared pair only (--pair), "3 4": their intervals narrow where '
+                             "the other rows keep three seeds")
+    parser.add_argument("--pair", default="layernorm,rmsnorm", help="the norms --pair-seeds runs (comma list)")
     parser.add_argument("--tasks", help="comma list (default: every task configs/ declares)")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--script", type=Path, default=REPO / "scripts" / "train.py", help=argparse.SUPPRESS)
@@ -211,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = "1"  # the lanes' torch reads it when it loads: one thread each
     try:
         seeds = [int(s) for s in args.seeds.replace(",", " ").split()]
+        pair_seeds = [int(s) for s in args.pair_seeds.replace(",", " ").split()]
     except ValueError:
-        raise SystemExit(f"demo: --seeds takes whole numbers (\"0 1 2\" or 0,1,2), not {args.seeds!r}") from None
-    failed = run_lanes(plan(table, seeds, args.out, args.preset, args.overrides), args.jobs, args.out,
-                       args.script)
+        raise SystemExit(f"demo: --seeds and --pair-seeds take whole numbers (\"0 1 2\" or 0,1,2), not "
+                         f"{args.seeds!r} / {args.pair_seeds!r}") from None
+    pair = tuple(n for n in args.pair.split(",") if n)
+    sweeps = plan(table, seeds, args.out, args.preset, args.overrides, pair_seeds, pair)
+    failed = run_lanes(sweeps, args.jobs, args.out, args.script)
     if failed:
         print(f"demo: {failed} sweep(s) failed", file=sys.stderr)
     return 1 if failed else 0

@@ -94,3 +94,24 @@ def test_a_sweep_run_after_another_in_one_lane_gives_what_a_fresh_process_gives(
 
     assert metrics(lane / "retrieval" / "s1") == metrics(fresh) != {}
     assert len(metrics(lane / "retrieval" / "s0")) == len(norms.split(","))
+
+
+def test_pair_seeds_run_the_compared_pair_only_and_skip_tasks_without_it(tmp_path):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("demo_runs_plan", REPO / "scripts" / "demo_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    table = {"cifar10": ["none", "layernorm", "rmsnorm", "prmsnorm"], "other": ["none", "batchnorm"]}
+    sweeps = module.plan(table, [0, 1, 2], tmp_path, "demo", [], pair_seeds=[2, 3, 4],
+                         pair=("layernorm", "rmsnorm"))
+    runs = [(s.name, s.seed, next(a for a in s.argv if a.startswith("norm="))) for s in sweeps]
+    assert runs == [("cifar10", 0, "norm=none,layernorm,rmsnorm,prmsnorm"),
+                    ("cifar10", 1, "norm=none,layernorm,rmsnorm,prmsnorm"),
+                    ("cifar10", 2, "norm=none,layernorm,rmsnorm,prmsnorm"),
+                    ("cifar10", 3, "norm=layernorm,rmsnorm"), ("cifar10", 4, "norm=layernorm,rmsnorm"),
+                    ("other", 0, "norm=none,batchnorm"), ("other", 1, "norm=none,batchnorm"),
+                    ("other", 2, "norm=none,batchnorm")]
+    assert len({s.log for s in sweeps}) == len(sweeps)  # every sweep its own log
