@@ -119,7 +119,7 @@ def seeds_csv(records: list[dict]) -> str:
     """The per-seed values behind the tables' means, one run a line."""
     out = io.StringIO()
     fields = ["task", "variant", "preset", "norm", "seed", "metric", "value", "converged", "converged_at_step",
-              "last_loss_share"]
+              "last_loss_share", "brevity_penalty"]
     writer = csv.DictWriter(out, fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)

@@ -215,6 +215,9 @@ class TranslationTask(Task):
         for name, enc in self.eval_sets.items():
             score, self.signature = bleu(self.translate(enc), enc.refs)
             metrics[f"{name}_bleu"] = round(score.score, 2)
+            # BLEU's brevity penalty: below 1 where the translations are shorter than the references (words or
+            # clauses left out), a loss the n-gram precisions alone do not show
+            metrics[f"{name}_bleu_bp"] = round(score.bp, 4)
         return metrics
 
     def copy_baselines(self) -> dict[str, float]:

@@ -266,8 +266,9 @@ def smoke_data(tmp_path_factory):
 def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
     summary = run_training(compose_cfg(tiny_translation(smoke_data, f"norm={norm}")), tmp_path / "run")
     assert summary["task"] == "translation" and summary["norm"] == norm and summary["steps"] == 6
-    assert set(summary["metrics"]) == {"dev_bleu", "test_bleu"}
+    assert set(summary["metrics"]) == {"dev_bleu", "test_bleu", "dev_bleu_bp", "test_bleu_bp"}
     assert all(0.0 <= v <= 100.0 for v in summary["metrics"].values())
+    assert all(0.0 <= summary["metrics"][f"{s}_bleu_bp"] <= 1.0 for s in ("dev", "test"))
     assert summary["bleu_signature"].startswith("nrefs:1|case:mixed")
     timing = summary["timing"]
     assert timing["timed_steps"] == 5
@@ -276,8 +277,8 @@ def test_end_to_end_every_norm(smoke_data, tmp_path, norm):
     # Nematus' model selection: the scores of the evaluation with the best dev BLEU (at step 3 or 6)
     evals = [r for r in read_metrics(tmp_path / "run") if "eval/dev_bleu" in r]
     best = max(evals, key=lambda r: r["eval/dev_bleu"])
-    assert summary["at_best_dev_bleu"] == {"step": best["step"], "dev_bleu": best["eval/dev_bleu"],
-                                           "test_bleu": best["eval/test_bleu"]}
+    assert summary["at_best_dev_bleu"] == {"step": best["step"], **{k: best[f"eval/{k}"] for k in (
+        "dev_bleu", "test_bleu", "dev_bleu_bp", "test_bleu_bp")}}
     pre = summary["preactivation"]  # Table 5's probe
     assert pre["set"] == "dev" and set(pre) == {"set", "1", "2", "3", "4", "all"}
     assert all(math.isfinite(pre[k][0]) and pre[k][1] >= 0 for k in ("1", "2", "3", "4", "all"))

@@ -74,6 +74,7 @@ class Row:
     wall_unit: tuple[float, float] | None = None  # wall clock with evaluation, in the paper's unit (its measure)
     label: str = ""  # the norm, and where runs of it trained other settings, which of them (never averaged)
     values: list[float] = field(default_factory=list)  # the metric of each seed
+    bps: list[float | None] = field(default_factory=list)  # each seed's BLEU brevity penalty (BLEU metrics)
     vs_reference: tuple[float, float, float] | None = None  # mean - LayerNorm's mean, 95% Welch interval
     seed_ids: list[int] = field(default_factory=list)  # the seed of each value
     convergence: list[dict] = field(default_factory=list)  # each seed's outcome of the convergence rule
@@ -139,14 +140,16 @@ def seed_records(tables: list[Table]) -> list[dict]:
     for table in tables:
         scale = 100.0 if table.metric.endswith("_error") else 1.0
         for row in table.rows:
-            for seed, value, outcome in zip(row.seed_ids, row.values, row.convergence, strict=True):
+            bps = row.bps or [None] * len(row.values)
+            for seed, value, outcome, bp in zip(row.seed_ids, row.values, row.convergence, bps, strict=True):
                 known = outcome.get("first_loss") is not None
                 step, share = outcome.get("at_step"), _loss_share(outcome)
                 out.append({"task": table.task, "variant": table.variant or "", "preset": table.preset,
                             "norm": row.label, "seed": seed, "metric": table.metric,
                             "value": round(value * scale, 4), "converged": step is not None if known else "",
                             "converged_at_step": "" if step is None else step,
-                            "last_loss_share": "" if share is None else share})
+                            "last_loss_share": "" if share is None else share,
+                            "brevity_penalty": "" if bp is None else bp})
     return out
 
 
@@ -248,6 +251,7 @@ def build_tables(summaries: list[dict], errors: list[dict] = ()) -> list[Table]:
                 partial=next((r["partial_statistics"] for r in rs if r.get("partial_statistics")), []),
                 metric=mean_interval([r["metrics"][metric] for r in rs]),
                 values=[r["metrics"][metric] for r in rs],
+                bps=[r["metrics"].get(f"{metric}_bp") for r in rs],
                 sec_per_1k=_mean_std([r["timing"]["sec_per_1k_steps"] for r in rs]),
                 # runs from before the steps-only clock have no value in it: none for the row then
                 paper_unit=_mean_std(papers) if paper_key and len(papers) == len(rs) else None,

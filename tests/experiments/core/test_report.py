@@ -288,9 +288,10 @@ def test_the_tables_name_the_seeds_that_never_converged_and_the_csv_lists_every_
     assert "| rmsnorm | 8.50 [2.15, 14.85] | -2.50 [-16.71, +11.71] within noise | 1/2, not seed 1 |" in text
     assert "| layernorm | 11.00 [-1.71, 23.71] | reference | 2/2 |" in text
     lines = (out / "seeds.csv").read_text().splitlines()
-    assert lines[0] == "task,variant,preset,norm,seed,metric,value,converged,converged_at_step,last_loss_share"
-    assert "cifar10,,paper,rmsnorm,1,test_error,8.0,False,,1.0" in lines
-    assert "cifar10,,paper,rmsnorm,0,test_error,9.0,True,2,0.3333" in lines
+    assert lines[0] == ("task,variant,preset,norm,seed,metric,value,converged,converged_at_step,last_loss_share,"
+                        "brevity_penalty")
+    assert "cifar10,,paper,rmsnorm,1,test_error,8.0,False,,1.0," in lines  # not a BLEU: no brevity penalty
+    assert "cifar10,,paper,rmsnorm,0,test_error,9.0,True,2,0.3333," in lines
     assert len(lines) == 6
 
 
