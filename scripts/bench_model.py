@@ -4,10 +4,10 @@ MODEL is `torchvision:<name>` (any of torchvision.models, random weights), `vit-
 VisionTransformer at 6 layers, width 192, 64x64 images: a step well under a second on 2 CPU cores), or
 `module:callable` for a builder of yours that returns the model (its module importable from here). Each norm
 of the model is swapped for each of --norms x --impls (`rmsnorm.swap.swap_norms`) and whole training steps are
-timed round-robin (`rmsnorm.measure.measure_swap`); with --convert-exact the model's exact conversion to RMSNorm
+timed round-robin (`rmsnorm.measure.measure_swap`), and the model's exact conversion to RMSNorm
 (`rmsnorm.convert.convert_exact`) is reported beside it, with the difference it measured. Writes
 results/bench-model/<model>-<device>.md and .json, stamped with the commit, versions and machine.
-`make bench-model MODEL=... BATCH=... DEVICE=... ROUNDS=...` runs it (`ARGS=--convert-exact` for the conversion).
+`make bench-model MODEL=... BATCH=... DEVICE=... ROUNDS=...` runs it (`ARGS=--no-convert-exact` skips the conversion).
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", default="fused,composite")
     parser.add_argument("--self-check", action="store_true",
                         help="also time a second copy of the LayerNorm model (its interval should contain 0)")
-    parser.add_argument("--convert-exact", action="store_true",
-                        help="also convert the model exactly to RMSNorm (rmsnorm.convert.convert_exact) and report it")
+    parser.add_argument("--convert-exact", action=argparse.BooleanOptionalAction, default=True,
+                        help="also convert the model exactly to RMSNorm (rmsnorm.convert.convert_exact) and report "
+                             "it (default; --no-convert-exact skips it)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-model")
     args = parser.parse_args(argv)
     build, shape = builder(args.model)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         exact_text, exact_record = exact_conversion(build, batch[:1])
     else:
         exact_text, exact_record = ("Exact conversion (LayerNorm -> RMSNorm with no change of output): "
-                                    "`--convert-exact` reports `rmsnorm.convert.convert_exact` on this model."), None
+                                    "not run (--no-convert-exact)."), None
     result = measure_swap(build, lambda: (batch,), norms=args.norms.split(","), impls=args.impls.split(","),
                           rounds=args.rounds, device=args.device, self_check=args.self_check)
     made = stamp()

@@ -42,10 +42,11 @@ def test_demo_runs_every_sweep_in_lanes_and_reports_failures_without_losing_othe
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN.format(calls=str(calls)))
     # the arguments `make demo` passes (read from `make -n`), then this test's own
-    line = next(x for x in subprocess.run(["make", "-n", "demo", "DEMO_SEEDS=0 1"], cwd=REPO, capture_output=True,
-                                          text=True, timeout=60).stdout.splitlines() if "scripts/demo_runs.py" in x)
+    dry = subprocess.run(["make", "-n", "demo", "DEMO_SEEDS=0 1", "DEMO_PAIR_SEEDS="], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    line = next(x for x in dry.splitlines() if "scripts/demo_runs.py" in x)
     made = shlex.split(line.split("scripts/demo_runs.py", 1)[1].split("||")[0])
-    assert made[0] == "multirun/demo" and "--seeds" in made and "logger=none" in made
+    assert made[0] == "multirun/demo" and "--seeds" in made and "--pair-seeds" in made and "logger=none" in made
     out = tmp_path / "out"
     r = run_script("scripts/demo_runs.py", str(out), *made[1:], "--tasks", "retrieval,transformer",
                    "--script", str(script), timeout=120)
