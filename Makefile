@@ -59,7 +59,7 @@ demo: install ## every task x norm x 3 seeds (LayerNorm and RMSNorm 5) on built-
 	$(DEMO_PREPARE) || status=1; data=$(NOW); \
 	$(PY) scripts/demo_runs.py multirun/demo --jobs $(DEMO_JOBS) --seeds "$(DEMO_SEEDS)" --pair-seeds "$(DEMO_PAIR_SEEDS)" $(DEMO_LOGGER) || status=1; \
 	sweeps=$(NOW); rm -f results/demo/timing-pre.*; \
-	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) \
+	$(PY) scripts/bench_tasks.py --preset demo --scale 1 --rounds $(DEMO_ROUNDS) --steps 1 --threads 1 --jobs $(DEMO_JOBS) --profile-steps 0 \
 	  --tasks $(DEMO_TIMED) \
 	  --out results/demo --stem timing || status=1; timing=$(NOW); \
 	$(PY) scripts/report.py multirun/demo --out results/demo --command "make demo" --timing results/demo/timing.json \

@@ -214,7 +214,7 @@ def render(results: list[dict], machine: str, command: str, scale: float, preset
              "(T_LN - T) / T_LN, T / T_LN the geometric mean of each round's ratio [95% t interval over rounds]; "
              "'within noise' where the "
              "interval spans 0. The norm's share of the step: (T - T_none) / T, the same way; beside it the share "
-             "the profiler attributes to the norm modules' forward and backward ops over three profiled steps "
+             "the profiler attributes to the norm modules' forward and backward ops over a few profiled steps "
              "(`rmsnorm.profile_share`: the no-norm model can differ in more than its norms; the profiler's per-op "
              "overhead inflates norms made of many small ops). The paper's column "
              "is its own GPU (Table 2: TITAN X, Table 10: RTX 2080 Ti). `<norm>/composite` is the norm as the chain "
@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where `make demo-data` wrote the demo data sets: the data pipeline is timed on them")
     parser.add_argument("--data-preset", default="demo", help="whose data sets under --data-dir (demo, smoke)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip timing the data pipeline")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps profiled per norm for the profiler-attributed share, after the timing (0: none; "
+                             "`make demo` skips it: its speed-ups need only the timing)")
     parser.add_argument("--impls", default="fused,composite",
                         help="norm implementations timed side by side (fused, composite, torch): the norms as fused "
                              "kernels and as the tensor ops the paper's frameworks ran")
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               for t, *_ in entries}
     calls = [(t, device, scales[t], rounds, steps, args.warmup, args.norms.split(",") if args.norms else None,
               [*args.overrides, *own], args.preset, None if args.no_pipeline else args.data_dir, args.data_preset,
-              tuple(args.impls.split(","))) for t, *own in entries]
+              tuple(args.impls.split(",")), args.profile_steps) for t, *own in entries]
     if args.jobs > 1:
         results, kernels = in_lanes(calls, args.jobs, args.threads)
     else:

@@ -320,7 +320,7 @@ def bench_prepare(source: Path) -> str:
     return "\n".join(lines)
 
 
-KINDS = {"bench-model": bench_model, "bench-prepare": bench_prepare,
+KINDS = {"bench-model": bench_model, "rnn-plain": bench_model, "bench-prepare": bench_prepare,
          "replicate": replicate, "timing": timing, "timings": timing_history,
          "glance": glance, "paper-csv": paper_csv, "bench-cpu": bench_cpu, "demo": demo, "bench-tasks": bench_tasks,
          "table": table, "protocol": protocol, "demo-task": demo_task}
