@@ -48,31 +48,18 @@ PLAIN = textwrap.dedent("""
     layers = {}
     for name in names:
         torch.manual_seed(0)
-        layers[name] = torch.nn.LSTM(h, h) if name == "torch" else rmsnorm.NormLSTM(h, h, rmsnorm.NormSpec(name))
+        layers[name] = BUILD
     calls = {n: (lambda m=m: m(x)[0].sum().backward()) for n, m in layers.items()}
     times = time_interleaved(calls, torch.device("cpu"), rounds=rounds, steps_per_round=1, warmup_steps=2)
     native = {n: getattr(m, "uses_native", lambda x: None)(x) for n, m in layers.items()}
     print(json.dumps({"per_round": times.per_round, "native": native}))
 """)
-
-# the bench's own code path: its layer builder and timer, in a process with the suite's malloc settings
-BENCH = textwrap.dedent("""
-    import json, sys, torch
-    sys.path[:0] = [sys.argv[3], sys.argv[3] + "/scripts"]
-    import bench
-    from rmsnorm.interleaved import time_interleaved
-    h, b, t, rounds, names = json.loads(sys.argv[1])
-    torch.set_num_threads(int(sys.argv[2]))
-    x = torch.randn(t, b, h, requires_grad=True)
-    layers = {}
-    for name in names:
-        torch.manual_seed(0)
-        layers[name] = bench._layer("LSTM", h, name)
-    calls = {n: (lambda m=m: m(x)[0].sum().backward()) for n, m in layers.items()}
-    times = time_interleaved(calls, torch.device("cpu"), rounds=rounds, steps_per_round=1, warmup_steps=2)
-    native = {n: getattr(m, "uses_native", lambda x: None)(x) for n, m in layers.items()}
-    print(json.dumps({"per_round": times.per_round, "native": native}))
-""")
+USER_BUILD = 'torch.nn.LSTM(h, h) if name == "torch" else rmsnorm.NormLSTM(h, h, rmsnorm.NormSpec(name))'
+# the bench's own code path: its layer builder (scripts/bench.py), in a process with the suite's malloc settings
+BENCH = PLAIN.replace("import json, sys, torch, rmsnorm\n",
+                      'import json, sys, torch\nsys.path[:0] = [sys.argv[3], sys.argv[3] + "/scripts"]\nimport bench\n'
+                      ).replace("BUILD", 'bench._layer("LSTM", h, name)')
+PLAIN = PLAIN.replace("BUILD", USER_BUILD)
 
 
 def _env(kind: str) -> dict:
