@@ -37,7 +37,7 @@ from torch import nn
 from rmsnorm.norms import AffineNorm
 from rmsnorm.norms import LayerNorm as OurLayerNorm
 from rmsnorm.spec import build_norm
-from rmsnorm.swap import fast_paths_off
+from rmsnorm.swap import fast_paths_off, replace_at
 
 
 class NotConvertible(ValueError):
@@ -562,10 +562,10 @@ def _centre_(t: torch.Tensor, dim: int) -> None:
 
 
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """`old` replaced by `new` at every path it sits at (a module shared between two parents too)."""
     for path, module in list(model.named_modules(remove_duplicate=False)):
         if module is old and path:
-            parent_path, _, name = path.rpartition(".")
-            setattr(model.get_submodule(parent_path) if parent_path else model, name, new)
+            replace_at(model, path, new)
 
 
 def _random_like(inputs: tuple, seed: int = 0) -> tuple:

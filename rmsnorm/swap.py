@@ -109,7 +109,8 @@ class SwapReport:
         return "\n".join(lines)
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+def replace_at(model: nn.Module, path: str, new: nn.Module) -> None:
+    """The submodule at `path` (dotted) replaced by `new`."""
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, name, new)
@@ -164,7 +165,7 @@ def swap_norms(model: nn.Module, to: str = "rmsnorm", *, impl: str | None = None
                 else:
                     entry.reset.append(name)
         new.train(module.training)
-        _replace(model, path, new)
+        replace_at(model, path, new)
         swapped.append(entry)
     return model, SwapReport(info.name, swapped, fast_paths_off(model))
 
