@@ -38,12 +38,13 @@ def test_ranks_in_both_directions_on_a_hand_built_matrix():
     assert m["image_rsum"] == pytest.approx(m["image_r1"] + m["image_r5"] + m["image_r10"])
 
 
-def test_order_violation_in_chunks_equals_the_formula():
+@pytest.mark.parametrize("chunk_elements", [5, 40, 700, None])  # one value a tile .. the whole matrix at once
+def test_order_violation_in_tiles_equals_the_formula(chunk_elements):
     g = torch.Generator().manual_seed(0)
-    s, v = torch.rand(7, 5, generator=g), torch.rand(4, 5, generator=g)
-    want = torch.tensor([[float(((s[i] - v[j]).clamp(min=0) ** 2).sum()) for j in range(4)] for i in range(7)])
-    torch.testing.assert_close(order_violation(s, v, chunk_elements=40), want)
-    torch.testing.assert_close(order_penalty_matrix(s[:4], v), want[:4])
+    s, v = torch.rand(130, 5, generator=g), torch.rand(9, 5, generator=g)  # 130 captions: more than one tile row
+    want = torch.tensor([[float(((s[i] - v[j]).clamp(min=0) ** 2).sum()) for j in range(9)] for i in range(130)])
+    torch.testing.assert_close(order_violation(s, v, chunk_elements=chunk_elements), want)
+    torch.testing.assert_close(order_penalty_matrix(s[:9], v), want[:9])
 
 
 def test_contrastive_loss_is_the_sum_over_in_batch_negatives_both_ways():
