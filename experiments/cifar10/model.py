@@ -30,6 +30,18 @@ class GaussianNoise(nn.Module):
         return x
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """torch's max pooling, computed on a channels-last copy and returned in the usual layout: the same values
+    and gradients (the maximum is the maximum), but on the CPU torch's NCHW kernel is several times slower
+    than its NHWC one (2 x 2 pooling of 25 x 16 x 32 x 32 maps, forward and backward: 17 ms against 2.6 ms,
+    copies included, one thread), which made the two pools about a tenth of a demo step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 class ConvNormAct(nn.Sequential):
     def __init__(self, norm: NormSpec, c_in: int, c_out: int, kernel: int, padding: int, slope: float):
         map_norm = norm.build2d(c_out)
@@ -82,9 +94,9 @@ class ConvPoolCNNC(nn.Module):
         self.features = nn.Sequential(
             GaussianNoise(noise_std),
             block(3, a), block(a, a), block(a, a),
-            nn.MaxPool2d(2), nn.Dropout(dropout),
+            MaxPool2d(2), nn.Dropout(dropout),
             block(a, b), block(b, b), block(b, b),
-            nn.MaxPool2d(2), nn.Dropout(dropout),
+            MaxPool2d(2), nn.Dropout(dropout),
             block(b, b, padding=0),
             block(b, b, kernel=1, padding=0), block(b, b, kernel=1, padding=0),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -9,7 +9,7 @@ import torch
 
 from experiments.cifar10 import data as cifar_data
 from experiments.cifar10.data import fit_zca, load_cifar10, prepare_zca
-from experiments.cifar10.model import ConvPoolCNNC
+from experiments.cifar10.model import ConvPoolCNNC, MaxPool2d
 from experiments.cifar10.pickle_format import write_cifar_folder
 from experiments.core.errors import MissingData
 from experiments.core.records import read_metrics
@@ -245,3 +245,14 @@ def test_the_upstream_init_draws_batch_and_weight_norm_layers_from_n_0_0_05_and_
     assert not any(n.endswith(".g") for n in trained) and any("original" in n for n in trained)
     plain = ConvPoolCNNC(NormSpec("none"), widths=(4, 8), baseline_data_init=False)
     assert plain.weight_norm_layers() == []
+
+
+def test_channels_last_max_pool_gives_torch_pool_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 8, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 4, 4, 3, generator=g, dtype=torch.float64)
+    ours, theirs = MaxPool2d(2)(x), torch.nn.MaxPool2d(2)(x)
+    assert ours.is_contiguous() and torch.equal(ours, theirs)
+    (g_ours,) = torch.autograd.grad(ours, x, upstream)
+    (g_theirs,) = torch.autograd.grad(theirs, x, upstream)
+    assert torch.equal(g_ours, g_theirs)
