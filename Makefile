@@ -72,7 +72,7 @@ demo: install ## every task x norm x 3 seeds (LayerNorm and RMSNorm 5) on built-
 
 # the measurements behind the demo's settings (docs/demo.md, "Calibration"): pRMSNorm's k, the no-norm Transformer's depth
 PROBE_ARGS = preset=demo seed=0,1,2 logger=none train.progress=false
-demo-probes: demo-data ## the demo's calibration probes (pRMSNorm at larger k in both text tasks, CIFAR-10 weight norm's rate, the no-norm Transformer at 6+6 layers) -> results/demo-probes/
+demo-probes: demo-data ## the demo's calibration probes (pRMSNorm at larger k in both text tasks, CIFAR-10 at half and twice the demo's rate and pRMSNorm at other p, the no-norm Transformer at 6+6 layers) -> results/demo-probes/
 	rm -rf multirun/probes
 	status=0; \
 	$(PY) scripts/train.py -m task=transformer norm=prmsnorm norm.p=0.0625,0.125,0.25 $(PROBE_ARGS) \
@@ -83,9 +83,13 @@ demo-probes: demo-data ## the demo's calibration probes (pRMSNorm at larger k in
 	  hydra.sweep.dir=multirun/probes/translation-k || status=1; \
 	$(PY) scripts/report.py multirun/probes/translation-k --out results/demo-probes/translation-k \
 	  --command "make demo-probes" || status=1; \
-	$(PY) scripts/train.py -m task=cifar10 norm=weightnorm +task.optim.lr_by_norm.weightnorm=1e-3,3e-3 $(PROBE_ARGS) \
-	  hydra.sweep.dir=multirun/probes/cifar10-weightnorm-lr || status=1; \
-	$(PY) scripts/report.py multirun/probes/cifar10-weightnorm-lr --out results/demo-probes/cifar10-weightnorm-lr \
+	$(PY) scripts/train.py -m task=cifar10 norm=layernorm,rmsnorm,weightnorm task.optim.lr_by_norm.default=7.5e-4,3e-3 \
+	  $(PROBE_ARGS) hydra.sweep.dir=multirun/probes/cifar10-lr || status=1; \
+	$(PY) scripts/report.py multirun/probes/cifar10-lr --out results/demo-probes/cifar10-lr \
+	  --command "make demo-probes" || status=1; \
+	$(PY) scripts/train.py -m task=cifar10 norm=prmsnorm norm.p=0.25,0.75 $(PROBE_ARGS) \
+	  hydra.sweep.dir=multirun/probes/cifar10-p || status=1; \
+	$(PY) scripts/report.py multirun/probes/cifar10-p --out results/demo-probes/cifar10-p \
 	  --command "make demo-probes" || status=1; \
 	$(PY) scripts/train.py -m task=transformer norm=none,layernorm task.model.enc_layers=6 task.model.dec_layers=6 \
 	  $(PROBE_ARGS) hydra.sweep.dir=multirun/probes/transformer-depth || status=1; \
