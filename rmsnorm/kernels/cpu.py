@@ -33,10 +33,13 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def build_dir() -> Path:
-    """One cache per torch version and CPU feature set: the build uses -march=native."""
+def build_dir(sources_at: Path | None = None) -> Path:
+    """One cache per torch version, CPU feature set (the build uses -march=native) and checkout: torch's build
+    file names the sources by their path, so two checkouts sharing one cache would each rebuild it whenever the
+    other had used it last (seen: a demo that recompiled for 23 s in both lanes after another checkout ran)."""
     sources = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
-    identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{sources!r}"
+    where = (sources_at or _SOURCES[0].parent).resolve()
+    identity = f"{torch.__version__}|{_cpu_flags()}|{_CFLAGS}|{sources!r}|{where}"
     key = hashlib.sha1(identity.encode()).hexdigest()[:12]
     root = Path(os.environ.get("RMSNORM_KERNEL_CACHE", Path.home() / ".cache" / "rmsnorm-kernels"))
     return root / f"cpu-{platform.machine()}-{key}"

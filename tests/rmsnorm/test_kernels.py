@@ -353,3 +353,9 @@ def test_without_a_compiler_or_ninja_the_kernels_fallback_names_what_to_install(
     assert "\n" not in other
     if not cpu.missing_tools():  # both present here: the reason is the build's own first line
         assert "some compiler failure" in other and "--verbose" in other
+
+
+def test_each_checkout_builds_the_cpu_kernel_in_a_cache_of_its_own(tmp_path):
+    here = cpu.build_dir()
+    assert cpu.build_dir(cpu._SOURCES[0].parent) == here
+    assert cpu.build_dir(tmp_path) != here and cpu.build_dir(tmp_path).parent == here.parent
