@@ -68,6 +68,7 @@ class RetrievalConfig(TaskConfig):
     min_count: int = MISSING  # a word enters the vocabulary when seen this often in train + dev captions
     dev_images: int = MISSING  # validation on the first N dev images
     fold_images: int = MISSING  # test folds of this many images (1000 in the paper, five of them)
+    whole_test: bool = MISSING  # also the whole test set as one (`test5k_`...)
     model: RetrievalModel = MISSING
     optim: RetrievalOptim = MISSING
 
@@ -198,14 +199,15 @@ class RetrievalTask(Task):
                 **self.best["test"]}
 
     def _test_metrics(self) -> dict[str, float]:
-        """The average over test folds of fold_images images, and the whole test set (`test5k_`...)."""
+        """The average over test folds of fold_images images, and with `whole_test` the whole test set
+        (`test5k_`...)."""
         s, v = self._embed("test", len(self.features["test"]))
         n, fold = len(v), min(self.cfg.fold_images, len(v))
         folds = [self._metrics(s[i * 5 * fold : (i + 1) * 5 * fold], v[i * fold : (i + 1) * fold])
                  for i in range(n // fold)]
         averaged = {k: sum(f[k] for f in folds) / len(folds) for k in folds[0]}
-        return {**averaged, **{f"test5k_{k}": val for k, val in self._metrics(s, v).items()}} if n > fold \
-            else averaged
+        return {**averaged, **{f"test5k_{k}": val for k, val in self._metrics(s, v).items()}} \
+            if n > fold and self.cfg.whole_test else averaged
 
     def summary_extras(self) -> dict:
         fold = min(self.cfg.fold_images, len(self.features["test"]))

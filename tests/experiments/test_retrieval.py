@@ -111,6 +111,12 @@ def test_end_to_end_reports_recalls_on_folds_chance_and_the_papers_time_unit(tmp
     assert summary["baselines"]["caption_r1_chance"] == pytest.approx(0.1)  # folds of 10 images
     assert summary["timing"]["sec_per_100_steps"] == pytest.approx(summary["timing"]["sec_per_1k_steps"] / 10)
     assert summary["data"]["train_images"] == 40
+    # without the whole-set ranking (the demo's setting): the same fold metrics, no test5k_
+    folds_only = run_training(compose_cfg(smoke(tmp_path / "data", "norm=rmsnorm", "task.whole_test=false")),
+                              tmp_path / "run-folds")["metrics"]
+    assert not any(k.startswith("test5k_") for k in folds_only)
+    assert {k: v for k, v in m.items() if k.startswith(("caption_", "image_"))} == \
+        {k: v for k, v in folds_only.items() if k.startswith(("caption_", "image_"))}
 
 
 def test_paper_preset_is_the_papers_setting():
