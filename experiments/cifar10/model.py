@@ -37,7 +37,7 @@ class MaxPool2d(nn.MaxPool2d):
     copies included, one thread), which made the two pools about a tenth of a demo step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4:
+        if x.device.type != "cpu" or x.dim() != 4 or self.return_indices:  # indices: NCHW positions, as torch's
             return super().forward(x)
         return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
